@@ -1,0 +1,62 @@
+//! axum: return a [`Connection`] or [`SseStream`] from a handler, and read
+//! `Last-Event-ID` with the [`LastEventId`] extractor.
+//!
+//! ```no_run
+//! use axum::{extract::{Query, State}, routing::get, Router};
+//! use sse_cluster::{adapters::axum::LastEventId, Connection, Hub, Subscription};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Params { topic: String }
+//!
+//! async fn events(
+//!     State(hub): State<Hub>,
+//!     Query(p): Query<Params>,
+//!     LastEventId(_last): LastEventId,
+//! ) -> Result<Connection, axum::http::StatusCode> {
+//!     hub.connect(Subscription::new().topic(p.topic))
+//!         .await
+//!         .map_err(|_| axum::http::StatusCode::SERVICE_UNAVAILABLE)
+//! }
+//!
+//! # async fn app(hub: Hub) -> Router {
+//! Router::new().route("/events", get(events)).with_state(hub)
+//! # }
+//! ```
+
+use std::convert::Infallible;
+
+use axum_core::body::Body;
+use axum_core::extract::FromRequestParts;
+use axum_core::response::{IntoResponse, Response};
+use http::request::Parts;
+
+use crate::{Connection, SseStream};
+
+impl IntoResponse for SseStream {
+    fn into_response(self) -> Response {
+        self.into_http_response().map(Body::new)
+    }
+}
+
+impl IntoResponse for Connection {
+    fn into_response(self) -> Response {
+        self.into_stream().into_response()
+    }
+}
+
+/// The client's `Last-Event-ID` (header, or `last_event_id` query parameter);
+/// `None` for a new client or a value that is unusable (see
+/// [`last_event_id`](super::last_event_id)). Never rejects a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LastEventId(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(LastEventId(super::last_event_id(
+            &parts.headers,
+            parts.uri.query(),
+        )))
+    }
+}

@@ -1,0 +1,48 @@
+//! hyper 1: the SSE response and `Last-Event-ID` for a plain
+//! `hyper::service::service_fn` service.
+//!
+//! A [`Connection`] becomes a `Response<SseStream>`, which hyper serves as
+//! is. For graceful shutdown, call [`Hub::shutdown`](crate::Hub::shutdown)
+//! before (or as part of) your server's own graceful shutdown: it ends every
+//! stream, so in-flight SSE responses complete and the server can stop.
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use hyper::{body::Incoming, Request, Response};
+//! use sse_cluster::{adapters::hyper as sse, Hub, SseStream, Subscription};
+//!
+//! async fn events(hub: Hub, req: Request<Incoming>) -> Result<Response<SseStream>, Infallible> {
+//!     let _resume_from = sse::last_event_id(&req);
+//!     match hub.connect(Subscription::new().topic("news")).await {
+//!         Ok(conn) => Ok(sse::response(conn)),
+//!         Err(_) => Ok(sse::unavailable()),
+//!     }
+//! }
+//! ```
+
+use hyper::{Request, Response, StatusCode};
+
+use crate::stream::{channel, StreamConfig};
+use crate::{Connection, SseStream};
+
+/// The SSE response for `conn`, with the SSE headers.
+pub fn response(conn: Connection) -> Response<SseStream> {
+    conn.into_http_response()
+}
+
+/// `503 Service Unavailable` with an empty SSE body, for a refused connect
+/// (e.g. while the hub shuts down); the same body type as [`response`], so
+/// one service returns both.
+pub fn unavailable() -> Response<SseStream> {
+    let (sender, stream) = channel(&StreamConfig::default().keep_alive(None).initial_retry(None));
+    sender.close();
+    let mut response = stream.into_http_response();
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
+}
+
+/// The client's `Last-Event-ID` (header, or `last_event_id` query parameter),
+/// as [`last_event_id`](super::last_event_id) reads it.
+pub fn last_event_id<B>(request: &Request<B>) -> Option<String> {
+    super::last_event_id(request.headers(), request.uri().query())
+}

@@ -1,0 +1,840 @@
+//! The facade: node identity, routing, publish, connect and shutdown.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::broker::memory::MemoryBus;
+use crate::broker::{Broker, BrokerError, BrokerStatus, BusSink, Channel};
+use crate::event::{retry_frame, Event};
+use crate::registry::{ConnectionId, ConnectionRegistry, FanOut};
+use crate::stream::{self, SseStream, StreamConfig};
+use crate::wire::Envelope;
+
+/// Longest accepted topic or user name, in bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// Who receives a published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Target {
+    /// One connection, wherever it is held.
+    Connection(ConnectionId),
+    /// Every connection of a user, on every node.
+    User(String),
+    /// Every connection following a topic, on every node.
+    Topic(String),
+    /// Every connection on every node.
+    All,
+}
+
+impl Target {
+    /// [`Target::User`].
+    pub fn user(user: impl Into<String>) -> Self {
+        Target::User(user.into())
+    }
+
+    /// [`Target::Topic`].
+    pub fn topic(topic: impl Into<String>) -> Self {
+        Target::Topic(topic.into())
+    }
+}
+
+/// Why a hub could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// Node ids are 1 to 64 ASCII letters, digits, `-` or `_`.
+    #[error("invalid node id {0:?}: use 1 to 64 ASCII letters, digits, '-' or '_'")]
+    InvalidNodeId(String),
+    /// The broker refused to start or to subscribe the node's own channels.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Why a connection was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The hub is shutting down; the client should reconnect elsewhere.
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+    /// A topic or user name is empty or longer than [`MAX_NAME_LEN`].
+    #[error("invalid subscription: {0}")]
+    InvalidSubscription(String),
+}
+
+/// Why a publish did not fully go out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The hub has shut down; nothing was delivered.
+    #[error("the hub is shut down")]
+    ShutDown,
+    /// A topic or user name is empty or longer than [`MAX_NAME_LEN`]; nothing was delivered.
+    #[error("invalid target: {0}")]
+    InvalidTarget(String),
+    /// Local connections got the event, but the bus refused it, so other
+    /// nodes did not. [`BrokerError::is_transient`] tells whether a retry may
+    /// succeed.
+    #[error("delivered locally, but the bus publish failed: {0}")]
+    Broker(#[from] BrokerError),
+}
+
+impl PublishError {
+    /// True when retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PublishError::Broker(e) if e.is_transient())
+    }
+}
+
+/// What a successful publish returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishReceipt {
+    /// The message id (`{node}.{instance}.{n}`), carried on the bus as `msg`.
+    pub id: String,
+    /// Connections on this node the event was queued for.
+    pub delivered_locally: u64,
+}
+
+/// A snapshot of a hub's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Connections held now.
+    pub connections: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Successful calls to [`Hub::publish`].
+    pub published: u64,
+    /// Messages this hub published on the bus.
+    pub bus_out: u64,
+    /// Messages received from the bus, including echoes and malformed ones.
+    pub bus_in: u64,
+    /// Received messages that were this hub's own echo (already delivered locally).
+    pub bus_echo: u64,
+    /// Received messages refused as malformed or of an unknown version.
+    pub bus_malformed: u64,
+    /// Bus publishes that failed; the event reached no other node.
+    pub bus_errors: u64,
+    /// Frames queued to local connections.
+    pub delivered: u64,
+    /// Frames dropped by a full queue under `OverflowPolicy::DropEvents`.
+    pub dropped: u64,
+    /// Connections closed because their queue overflowed.
+    pub overflow_closed: u64,
+    /// Bus channels this hub listens to now.
+    pub subscriptions: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connections_total: AtomicU64,
+    published: AtomicU64,
+    bus_out: AtomicU64,
+    bus_in: AtomicU64,
+    bus_echo: AtomicU64,
+    bus_malformed: AtomicU64,
+    bus_errors: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    overflow_closed: AtomicU64,
+}
+
+impl Counters {
+    fn record(&self, out: FanOut) {
+        if out.delivered > 0 {
+            self.delivered.fetch_add(out.delivered, Ordering::Relaxed);
+        }
+        if out.dropped > 0 {
+            self.dropped.fetch_add(out.dropped, Ordering::Relaxed);
+        }
+        if out.overflow_closed > 0 {
+            self.overflow_closed
+                .fetch_add(out.overflow_closed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a connection follows.
+///
+/// ```
+/// use sse_cluster::Subscription;
+///
+/// let sub = Subscription::new().user("42").topic("prices").topic("news");
+/// ```
+#[must_use]
+#[derive(Default)]
+pub struct Subscription {
+    user: Option<String>,
+    topics: Vec<String>,
+    greeting: Option<Box<dyn FnOnce(&ConnectionId) -> Event + Send>>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("user", &self.user)
+            .field("topics", &self.topics)
+            .field("greeting", &self.greeting.is_some())
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Follows nothing yet (only broadcasts and events sent to the connection itself).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The user this connection belongs to: it receives [`Target::User`] events.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Adds a topic.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// Adds topics.
+    pub fn topics<I, S>(mut self, topics: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topics.extend(topics.into_iter().map(Into::into));
+        self
+    }
+
+    /// An event sent first on the stream (after the initial `retry:`), built
+    /// from the new connection's id; e.g. to tell the client its id.
+    pub fn greeting(mut self, make: impl FnOnce(&ConnectionId) -> Event + Send + 'static) -> Self {
+        self.greeting = Some(Box::new(make));
+        self
+    }
+}
+
+/// A new connection: its id and its SSE body.
+#[derive(Debug)]
+pub struct Connection {
+    id: ConnectionId,
+    stream: SseStream,
+}
+
+impl Connection {
+    /// The connection id, usable in [`Target::Connection`] from any node.
+    pub fn id(&self) -> &ConnectionId {
+        &self.id
+    }
+
+    /// The SSE body.
+    pub fn into_stream(self) -> SseStream {
+        self.stream
+    }
+
+    /// The SSE body in an `http::Response` with the SSE headers.
+    pub fn into_http_response(self) -> http::Response<SseStream> {
+        self.stream.into_http_response()
+    }
+}
+
+/// Configures and starts a [`Hub`].
+#[must_use]
+pub struct HubBuilder {
+    node_id: Option<String>,
+    broker: Option<Arc<dyn Broker>>,
+    stream: StreamConfig,
+    shutdown_retry: (Duration, Duration),
+    drain_timeout: Duration,
+}
+
+impl fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubBuilder")
+            .field("node_id", &self.node_id)
+            .field("broker", &self.broker)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubBuilder {
+    /// This node's id, unique in the cluster: 1 to 64 ASCII letters, digits,
+    /// `-` or `_`. Default: `node-` and 8 random characters.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// The bus to the other nodes. Default: a private in-memory bus (a
+    /// single-node hub).
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Settings of every connection's stream (keep-alive, queue bounds,
+    /// overflow policy).
+    pub fn stream_config(mut self, config: StreamConfig) -> Self {
+        self.stream = config;
+        self
+    }
+
+    /// On shutdown each client gets a `retry:` drawn uniformly from
+    /// `min..=max`, so that reconnects spread out. Default: 1 s to 5 s.
+    pub fn shutdown_retry(mut self, min: Duration, max: Duration) -> Self {
+        self.shutdown_retry = (min.min(max), max.max(min));
+        self
+    }
+
+    /// How long [`Hub::shutdown`] waits for streams to finish. Default: 1 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Starts the hub: connects the broker and subscribes to the node and
+    /// broadcast channels. Must run inside a Tokio runtime.
+    pub async fn build(self) -> Result<Hub, HubError> {
+        let node_id = match self.node_id {
+            Some(id) => id,
+            None => format!("node-{}", random_tag(8)),
+        };
+        if node_id.is_empty()
+            || node_id.len() > 64
+            || !node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(HubError::InvalidNodeId(node_id));
+        }
+        let broker = match self.broker {
+            Some(b) => b,
+            None => MemoryBus::new().broker(),
+        };
+        let instance: Arc<str> = format!("{node_id}.{}", random_tag(6)).into();
+        let node_channel = Channel::Node(node_id.as_str().into());
+        let (subs_tx, subs_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            node_len: node_id.len(),
+            node_id: node_id.into(),
+            instance,
+            status: broker.status(),
+            broker: broker.clone(),
+            registry: Arc::new(ConnectionRegistry::default()),
+            active: Arc::new(DashMap::new()),
+            counters: Counters::default(),
+            stream: self.stream,
+            shutdown_retry: self.shutdown_retry,
+            drain_timeout: self.drain_timeout,
+            subs_tx,
+            next_conn: AtomicU64::new(1),
+            next_msg: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            drained: Notify::new(),
+            shutdown_done: watch::channel(false).0,
+        });
+        broker
+            .start(Arc::new(Inbox(Arc::downgrade(&inner))))
+            .await?;
+        for channel in [node_channel, Channel::Broadcast] {
+            broker.subscribe(&channel).await?;
+            inner.active.insert(channel, true);
+        }
+        tokio::spawn(
+            SubscriptionManager {
+                broker,
+                registry: inner.registry.clone(),
+                active: inner.active.clone(),
+            }
+            .run(subs_rx),
+        );
+        Ok(Hub { inner })
+    }
+}
+
+fn random_tag(len: usize) -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(len)
+        .collect()
+}
+
+/// One node of the cluster: holds this node's connections and routes events
+/// to them from any node.
+///
+/// Cheap to clone; clones are the same hub.
+///
+/// ```no_run
+/// use sse_cluster::{Event, Hub, Subscription, Target};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let hub = Hub::builder().node_id("a").build().await?;
+/// let conn = hub.connect(Subscription::new().topic("news")).await?;
+/// // hand `conn.into_http_response()` to hyper, or `conn` itself to axum...
+/// hub.publish(Target::topic("news"), Event::new().data("hello")).await?;
+/// hub.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("node_id", &self.inner.node_id)
+            .field("instance", &self.inner.instance)
+            .field("connections", &self.inner.registry.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    node_id: Arc<str>,
+    node_len: usize,
+    /// `{node}.{random}`: tells this run of the node from an earlier one.
+    instance: Arc<str>,
+    broker: Arc<dyn Broker>,
+    status: watch::Receiver<BrokerStatus>,
+    registry: Arc<ConnectionRegistry>,
+    /// Channels the broker is subscribed to; `false` while an unsubscribe
+    /// is in flight.
+    active: Arc<DashMap<Channel, bool>>,
+    counters: Counters,
+    stream: StreamConfig,
+    shutdown_retry: (Duration, Duration),
+    drain_timeout: Duration,
+    subs_tx: mpsc::UnboundedSender<SubCommand>,
+    next_conn: AtomicU64,
+    next_msg: AtomicU64,
+    shutting_down: AtomicBool,
+    closed: AtomicBool,
+    drained: Notify,
+    shutdown_done: watch::Sender<bool>,
+}
+
+impl Hub {
+    /// Starts configuring a hub.
+    pub fn builder() -> HubBuilder {
+        HubBuilder {
+            node_id: None,
+            broker: None,
+            stream: StreamConfig::default(),
+            shutdown_retry: (Duration::from_secs(1), Duration::from_secs(5)),
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The connections held on this node.
+    pub fn registry(&self) -> &ConnectionRegistry {
+        &self.inner.registry
+    }
+
+    /// Whether the broker can reach its server now.
+    pub fn broker_status(&self) -> BrokerStatus {
+        *self.inner.status.borrow()
+    }
+
+    /// True once [`Hub::shutdown`] has been called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> HubStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HubStats {
+            connections: self.inner.registry.len() as u64,
+            connections_total: get(&c.connections_total),
+            published: get(&c.published),
+            bus_out: get(&c.bus_out),
+            bus_in: get(&c.bus_in),
+            bus_echo: get(&c.bus_echo),
+            bus_malformed: get(&c.bus_malformed),
+            bus_errors: get(&c.bus_errors),
+            delivered: get(&c.delivered),
+            dropped: get(&c.dropped),
+            overflow_closed: get(&c.overflow_closed),
+            subscriptions: self.inner.active.len() as u64,
+        }
+    }
+
+    /// Opens a connection: registers it, makes sure the bus delivers its
+    /// user's and topics' events to this node, and returns its SSE body.
+    ///
+    /// When this returns, every event published afterwards on any node for
+    /// this connection's targets reaches it. Dropping the body (the client
+    /// went away) unregisters the connection at once.
+    pub async fn connect(&self, sub: Subscription) -> Result<Connection, ConnectError> {
+        let inner = &self.inner;
+        if self.is_shutting_down() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        let user: Option<Arc<str>> = match sub.user {
+            Some(u) => Some(check_name("user", u)?.into()),
+            None => None,
+        };
+        let mut topics = sub
+            .topics
+            .into_iter()
+            .map(|t| check_name("topic", t).map(Arc::<str>::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        topics.sort_unstable();
+        topics.dedup();
+
+        let seq = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let id = ConnectionId::new(&inner.instance, inner.node_len, seq);
+        let (sender, mut stream) = stream::channel(&inner.stream);
+        if let Some(greeting) = sub.greeting {
+            stream = stream.prepend(&greeting(&id));
+        }
+        let mut channels: Vec<Channel> = topics.iter().cloned().map(Channel::Topic).collect();
+        channels.extend(user.clone().map(Channel::User));
+        let fresh = inner
+            .registry
+            .register(id.clone(), user, topics.into(), sender);
+        let stream = stream.with_drop_guard(Registration {
+            inner: inner.clone(),
+            id: id.clone(),
+        });
+        inner
+            .counters
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+
+        // Wait until the bus delivers every channel of this connection here.
+        let mut pending = Vec::new();
+        for channel in channels {
+            let settled = inner
+                .active
+                .get(&channel)
+                .is_some_and(|subscribed| *subscribed);
+            if fresh.contains(&channel) || !settled {
+                let (done, wait) = oneshot::channel();
+                let cmd = SubCommand::Sync {
+                    channel,
+                    done: Some(done),
+                };
+                if inner.subs_tx.send(cmd).is_err() {
+                    return Err(ConnectError::ShuttingDown);
+                }
+                pending.push(wait);
+            }
+        }
+        for wait in pending {
+            if wait.await.is_err() {
+                return Err(ConnectError::ShuttingDown);
+            }
+        }
+        // A shutdown that began meanwhile may have missed this connection.
+        if self.is_shutting_down() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        Ok(Connection { id, stream })
+    }
+
+    /// Publishes `event` to `target` on every node.
+    ///
+    /// The event is encoded once. Local receivers get it directly (this
+    /// node's echo from the bus is ignored); other nodes get it through the
+    /// bus, only those with interest in the target. An event for a connection
+    /// held here never touches the bus.
+    pub async fn publish(
+        &self,
+        target: Target,
+        event: Event,
+    ) -> Result<PublishReceipt, PublishError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(PublishError::ShutDown);
+        }
+        let registry = &inner.registry;
+        let msg = format!(
+            "{}.{}",
+            inner.instance,
+            inner.next_msg.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = None;
+        let (local, channel) = match &target {
+            Target::Topic(t) => {
+                check_target_name(t)?;
+                let local = if registry.topic_connections(t) > 0 {
+                    registry.send_to_topic(t, &event.encode())
+                } else {
+                    FanOut::default()
+                };
+                (local, Some(Channel::Topic(t.as_str().into())))
+            }
+            Target::User(u) => {
+                check_target_name(u)?;
+                let local = if registry.user_connections(u) > 0 {
+                    registry.send_to_user(u, &event.encode())
+                } else {
+                    FanOut::default()
+                };
+                (local, Some(Channel::User(u.as_str().into())))
+            }
+            Target::All => {
+                let local = if registry.is_empty() {
+                    FanOut::default()
+                } else {
+                    registry.send_to_all(&event.encode())
+                };
+                (local, Some(Channel::Broadcast))
+            }
+            Target::Connection(id) if id.node() == &*inner.node_id => {
+                (registry.send_to_connection(id, &event.encode()), None)
+            }
+            Target::Connection(id) => {
+                conn = Some(id.as_str());
+                (FanOut::default(), Some(Channel::Node(id.node().into())))
+            }
+        };
+        inner.counters.record(local);
+        if let Some(channel) = channel {
+            let mut envelope = Envelope::from_event(&event);
+            envelope.origin = Some(inner.instance.as_ref().into());
+            envelope.msg = Some(msg.as_str().into());
+            envelope.conn = conn.map(Into::into);
+            let payload = envelope.encode();
+            if let Err(err) = inner.broker.publish(&channel, payload).await {
+                inner.counters.bus_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%channel, error = %err, "bus publish failed");
+                return Err(err.into());
+            }
+            inner.counters.bus_out.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.counters.published.fetch_add(1, Ordering::Relaxed);
+        Ok(PublishReceipt {
+            id: msg,
+            delivered_locally: local.delivered,
+        })
+    }
+
+    /// Drains the node: refuses new connections, sends every client a
+    /// randomized `retry:` and ends its stream (so that HTTP graceful shutdown
+    /// can finish and clients reconnect elsewhere, spread out), waits for the
+    /// streams to finish (at most the drain timeout), then unsubscribes and
+    /// shuts the broker down. Idempotent; concurrent calls all wait for the
+    /// same drain.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if inner.shutting_down.swap(true, Ordering::AcqRel) {
+            let mut done = inner.shutdown_done.subscribe();
+            let _ = done.wait_for(|d| *d).await;
+            return;
+        }
+        let (min, max) = inner.shutdown_retry;
+        let (min, max) = (min.as_millis() as u64, max.as_millis() as u64);
+        inner
+            .registry
+            .close_all(|| Some(retry_frame(Duration::from_millis(fastrand::u64(min..=max)))));
+
+        let deadline = tokio::time::Instant::now() + inner.drain_timeout;
+        loop {
+            let drained = inner.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if inner.registry.is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                tracing::warn!(
+                    remaining = inner.registry.len(),
+                    "drain timeout: some streams are still being written"
+                );
+                break;
+            }
+        }
+
+        let (done, wait) = oneshot::channel();
+        if inner.subs_tx.send(SubCommand::Stop(done)).is_ok() {
+            let _ = wait.await;
+        }
+        inner.closed.store(true, Ordering::Release);
+        if let Err(err) = inner.broker.shutdown().await {
+            tracing::warn!(error = %err, "broker shutdown failed");
+        }
+        inner.shutdown_done.send_replace(true);
+    }
+}
+
+fn check_name(kind: &str, name: String) -> Result<String, ConnectError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(ConnectError::InvalidSubscription(format!(
+            "{kind} name must be 1 to {MAX_NAME_LEN} bytes"
+        )));
+    }
+    Ok(name)
+}
+
+fn check_target_name(name: &str) -> Result<(), PublishError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(PublishError::InvalidTarget(format!(
+            "topic and user names must be 1 to {MAX_NAME_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn on_bus_message(&self, channel: &Channel, payload: &[u8]) {
+        let c = &self.counters;
+        c.bus_in.fetch_add(1, Ordering::Relaxed);
+        let envelope = match Envelope::decode(payload) {
+            Ok(env) => env,
+            Err(err) => return self.malformed(channel, &err),
+        };
+        if envelope.origin.as_deref() == Some(&*self.instance) {
+            c.bus_echo.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let frame = match envelope.to_event() {
+            Ok(event) => event.encode(),
+            Err(err) => return self.malformed(channel, &err),
+        };
+        let out = match channel {
+            Channel::Topic(t) => self.registry.send_to_topic(t, &frame),
+            Channel::User(u) => self.registry.send_to_user(u, &frame),
+            Channel::Broadcast => self.registry.send_to_all(&frame),
+            Channel::Node(_) => match envelope.conn.as_deref().and_then(ConnectionId::parse) {
+                Some(id) => self.registry.send_to_connection(&id, &frame),
+                None => {
+                    let err = "node-channel message without a valid \"conn\"";
+                    return self.malformed(channel, &err);
+                }
+            },
+        };
+        c.record(out);
+    }
+
+    fn malformed(&self, channel: &Channel, err: &dyn fmt::Display) {
+        let n = self.counters.bus_malformed.fetch_add(1, Ordering::Relaxed) + 1;
+        // Log the 1st, 2nd, 4th, 8th... so a flood cannot flood the logs.
+        if n.is_power_of_two() {
+            tracing::warn!(%channel, error = %err, refused_so_far = n, "refused a bus message");
+        } else {
+            tracing::debug!(%channel, error = %err, "refused a bus message");
+        }
+    }
+}
+
+/// The hub's end of the broker: received messages go to the registry.
+struct Inbox(Weak<Inner>);
+
+impl BusSink for Inbox {
+    fn deliver(&self, channel: &Channel, payload: Bytes) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.on_bus_message(channel, &payload);
+        }
+    }
+}
+
+/// Unregisters its connection when the stream ends or is dropped.
+struct Registration {
+    inner: Arc<Inner>,
+    id: ConnectionId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        for channel in inner.registry.unregister(&self.id) {
+            let _ = inner.subs_tx.send(SubCommand::Sync {
+                channel,
+                done: None,
+            });
+        }
+        if inner.registry.is_empty() && inner.shutting_down.load(Ordering::Acquire) {
+            inner.drained.notify_waiters();
+        }
+    }
+}
+
+enum SubCommand {
+    /// Make the broker's subscription to `channel` match the registry's
+    /// interest in it; then signal `done`.
+    Sync {
+        channel: Channel,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// Unsubscribe everything and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Applies interest changes to the broker one at a time, in order, so that a
+/// subscribe and an unsubscribe of the same channel can never overtake each
+/// other. Each change re-reads the registry, so the broker converges on the
+/// registry's current interest whatever the order of connects and
+/// disconnects.
+struct SubscriptionManager {
+    broker: Arc<dyn Broker>,
+    registry: Arc<ConnectionRegistry>,
+    active: Arc<DashMap<Channel, bool>>,
+}
+
+impl SubscriptionManager {
+    async fn run(self, mut commands: mpsc::UnboundedReceiver<SubCommand>) {
+        while let Some(cmd) = commands.recv().await {
+            match cmd {
+                SubCommand::Sync { channel, done } => {
+                    self.sync(channel).await;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
+                SubCommand::Stop(done) => {
+                    let channels: Vec<Channel> =
+                        self.active.iter().map(|e| e.key().clone()).collect();
+                    for channel in channels {
+                        if let Err(err) = self.broker.unsubscribe(&channel).await {
+                            tracing::debug!(%channel, error = %err, "unsubscribe at shutdown failed");
+                        }
+                        self.active.remove(&channel);
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn sync(&self, channel: Channel) {
+        let wanted = self.registry.has_interest(&channel);
+        let active = self.active.contains_key(&channel);
+        if wanted && !active {
+            // Marked active even on error: the broker keeps the interest and
+            // restores it when it reconnects (see the `Broker` contract).
+            if let Err(err) = self.broker.subscribe(&channel).await {
+                tracing::warn!(%channel, error = %err, "subscribe failed; the broker will retry");
+            }
+            self.active.insert(channel, true);
+        } else if !wanted && active {
+            // Connects seeing `false` wait for this change to settle.
+            self.active.insert(channel.clone(), false);
+            if let Err(err) = self.broker.unsubscribe(&channel).await {
+                tracing::warn!(%channel, error = %err, "unsubscribe failed");
+            }
+            self.active.remove(&channel);
+        }
+    }
+}

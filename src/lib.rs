@@ -1,0 +1,122 @@
+//! Server-Sent Events across many nodes.
+//!
+//! An SSE stream lives in one process. Behind a load balancer, an event
+//! published on node B for a client whose stream is held by node A is lost,
+//! unless the nodes share a bus. `sse-cluster` is that bus plus everything
+//! around it: a [`ConnectionRegistry`] of who is connected here, a pluggable
+//! [`Broker`] between nodes, an SSE body ([`SseStream`]) with keep-alive and a
+//! bounded queue, and thin adapters for axum and hyper.
+//!
+//! # Quick start (axum)
+//!
+//! ```no_run
+//! use axum::{extract::{Query, State}, routing::{get, post}, Router};
+//! use sse_cluster::{broker::memory::MemoryBus, Connection, Event, Hub, Subscription, Target};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Params { topic: String }
+//!
+//! async fn events(State(hub): State<Hub>, Query(p): Query<Params>) -> Result<Connection, String> {
+//!     hub.connect(Subscription::new().topic(p.topic)).await.map_err(|e| e.to_string())
+//! }
+//!
+//! async fn publish(State(hub): State<Hub>, Query(p): Query<Params>, body: String) -> &'static str {
+//!     let _ = hub.publish(Target::topic(p.topic), Event::new().data(body)).await;
+//!     "ok"
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let hub = Hub::builder().broker(MemoryBus::new().broker()).build().await?;
+//!     let app = Router::new()
+//!         .route("/events", get(events))
+//!         .route("/publish", post(publish))
+//!         .with_state(hub.clone());
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app)
+//!         .with_graceful_shutdown(async move {
+//!             let _ = tokio::signal::ctrl_c().await;
+//!             hub.shutdown().await; // ends every stream, so serve() can return
+//!         })
+//!         .await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # How it works
+//!
+//! **Targets.** [`Hub::publish`] sends an [`Event`] to a [`Target`]: one
+//! connection, one user (all their connections, on all nodes), one topic (all
+//! its subscribers), or everyone. The event is encoded once; the same
+//! [`bytes::Bytes`] frame is queued to every receiving connection.
+//!
+//! **Channels.** Each target maps to a bus [`Channel`](broker::Channel):
+//!
+//! | target | channel | who listens |
+//! |---|---|---|
+//! | `Target::Topic(t)` | `Topic(t)` | nodes holding a subscriber of `t` |
+//! | `Target::User(u)` | `User(u)` | nodes holding a connection of `u` |
+//! | `Target::Connection(c)` | `Node(n)`, `n` = node part of `c` | node `n` only |
+//! | `Target::All` | `Broadcast` | every node |
+//!
+//! **Interest-based routing.** A node subscribes to a topic or user channel
+//! when its first local connection needs it and unsubscribes when the last one
+//! leaves, so a message for user 42 reaches only the nodes holding user 42.
+//! [`Hub::connect`] returns only once the node's subscription is in place, so
+//! an event published after `connect` returns is never missed for lack of a
+//! subscription. Subscription changes are applied one at a time, in order, so
+//! a quick disconnect/reconnect cannot leave the node unsubscribed.
+//!
+//! **Local fast path.** A publish delivers to this node's own receivers
+//! directly, then publishes on the bus for the others; this node ignores its
+//! own echo (the envelope carries its `origin`), so nothing is delivered
+//! twice. An event for a connection held here does not touch the bus at all.
+//!
+//! **Wire format.** Bus messages are a small, versioned JSON envelope that any
+//! language can write; see [`wire`].
+//!
+//! **Slow clients.** Every connection has a bounded queue
+//! ([`StreamConfig`]); a full queue closes the connection (default, the client
+//! reconnects) or drops events with a gap event ([`OverflowPolicy`]). Sending
+//! never waits, so one slow client never slows the others.
+//!
+//! **Shutdown.** [`Hub::shutdown`] refuses new connections, sends every client
+//! a randomized `retry:` (so reconnects spread out), ends every stream so the
+//! HTTP server's graceful shutdown can complete, waits for the streams to
+//! finish, then unsubscribes and shuts down the broker.
+//!
+//! # Delivery guarantees
+//!
+//! At most once: an event reaches the connections that are registered when it
+//! is delivered on their node. Events from one task's successive publishes to
+//! one connection arrive in publish order. If the broker is down, a publish
+//! still reaches local receivers and returns [`PublishError::Broker`]; other
+//! nodes miss it.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `axum` | yes | [`adapters::axum`]: `IntoResponse` for [`Connection`] and [`SseStream`], a `LastEventId` extractor |
+//! | `hyper` | no | [`adapters::hyper`]: response and `Last-Event-ID` helpers for plain hyper 1 |
+//!
+//! The in-memory broker ([`broker::memory`]) is always available.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod adapters;
+pub mod broker;
+pub mod event;
+pub mod hub;
+pub mod registry;
+pub mod stream;
+pub mod wire;
+
+pub use broker::{Broker, BrokerError, BrokerStatus};
+pub use event::{Event, EventError};
+pub use hub::{
+    ConnectError, Connection, Hub, HubBuilder, HubError, HubStats, PublishError, PublishReceipt,
+    Subscription, Target,
+};
+pub use registry::{ConnectionId, ConnectionRegistry};
+pub use stream::{FrameSender, OverflowPolicy, SseStream, StreamConfig};

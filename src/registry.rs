@@ -1,0 +1,369 @@
+//! Who is connected on this node: connections indexed by id, user and topic.
+//!
+//! Every operation is synchronous and short: no lock is ever held across an
+//! `.await`. Registration and unregistration are O(1) amortised per index
+//! (hash map inserts and removes); a fan-out walks only the connections of the
+//! target.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+use crate::broker::Channel;
+use crate::stream::{FrameSender, SendError};
+
+/// A connection id, unique across the cluster.
+///
+/// Its text is `{node}.{instance}.{n}`: the node id, a random tag chosen when
+/// the hub starts (so a restarted node never reuses an id), and a counter.
+/// The node part tells any hub where to route an event for this connection.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ConnectionId {
+    text: Arc<str>,
+    node_len: usize,
+    seq: u64,
+}
+
+impl ConnectionId {
+    pub(crate) fn new(instance: &str, node_len: usize, seq: u64) -> Self {
+        Self {
+            text: format!("{instance}.{seq}").into(),
+            node_len,
+            seq,
+        }
+    }
+
+    /// Parses a connection id received from outside (a URL, the bus).
+    /// Returns `None` unless it has the `{node}.{instance}.{n}` shape.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() > 256 {
+            return None;
+        }
+        let (node, rest) = text.split_once('.')?;
+        let (instance, seq) = rest.rsplit_once('.')?;
+        if node.is_empty() || instance.is_empty() || instance.contains('.') {
+            return None;
+        }
+        let seq: u64 = seq.parse().ok()?;
+        Some(Self {
+            text: text.into(),
+            node_len: node.len(),
+            seq,
+        })
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The id of the node holding the connection.
+    pub fn node(&self) -> &str {
+        &self.text[..self.node_len]
+    }
+
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectionId({})", self.text)
+    }
+}
+
+/// Connection counters are already unique; hashing them again is waste.
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        // Spread sequential ids over DashMap shards and hash buckets.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type SeqMap<V> = HashMap<u64, V, BuildHasherDefault<SeqHasher>>;
+
+struct Entry {
+    id: ConnectionId,
+    user: Option<Arc<str>>,
+    topics: Box<[Arc<str>]>,
+    sender: FrameSender,
+}
+
+/// What one fan-out did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FanOut {
+    /// Frames queued.
+    pub delivered: u64,
+    /// Frames dropped by [`OverflowPolicy::DropEvents`](crate::OverflowPolicy::DropEvents).
+    pub dropped: u64,
+    /// Connections closed by [`OverflowPolicy::Close`](crate::OverflowPolicy::Close).
+    pub overflow_closed: u64,
+}
+
+impl FanOut {
+    fn record(&mut self, result: Result<(), SendError>) {
+        match result {
+            Ok(()) => self.delivered += 1,
+            Err(SendError::Dropped) => self.dropped += 1,
+            Err(SendError::OverflowClosed) => self.overflow_closed += 1,
+            Err(_) => {}
+        }
+    }
+}
+
+/// The connections held by this node.
+///
+/// The hub owns one; read it through [`Hub::registry`](crate::Hub::registry).
+#[derive(Default)]
+pub struct ConnectionRegistry {
+    by_id: DashMap<u64, Entry, BuildHasherDefault<SeqHasher>>,
+    by_user: DashMap<Arc<str>, SeqMap<FrameSender>>,
+    by_topic: DashMap<Arc<str>, SeqMap<FrameSender>>,
+    len: AtomicUsize,
+}
+
+impl fmt::Debug for ConnectionRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionRegistry")
+            .field("connections", &self.len())
+            .field("users", &self.by_user.len())
+            .field("topics", &self.by_topic.len())
+            .finish()
+    }
+}
+
+impl ConnectionRegistry {
+    /// Connections held on this node.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// True when no connection is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Connections of `user` on this node.
+    pub fn user_connections(&self, user: &str) -> usize {
+        self.by_user.get(user).map_or(0, |m| m.len())
+    }
+
+    /// Connections following `topic` on this node.
+    pub fn topic_connections(&self, topic: &str) -> usize {
+        self.by_topic.get(topic).map_or(0, |m| m.len())
+    }
+
+    /// True when the connection is held here.
+    pub fn contains(&self, id: &ConnectionId) -> bool {
+        self.by_id.get(&id.seq()).is_some_and(|e| e.id == *id)
+    }
+
+    /// True when some local connection needs messages from `channel`.
+    pub(crate) fn has_interest(&self, channel: &Channel) -> bool {
+        match channel {
+            Channel::Topic(t) => self.by_topic.contains_key(t),
+            Channel::User(u) => self.by_user.contains_key(u),
+            Channel::Node(_) | Channel::Broadcast => true,
+        }
+    }
+
+    /// Adds a connection; returns the channels that had no local interest
+    /// before it.
+    pub(crate) fn register(
+        &self,
+        id: ConnectionId,
+        user: Option<Arc<str>>,
+        topics: Box<[Arc<str>]>,
+        sender: FrameSender,
+    ) -> Vec<Channel> {
+        let seq = id.seq();
+        let mut fresh = Vec::new();
+        if let Some(user) = &user {
+            let mut conns = self.by_user.entry(user.clone()).or_default();
+            if conns.is_empty() {
+                fresh.push(Channel::User(user.clone()));
+            }
+            conns.insert(seq, sender.clone());
+        }
+        for topic in topics.iter() {
+            let mut conns = self.by_topic.entry(topic.clone()).or_default();
+            if conns.is_empty() {
+                fresh.push(Channel::Topic(topic.clone()));
+            }
+            conns.insert(seq, sender.clone());
+        }
+        self.by_id.insert(
+            seq,
+            Entry {
+                id,
+                user,
+                topics,
+                sender,
+            },
+        );
+        self.len.fetch_add(1, Ordering::Relaxed);
+        fresh
+    }
+
+    /// Removes a connection; returns the channels no local connection needs
+    /// any more.
+    pub(crate) fn unregister(&self, id: &ConnectionId) -> Vec<Channel> {
+        let Some((_, entry)) = self.by_id.remove_if(&id.seq(), |_, e| e.id == *id) else {
+            return Vec::new();
+        };
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        let seq = id.seq();
+        let mut emptied = Vec::new();
+        if let Some(user) = entry.user {
+            if remove_from(&self.by_user, &user, seq) {
+                emptied.push(Channel::User(user));
+            }
+        }
+        for topic in entry.topics.iter() {
+            if remove_from(&self.by_topic, topic, seq) {
+                emptied.push(Channel::Topic(topic.clone()));
+            }
+        }
+        emptied
+    }
+
+    pub(crate) fn send_to_topic(&self, topic: &str, frame: &Bytes) -> FanOut {
+        fan_out(self.by_topic.get(topic).as_deref(), frame)
+    }
+
+    pub(crate) fn send_to_user(&self, user: &str, frame: &Bytes) -> FanOut {
+        fan_out(self.by_user.get(user).as_deref(), frame)
+    }
+
+    pub(crate) fn send_to_connection(&self, id: &ConnectionId, frame: &Bytes) -> FanOut {
+        let mut out = FanOut::default();
+        if let Some(entry) = self.by_id.get(&id.seq()) {
+            if entry.id == *id {
+                out.record(entry.sender.send(frame.clone()));
+            }
+        }
+        out
+    }
+
+    pub(crate) fn send_to_all(&self, frame: &Bytes) -> FanOut {
+        let mut out = FanOut::default();
+        for entry in self.by_id.iter() {
+            out.record(entry.sender.send(frame.clone()));
+        }
+        out
+    }
+
+    /// Closes every stream after its queued frames, each with its own final
+    /// frame from `last`.
+    pub(crate) fn close_all(&self, mut last: impl FnMut() -> Option<Bytes>) {
+        for entry in self.by_id.iter() {
+            entry.sender.close_with(last());
+        }
+    }
+}
+
+fn fan_out(conns: Option<&SeqMap<FrameSender>>, frame: &Bytes) -> FanOut {
+    let mut out = FanOut::default();
+    for sender in conns.into_iter().flat_map(|m| m.values()) {
+        out.record(sender.send(frame.clone()));
+    }
+    out
+}
+
+/// Removes `seq` from `key`'s set; drops the set and returns true when it
+/// becomes empty.
+fn remove_from(index: &DashMap<Arc<str>, SeqMap<FrameSender>>, key: &Arc<str>, seq: u64) -> bool {
+    index
+        .remove_if_mut(key, |_, conns| {
+            conns.remove(&seq);
+            conns.is_empty()
+        })
+        .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::{channel, StreamConfig};
+
+    fn conn(
+        registry: &ConnectionRegistry,
+        seq: u64,
+        user: Option<&str>,
+        topics: &[&str],
+    ) -> (ConnectionId, Vec<Channel>, crate::SseStream) {
+        let id = ConnectionId::new("n1.abc", 2, seq);
+        let (tx, rx) = channel(&StreamConfig::default());
+        let fresh = registry.register(
+            id.clone(),
+            user.map(Into::into),
+            topics.iter().map(|t| Arc::from(*t)).collect(),
+            tx,
+        );
+        (id, fresh, rx)
+    }
+
+    #[test]
+    fn interest_starts_and_ends_with_the_first_and_last_connection() {
+        let r = ConnectionRegistry::default();
+        let (a, fresh_a, _sa) = conn(&r, 1, Some("u"), &["t1", "t2"]);
+        assert_eq!(fresh_a.len(), 3);
+        let (b, fresh_b, _sb) = conn(&r, 2, Some("u"), &["t2", "t3"]);
+        assert_eq!(fresh_b, vec![Channel::Topic("t3".into())]);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.topic_connections("t2"), 2);
+        let mut gone = r.unregister(&a);
+        gone.sort();
+        assert_eq!(gone, vec![Channel::Topic("t1".into())]);
+        let gone = r.unregister(&b);
+        assert_eq!(gone.len(), 3);
+        assert!(r.is_empty());
+        assert!(!r.has_interest(&Channel::Topic("t2".into())));
+        assert!(r.unregister(&b).is_empty(), "double unregister is a no-op");
+    }
+
+    #[test]
+    fn connection_ids_parse_and_reject() {
+        let id = ConnectionId::new("node-a.x7k2", 6, 17);
+        assert_eq!(id.as_str(), "node-a.x7k2.17");
+        assert_eq!(id.node(), "node-a");
+        assert_eq!(ConnectionId::parse("node-a.x7k2.17"), Some(id));
+        for bad in ["", "a", "a.b", "a..1", ".b.1", "a.b.c.1", "a.b.x", "a.b.-1"] {
+            assert_eq!(ConnectionId::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(ConnectionId::parse(&"a".repeat(300)), None);
+    }
+
+    #[test]
+    fn stale_id_with_other_instance_is_not_delivered() {
+        let r = ConnectionRegistry::default();
+        let (_id, _, _s) = conn(&r, 1, None, &[]);
+        let stale = ConnectionId::parse("n1.old.1").unwrap();
+        assert!(!r.contains(&stale));
+        assert_eq!(r.send_to_connection(&stale, &Bytes::new()).delivered, 0);
+    }
+}

@@ -1,0 +1,201 @@
+//! The bus envelope: what travels between nodes, in a format any language can
+//! write.
+//!
+//! # Format, version 1
+//!
+//! One UTF-8 JSON object per bus message:
+//!
+//! ```json
+//! {"v":1,"event":"price","id":"42","data":"line one\nline two","retry":3000}
+//! ```
+//!
+//! | field | type | required | meaning |
+//! |---|---|---|---|
+//! | `v` | integer | yes | envelope version; `1` |
+//! | `data` | string | no (default `""`) | the event payload; line breaks become `data:` lines |
+//! | `event` | string | no | SSE event name; no CR or LF |
+//! | `id` | string | no | SSE event id; no CR, LF or NUL |
+//! | `retry` | integer | no | SSE `retry:` in milliseconds |
+//! | `conn` | string | on node channels | target connection id |
+//! | `origin` | string | no | publishing hub instance; a hub ignores its own echo |
+//! | `msg` | string | no | message id, for logs and tracing |
+//!
+//! Unknown fields are ignored, so later minor additions stay readable by
+//! older nodes. A different `v`, a message that is not such an object, or an
+//! event name or id that would break the SSE framing is refused: the hub
+//! counts it ([`HubStats::bus_malformed`](crate::HubStats::bus_malformed)),
+//! logs it, and keeps its subscription.
+//!
+//! The channel a message is published on says who receives it; see the crate
+//! docs ("How it works") for the channel names of each broker.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventError};
+
+/// The envelope version this crate writes and reads.
+pub const VERSION: u64 = 1;
+
+/// Why a bus message was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Not a JSON object of the expected shape.
+    #[error("malformed bus message: {0}")]
+    Malformed(String),
+    /// A version this crate does not read.
+    #[error("unsupported bus message version {0}")]
+    UnsupportedVersion(u64),
+    /// The event name or id would break the SSE framing.
+    #[error("invalid event in bus message: {0}")]
+    InvalidEvent(#[from] EventError),
+}
+
+/// One bus message, borrowing from the received bytes where it can.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Envelope<'a> {
+    /// The envelope version.
+    pub v: u64,
+    /// The event payload.
+    #[serde(borrow, default, skip_serializing_if = "str::is_empty")]
+    pub data: Cow<'a, str>,
+    /// The SSE event name.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Cow<'a, str>>,
+    /// The SSE event id.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Cow<'a, str>>,
+    /// The SSE retry, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<u64>,
+    /// The target connection, on node channels.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<Cow<'a, str>>,
+    /// The publishing hub instance.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Cow<'a, str>>,
+    /// The message id.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub msg: Option<Cow<'a, str>>,
+}
+
+impl<'a> Envelope<'a> {
+    /// A version-1 envelope carrying `event`.
+    pub fn from_event(event: &'a Event) -> Self {
+        Envelope {
+            v: VERSION,
+            data: Cow::Borrowed(event.data_str().unwrap_or("")),
+            event: event.name().map(Cow::Borrowed),
+            id: event.id_str().map(Cow::Borrowed),
+            retry: event
+                .retry_delay()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ..Envelope::default()
+        }
+    }
+
+    /// Parses and checks one bus message.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
+        match serde_json::from_slice::<Envelope<'a>>(bytes) {
+            Ok(env) if env.v == VERSION => Ok(env),
+            Ok(env) => Err(WireError::UnsupportedVersion(env.v)),
+            Err(err) => {
+                // A later version may change field types; report its version
+                // rather than a confusing shape error.
+                #[derive(Deserialize)]
+                struct VersionOnly {
+                    v: u64,
+                }
+                match serde_json::from_slice::<VersionOnly>(bytes) {
+                    Ok(VersionOnly { v }) if v != VERSION => Err(WireError::UnsupportedVersion(v)),
+                    _ => Err(WireError::Malformed(err.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Encodes the envelope as JSON.
+    pub fn encode(&self) -> Bytes {
+        // Serializing plain strings and integers into a Vec cannot fail.
+        serde_json::to_vec(self)
+            .map(Bytes::from)
+            .unwrap_or_default()
+    }
+
+    /// The SSE event carried, checked like any [`Event`].
+    pub fn to_event(&self) -> Result<Event, WireError> {
+        let mut event = Event::new().data(self.data.as_ref());
+        if let Some(name) = &self.event {
+            event = event.event(name.as_ref())?;
+        }
+        if let Some(id) = &self.id {
+            event = event.id(id.as_ref())?;
+        }
+        if let Some(ms) = self.retry {
+            event = event.retry(std::time::Duration::from_millis(ms));
+        }
+        Ok(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let event = Event::new()
+            .event("e")
+            .unwrap()
+            .id("7")
+            .unwrap()
+            .data("a\nb");
+        let mut env = Envelope::from_event(&event);
+        env.origin = Some("n.x".into());
+        let bytes = env.encode();
+        let back = Envelope::decode(&bytes).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.to_event().unwrap(), event);
+    }
+
+    #[test]
+    fn minimal_foreign_message() {
+        let env = Envelope::decode(br#"{"v":1,"data":"hi","extra":[1,2]}"#).unwrap();
+        assert_eq!(env.to_event().unwrap(), Event::new().data("hi"));
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        for bad in [
+            &b""[..],
+            b"null",
+            b"[]",
+            b"{}",
+            b"{\"v\":\"1\"}",
+            b"\xff\xfe",
+            b"{\"v\":1,\"data\":5}",
+        ] {
+            assert!(
+                matches!(Envelope::decode(bad), Err(WireError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            Envelope::decode(br#"{"v":2,"data":"x"}"#),
+            Err(WireError::UnsupportedVersion(2))
+        ));
+        assert!(matches!(
+            Envelope::decode(br#"{"v":9,"data":{"new":1}}"#),
+            Err(WireError::UnsupportedVersion(9))
+        ));
+        let env = Envelope::decode(br#"{"v":1,"event":"a\nid: 1"}"#).unwrap();
+        assert!(matches!(
+            env.to_event(),
+            Err(WireError::InvalidEvent(EventError::InvalidName))
+        ));
+    }
+}
