@@ -1,1 +1,93 @@
-fn main() {}
+//! The demo node: one cluster node serving SSE over HTTP.
+//!
+//! ```text
+//! cargo run --release --example node -- [--listen 127.0.0.1:3000] [--broker memory] [--node-id ID]
+//! ```
+//!
+//! Routes: see `examples/common/mod.rs`. SIGTERM or SIGINT drains the node:
+//! every stream ends within a second and the process exits 0.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sse_cluster::broker::memory::MemoryBus;
+use sse_cluster::Hub;
+
+struct Args {
+    listen: SocketAddr,
+    broker: String,
+    node_id: Option<String>,
+}
+
+const USAGE: &str = "usage: node [--listen 127.0.0.1:3000] [--broker memory] [--node-id ID]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        broker: "memory".into(),
+        node_id: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--listen" => {
+                let v = value()?;
+                args.listen = v.parse().map_err(|e| format!("--listen {v}: {e}"))?;
+            }
+            "--broker" => args.broker = value()?,
+            "--node-id" => args.node_id = Some(value()?),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut builder = Hub::builder().drain_timeout(Duration::from_millis(800));
+    if let Some(id) = args.node_id {
+        builder = builder.node_id(id);
+    }
+    builder = match args.broker.as_str() {
+        "memory" => builder.broker(MemoryBus::new().broker()),
+        other => {
+            return Err(format!("unsupported --broker {other:?} (this build knows: memory)").into())
+        }
+    };
+    let hub = builder.build().await?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    let drain = hub.clone();
+    axum::serve(listener, common::router(hub))
+        .with_graceful_shutdown(async move {
+            common::termination().await;
+            drain.shutdown().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -98,7 +98,7 @@ impl PublishError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PublishReceipt {
-    /// The message id (`{node}.{instance}.{n}`), carried on the bus as `msg`.
+    /// The message id (`{node}.{instance}.m{n}`), carried on the bus as `msg`.
     pub id: String,
     /// Connections on this node the event was queued for.
     pub delivered_locally: u64,
@@ -569,7 +569,7 @@ impl Hub {
         }
         let registry = &inner.registry;
         let msg = format!(
-            "{}.{}",
+            "{}.m{}",
             inner.instance,
             inner.next_msg.fetch_add(1, Ordering::Relaxed)
         );

@@ -1,0 +1,150 @@
+//! The demo node's HTTP interface, shared by `examples/node.rs`,
+//! `examples/cluster.rs` and the integration tests.
+//!
+//! - `GET /events?topic=T[&topic=T2…][&user=U]`: the SSE stream; the first
+//!   event is `event: connected` whose data is the connection id.
+//! - `POST /publish?topic=T | ?user=U | ?connection=C | (none: everyone)`,
+//!   optional `&event=NAME`; the body is the event data (UTF-8) → `202` with
+//!   `{"id": …}`; a bad event name, target or body → `400` with
+//!   `{"error": …}`, and nothing is published.
+//! - `GET /healthz` → `200` when the broker is up, `503` otherwise.
+//! - `GET /stats` → JSON counters.
+
+#![allow(dead_code, unreachable_pub)]
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use sse_cluster::adapters::axum::LastEventId;
+use sse_cluster::{BrokerStatus, ConnectError, ConnectionId, Event, Hub, Subscription, Target};
+
+/// The demo node's routes, serving `hub`.
+pub fn router(hub: Hub) -> Router {
+    Router::new()
+        .route("/events", get(events))
+        .route("/publish", post(publish))
+        .route("/healthz", get(healthz))
+        .route("/stats", get(stats))
+        .with_state(hub)
+}
+
+fn query_pairs(query: &Option<String>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+async fn events(
+    State(hub): State<Hub>,
+    RawQuery(query): RawQuery,
+    LastEventId(_last_event_id): LastEventId,
+) -> Response {
+    let mut sub = Subscription::new();
+    for (key, value) in query_pairs(&query) {
+        match key.as_str() {
+            "topic" => sub = sub.topic(value),
+            "user" => sub = sub.user(value),
+            _ => {}
+        }
+    }
+    let sub = sub.greeting(|id| {
+        Event::new()
+            .data(id.as_str())
+            .event("connected")
+            .unwrap_or_default()
+    });
+    match hub.connect(sub).await {
+        Ok(conn) => conn.into_response(),
+        Err(err @ ConnectError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+        Err(err) => error(StatusCode::BAD_REQUEST, err),
+    }
+}
+
+async fn publish(State(hub): State<Hub>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let mut targets = Vec::new();
+    let mut event = Event::new();
+    for (key, value) in query_pairs(&query) {
+        match key.as_str() {
+            "topic" => targets.push(Target::Topic(value)),
+            "user" => targets.push(Target::User(value)),
+            "connection" => match ConnectionId::parse(&value) {
+                Some(id) => targets.push(Target::Connection(id)),
+                None => return error(StatusCode::BAD_REQUEST, "invalid connection id"),
+            },
+            "event" => match event.event(value) {
+                Ok(e) => event = e,
+                Err(err) => return error(StatusCode::BAD_REQUEST, err),
+            },
+            _ => {}
+        }
+    }
+    if targets.len() > 1 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give at most one of topic, user, connection",
+        );
+    }
+    let target = targets.pop().unwrap_or(Target::All);
+    let data = match String::from_utf8(body.to_vec()) {
+        Ok(data) => data,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "the body is not UTF-8"),
+    };
+    match hub.publish(target, event.data(data)).await {
+        Ok(receipt) => (StatusCode::ACCEPTED, Json(json!({ "id": receipt.id }))).into_response(),
+        Err(err @ sse_cluster::PublishError::InvalidTarget(_)) => {
+            error(StatusCode::BAD_REQUEST, err)
+        }
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+    }
+}
+
+async fn healthz(State(hub): State<Hub>) -> Response {
+    match hub.broker_status() {
+        BrokerStatus::Up if !hub.is_shutting_down() => (StatusCode::OK, "ok").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "broker down").into_response(),
+    }
+}
+
+async fn stats(State(hub): State<Hub>) -> Response {
+    let up = hub.broker_status() == BrokerStatus::Up;
+    let mut body = serde_json::to_value(hub.stats()).unwrap_or_default();
+    if let Some(map) = body.as_object_mut() {
+        map.insert("node_id".into(), hub.node_id().into());
+        map.insert("broker_up".into(), up.into());
+    }
+    Json(body).into_response()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

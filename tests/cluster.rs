@@ -1,0 +1,419 @@
+//! Multi-node behaviour on hubs joined by the in-memory broker, over real TCP,
+//! with streams parsed by a real SSE parser.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hyper::StatusCode;
+use sse_cluster::broker::memory::MemoryBus;
+use sse_cluster::broker::{Broker, Channel};
+use sse_cluster::{Event, EventError, Hub, OverflowPolicy, StreamConfig, Subscription, Target};
+use support::{cluster, cluster_with, post, stat, SseClient, WAIT};
+
+#[tokio::test]
+async fn topic_events_cross_nodes() {
+    let (_bus, nodes) = cluster(3).await;
+    let mut a = SseClient::connect(nodes[0].addr, "/events?topic=news").await;
+    let mut b = SseClient::connect(nodes[1].addr, "/events?topic=news&topic=sport").await;
+    let mut other = SseClient::connect(nodes[0].addr, "/events?topic=weather").await;
+
+    let (status, body) = post(
+        nodes[2].addr,
+        "/publish?topic=news&event=headline",
+        "line 1\nline 2",
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert!(body.contains("\"id\""));
+    for client in [&mut a, &mut b] {
+        let event = client.next().await.expect("event");
+        assert_eq!(event.event, "headline");
+        assert_eq!(event.data, "line 1\nline 2");
+    }
+    other.expect_quiet().await;
+    a.expect_quiet().await;
+    b.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn user_events_reach_every_connection_of_the_user_once() {
+    let (_bus, nodes) = cluster(3).await;
+    let mut on_a = SseClient::connect(nodes[0].addr, "/events?user=42").await;
+    let mut on_b = SseClient::connect(nodes[1].addr, "/events?user=42").await;
+    let mut also_b = SseClient::connect(nodes[1].addr, "/events?user=42&topic=x").await;
+    let mut stranger = SseClient::connect(nodes[1].addr, "/events?user=7").await;
+
+    for i in 0..5 {
+        let (status, _) = post(nodes[2].addr, "/publish?user=42", format!("m{i}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    for client in [&mut on_a, &mut on_b, &mut also_b] {
+        for i in 0..5 {
+            assert_eq!(client.next().await.expect("event").data, format!("m{i}"));
+        }
+        client.expect_quiet().await;
+    }
+    stranger.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn connection_events_reach_only_that_connection() {
+    let (bus, nodes) = cluster(3).await;
+    let mut target = SseClient::connect(nodes[0].addr, "/events?user=u").await;
+    let mut sibling = SseClient::connect(nodes[0].addr, "/events?user=u").await;
+    let id = target.connection_id.clone();
+    assert!(id.starts_with("n0."), "{id}");
+
+    let path = format!("/publish?connection={id}");
+    let (status, _) = post(nodes[1].addr, &path, "remote").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(target.next().await.expect("event").data, "remote");
+
+    // Held locally: delivered without touching the bus.
+    let before = bus.published();
+    let (status, _) = post(nodes[0].addr, &path, "local").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(target.next().await.expect("event").data, "local");
+    assert_eq!(bus.published(), before);
+    sibling.expect_quiet().await;
+
+    // Malformed and unknown ids are refused or go nowhere, never a panic.
+    let (status, _) = post(nodes[1].addr, "/publish?connection=nope", "x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post(nodes[1].addr, "/publish?connection=n0.stale.1", "x").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    target.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn broadcast_reaches_everyone() {
+    let (_bus, nodes) = cluster(3).await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(SseClient::connect(node.addr, "/events").await);
+        clients.push(SseClient::connect(node.addr, "/events?topic=t&user=u").await);
+    }
+    let (status, _) = post(nodes[1].addr, "/publish?event=all", "hello").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    for client in &mut clients {
+        let event = client.next().await.expect("event");
+        assert_eq!(
+            (event.event.as_str(), event.data.as_str()),
+            ("all", "hello")
+        );
+        client.expect_quiet().await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_hear_only_what_their_clients_need() {
+    let (bus, nodes) = cluster(3).await;
+    let mut client = SseClient::connect(nodes[0].addr, "/events?topic=only-a&user=ua").await;
+    let topic = Channel::Topic("only-a".into());
+    assert_eq!(bus.subscribers(&topic), 1);
+    let bus_in_b = stat(nodes[1].addr, "bus_in").await;
+    let bus_in_c = stat(nodes[2].addr, "bus_in").await;
+
+    for path in ["/publish?topic=only-a", "/publish?user=ua"] {
+        for _ in 0..10 {
+            assert_eq!(post(nodes[1].addr, path, "x").await.0, StatusCode::ACCEPTED);
+        }
+    }
+    for _ in 0..20 {
+        client.next().await.expect("event");
+    }
+    assert_eq!(
+        stat(nodes[1].addr, "bus_in").await,
+        bus_in_b,
+        "publisher got no echo"
+    );
+    assert_eq!(
+        stat(nodes[2].addr, "bus_in").await,
+        bus_in_c,
+        "uninterested node got nothing"
+    );
+    assert_eq!(stat(nodes[0].addr, "bus_in").await, 20);
+
+    // The last subscriber leaving ends the node's interest.
+    drop(client);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bus.subscribers(&topic) > 0 || bus.subscribers(&Channel::User("ua".into())) > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(nodes[0].hub.registry().len(), 0);
+}
+
+#[tokio::test]
+async fn local_fast_path_delivers_exactly_once() {
+    let (_bus, nodes) = cluster(2).await;
+    let mut local = SseClient::connect(nodes[0].addr, "/events?topic=t&user=u").await;
+    let mut remote = SseClient::connect(nodes[1].addr, "/events?topic=t").await;
+    for path in ["/publish?topic=t", "/publish?user=u", "/publish"] {
+        assert_eq!(
+            post(nodes[0].addr, path, "once").await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(local.next().await.expect("event").data, "once");
+    }
+    local.expect_quiet().await;
+    assert_eq!(remote.next().await.expect("event").data, "once");
+    assert_eq!(remote.next().await.expect("event").data, "once");
+    remote.expect_quiet().await;
+    assert_eq!(stat(nodes[0].addr, "bus_echo").await, 3);
+}
+
+#[tokio::test]
+async fn bad_event_fields_are_refused() {
+    let (_bus, nodes) = cluster(2).await;
+    let mut client = SseClient::connect(nodes[1].addr, "/events?topic=t").await;
+    for path in [
+        "/publish?topic=t&event=a%0Aid:%201",
+        "/publish?topic=t&event=a%0D",
+    ] {
+        let (status, body) = post(nodes[0].addr, path, "x").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("error"), "{body}");
+    }
+    let (status, _) = post(
+        nodes[0].addr,
+        "/publish?topic=t",
+        Bytes::from_static(b"\xff\xfe"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post(nodes[0].addr, "/publish?topic=t&user=u", "x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    client.expect_quiet().await;
+    assert_eq!(stat(nodes[0].addr, "published").await, 0);
+
+    assert_eq!(
+        Event::new().event("a\nb").unwrap_err(),
+        EventError::InvalidName
+    );
+    assert_eq!(Event::new().id("a\0b").unwrap_err(), EventError::InvalidId);
+}
+
+#[tokio::test]
+async fn malformed_bus_messages_are_counted_and_ignored() {
+    let (bus, nodes) = cluster(1).await;
+    let mut client = SseClient::connect(nodes[0].addr, "/events?topic=t").await;
+    let outsider = bus.broker();
+    let garbage: [&[u8]; 6] = [
+        b"not json",
+        b"{\"v\":2,\"data\":\"future\"}",
+        b"{\"data\":\"no version\"}",
+        b"{\"v\":1,\"event\":\"x\\ninjected: 1\"}",
+        b"{\"v\":1,\"id\":\"a\\u0000b\"}",
+        b"\xff\x00\xfe",
+    ];
+    for payload in garbage {
+        outsider
+            .publish(&Channel::Topic("t".into()), Bytes::from_static(payload))
+            .await
+            .expect("publish");
+    }
+    outsider
+        .publish(
+            &Channel::Node("n0".into()),
+            Bytes::from_static(b"{\"v\":1,\"data\":\"no conn\"}"),
+        )
+        .await
+        .expect("publish");
+    // A foreign, well-formed message on the same subscription still arrives.
+    outsider
+        .publish(
+            &Channel::Topic("t".into()),
+            Bytes::from_static(b"{\"v\":1,\"data\":\"ok\",\"event\":\"e\"}"),
+        )
+        .await
+        .expect("publish");
+    let event = client.next().await.expect("event");
+    assert_eq!((event.event.as_str(), event.data.as_str()), ("e", "ok"));
+    client.expect_quiet().await;
+    assert_eq!(stat(nodes[0].addr, "bus_malformed").await, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_closed_without_stalling_others() {
+    let (_bus, nodes) = cluster_with(2, |b| {
+        b.stream_config(
+            StreamConfig::default()
+                .keep_alive(None)
+                .queue_limits(16, 256 * 1024),
+        )
+    })
+    .await;
+    // The slow client connects and never reads: its socket buffers fill up,
+    // then its queue, and the overflow policy closes it.
+    let slow = SseClient::open(nodes[0].addr, "/events?topic=t", &[]).await;
+    let mut fast = SseClient::connect(nodes[0].addr, "/events?topic=t").await;
+    let payload = "x".repeat(32 * 1024);
+    let total: usize = 800; // 25 MiB: far more than loopback socket buffers hold
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
+    let reader = tokio::spawn(async move {
+        for i in 0..total {
+            let event = fast
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("fast client stalled at {i}"));
+            assert_eq!(event.id, i.to_string());
+            progress_tx.send_replace(i + 1);
+        }
+    });
+    for i in 0..total {
+        // Keep the fast client within a few events of the publisher, as a
+        // client that keeps up would be.
+        progress
+            .wait_for(|&got| got + 4 >= i)
+            .await
+            .expect("reader alive");
+        let event = Event::new()
+            .id(i.to_string())
+            .unwrap()
+            .data(payload.clone());
+        nodes[1]
+            .hub
+            .publish(Target::topic("t"), event)
+            .await
+            .expect("publish");
+    }
+    reader.await.expect("fast client got every event");
+    assert_eq!(stat(nodes[0].addr, "overflow_closed").await, 1);
+    assert_eq!(
+        nodes[0].hub.registry().topic_connections("t"),
+        1,
+        "slow one unregistered"
+    );
+    drop(slow);
+}
+
+#[tokio::test]
+async fn drop_policy_counts_and_signals_the_gap() {
+    let hub = Hub::builder()
+        .stream_config(
+            StreamConfig::default()
+                .keep_alive(None)
+                .initial_retry(None)
+                .queue_limits(2, 1 << 20)
+                .overflow(OverflowPolicy::DropEvents),
+        )
+        .build()
+        .await
+        .expect("hub");
+    let mut stream = hub
+        .connect(Subscription::new().topic("t"))
+        .await
+        .expect("connect")
+        .into_stream();
+    for i in 0..5 {
+        hub.publish(Target::topic("t"), Event::new().data(i.to_string()))
+            .await
+            .expect("publish");
+    }
+    assert_eq!(hub.stats().dropped, 3);
+    assert_eq!(&stream.next().await.expect("frame")[..], b"data: 0\n\n");
+    assert_eq!(&stream.next().await.expect("frame")[..], b"data: 1\n\n");
+    assert_eq!(
+        &stream.next().await.expect("frame")[..],
+        b"event: sse-cluster.gap\ndata: {\"dropped\":3}\n\n"
+    );
+    hub.publish(Target::topic("t"), Event::new().data("5"))
+        .await
+        .expect("publish");
+    assert_eq!(&stream.next().await.expect("frame")[..], b"data: 5\n\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_comment_when_idle() {
+    let hub = Hub::builder()
+        .stream_config(StreamConfig::default().keep_alive(Some(Duration::from_secs(15))))
+        .build()
+        .await
+        .expect("hub");
+    let mut stream = hub
+        .connect(Subscription::new().topic("t"))
+        .await
+        .expect("connect")
+        .into_stream();
+    let start = tokio::time::Instant::now();
+    assert_eq!(&stream.next().await.expect("retry")[..], b"retry: 3000\n\n");
+    assert_eq!(&stream.next().await.expect("keep-alive")[..], b":\n\n");
+    assert_eq!(start.elapsed(), Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    hub.publish(Target::topic("t"), Event::new().data("x"))
+        .await
+        .expect("publish");
+    assert_eq!(&stream.next().await.expect("event")[..], b"data: x\n\n");
+    assert_eq!(&stream.next().await.expect("keep-alive")[..], b":\n\n");
+    assert_eq!(start.elapsed(), Duration::from_secs(35));
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams_and_axum_graceful_shutdown_returns() {
+    let bus = MemoryBus::new();
+    let hub = Hub::builder()
+        .node_id("drain")
+        .broker(bus.broker())
+        .shutdown_retry(Duration::from_millis(500), Duration::from_millis(900))
+        .build()
+        .await
+        .expect("hub");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = hub.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, support::app::router(drain.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+                drain.shutdown().await;
+            })
+            .await
+    });
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(SseClient::connect(addr, &format!("/events?topic=t{}", i % 3)).await);
+    }
+    assert_eq!(bus.subscribers(&Channel::Node("drain".into())), 1);
+    let started = tokio::time::Instant::now();
+    stop_tx.send(()).expect("stop");
+    tokio::time::timeout(Duration::from_secs(2), server)
+        .await
+        .expect("axum graceful shutdown returned")
+        .expect("join")
+        .expect("serve");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let mut retries = std::collections::HashSet::new();
+    for client in &mut clients {
+        client
+            .wait_end(Duration::from_secs(1))
+            .await
+            .expect("stream ended");
+        let raw = client.raw();
+        let retry: u64 = raw
+            .rsplit("retry: ")
+            .next()
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or_else(|| panic!("no final retry in {raw:?}"));
+        assert!((500..=900).contains(&retry), "{retry}");
+        retries.insert(retry);
+    }
+    assert!(retries.len() > 1, "retries are randomized: {retries:?}");
+    assert!(hub.registry().is_empty());
+    assert_eq!(
+        bus.subscribers(&Channel::Node("drain".into())),
+        0,
+        "unsubscribed"
+    );
+    assert!(hub.connect(Subscription::new()).await.is_err());
+    assert!(hub.publish(Target::All, Event::new()).await.is_err());
+}
