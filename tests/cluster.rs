@@ -1,6 +1,8 @@
 //! Multi-node behaviour on hubs joined by the in-memory broker, over real TCP,
 //! with streams parsed by a real SSE parser.
 
+#![cfg(feature = "axum")]
+
 mod support;
 
 use std::time::Duration;
