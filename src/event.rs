@@ -76,7 +76,8 @@ impl fmt::Debug for Event {
 }
 
 impl Event {
-    /// An empty event. Encoded as is, it dispatches a `message` with empty data.
+    /// An empty event. It dispatches nothing until it gets data, a name or an
+    /// id; `Event::new().data("")` is a dispatchable event with empty data.
     pub fn new() -> Self {
         Self::default()
     }

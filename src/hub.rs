@@ -163,6 +163,9 @@ impl Counters {
     }
 }
 
+/// Builds a connection's first event from its id.
+type Greeting = Box<dyn FnOnce(&ConnectionId) -> Event + Send>;
+
 /// What a connection follows.
 ///
 /// ```
@@ -175,7 +178,7 @@ impl Counters {
 pub struct Subscription {
     user: Option<String>,
     topics: Vec<String>,
-    greeting: Option<Box<dyn FnOnce(&ConnectionId) -> Event + Send>>,
+    greeting: Option<Greeting>,
 }
 
 impl fmt::Debug for Subscription {

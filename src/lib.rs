@@ -120,3 +120,8 @@ pub use hub::{
 };
 pub use registry::{ConnectionId, ConnectionRegistry};
 pub use stream::{FrameSender, OverflowPolicy, SseStream, StreamConfig};
+
+/// The README's examples, compiled as doctests.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
