@@ -14,6 +14,9 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 /// A bus channel. Backends map it to their own naming (see the crate docs,
 /// "How it works", for the names on Redis and NATS).

@@ -132,6 +132,10 @@ pub struct HubStats {
     pub overflow_closed: u64,
     /// Bus channels this hub listens to now.
     pub subscriptions: u64,
+    /// Times the broker went down.
+    pub bus_outages: u64,
+    /// Gap events sent to streams after the broker came back.
+    pub gap_events: u64,
 }
 
 #[derive(Default)]
@@ -146,6 +150,8 @@ struct Counters {
     delivered: AtomicU64,
     dropped: AtomicU64,
     overflow_closed: AtomicU64,
+    bus_outages: AtomicU64,
+    gap_events: AtomicU64,
 }
 
 impl Counters {
@@ -259,6 +265,7 @@ pub struct HubBuilder {
     stream: StreamConfig,
     shutdown_retry: (Duration, Duration),
     drain_timeout: Duration,
+    gap_events: bool,
 }
 
 impl fmt::Debug for HubBuilder {
@@ -297,6 +304,15 @@ impl HubBuilder {
     /// `min..=max`, so that reconnects spread out. Default: 1 s to 5 s.
     pub fn shutdown_retry(mut self, min: Duration, max: Duration) -> Self {
         self.shutdown_retry = (min.min(max), max.max(min));
+        self
+    }
+
+    /// Whether every stream gets a [`GAP_EVENT`](crate::stream::GAP_EVENT)
+    /// with `{"reason":"bus"}` when the broker comes back after an outage
+    /// (events published elsewhere meanwhile did not reach this node).
+    /// Default: on.
+    pub fn gap_events(mut self, on: bool) -> Self {
+        self.gap_events = on;
         self
     }
 
@@ -352,9 +368,22 @@ impl HubBuilder {
             .start(Arc::new(Inbox(Arc::downgrade(&inner))))
             .await?;
         for channel in [node_channel, Channel::Broadcast] {
-            broker.subscribe(&channel).await?;
+            match broker.subscribe(&channel).await {
+                Ok(()) => {}
+                // The broker keeps the interest and subscribes once it can
+                // reach its server: the node starts, degraded, meanwhile.
+                Err(err) if err.is_transient() => {
+                    tracing::warn!(%channel, error = %err, "broker unreachable at start; will subscribe on reconnect");
+                }
+                Err(err) => return Err(err.into()),
+            }
             inner.active.insert(channel, true);
         }
+        tokio::spawn(watch_status(
+            Arc::downgrade(&inner),
+            broker.status(),
+            self.gap_events,
+        ));
         tokio::spawn(
             SubscriptionManager {
                 broker,
@@ -438,6 +467,7 @@ impl Hub {
             stream: StreamConfig::default(),
             shutdown_retry: (Duration::from_secs(1), Duration::from_secs(5)),
             drain_timeout: Duration::from_secs(1),
+            gap_events: true,
         }
     }
 
@@ -478,6 +508,8 @@ impl Hub {
             dropped: get(&c.dropped),
             overflow_closed: get(&c.overflow_closed),
             subscriptions: self.inner.active.len() as u64,
+            bus_outages: get(&c.bus_outages),
+            gap_events: get(&c.gap_events),
         }
     }
 
@@ -740,6 +772,46 @@ impl Inner {
         }
     }
 }
+
+/// Follows the broker's status: counts outages and, when the bus is back,
+/// tells every stream that it may have missed events.
+async fn watch_status(
+    inner: Weak<Inner>,
+    mut status: watch::Receiver<BrokerStatus>,
+    gap_events: bool,
+) {
+    let mut down = *status.borrow_and_update() != BrokerStatus::Up;
+    while status.changed().await.is_ok() {
+        let now = *status.borrow_and_update();
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match now {
+            BrokerStatus::Up if down => {
+                down = false;
+                tracing::info!("broker is back");
+                if gap_events {
+                    let out = inner
+                        .registry
+                        .send_to_all(&Bytes::from_static(GAP_BUS_FRAME));
+                    inner
+                        .counters
+                        .gap_events
+                        .fetch_add(out.delivered, Ordering::Relaxed);
+                    inner.counters.record(out);
+                }
+            }
+            BrokerStatus::Down if !down => {
+                down = true;
+                inner.counters.bus_outages.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("broker is down: events published on other nodes are not received");
+            }
+            _ => {}
+        }
+    }
+}
+
+const GAP_BUS_FRAME: &[u8] = b"event: sse-cluster.gap\ndata: {\"reason\":\"bus\"}\n\n";
 
 /// The hub's end of the broker: received messages go to the registry.
 struct Inbox(Weak<Inner>);

@@ -27,8 +27,15 @@ use tokio::time::{Instant, Sleep};
 
 use crate::event::{retry_frame, Event};
 
-/// Name of the event sent, under [`OverflowPolicy::DropEvents`], where events
-/// were dropped. Its data is a JSON object `{"dropped": N}`.
+/// Name of the event that tells a client it may have missed events, so the
+/// app can refetch its state. Its data is a JSON object with a `reason`:
+///
+/// * `{"reason":"overflow","dropped":N}`: under [`OverflowPolicy::DropEvents`],
+///   N events were dropped at this point of the stream because the client
+///   read too slowly;
+/// * `{"reason":"bus"}`: the node lost its broker connection for a while, so
+///   events published on other nodes meanwhile did not reach this stream
+///   (sent when the broker is back; see `HubBuilder::gap_events`).
 pub const GAP_EVENT: &str = "sse-cluster.gap";
 
 const KEEP_ALIVE_FRAME: &[u8] = b":\n\n";
@@ -377,7 +384,7 @@ fn gap_frame(dropped: u64) -> Bytes {
     let mut frame = String::with_capacity(48);
     frame.push_str("event: ");
     frame.push_str(GAP_EVENT);
-    frame.push_str("\ndata: {\"dropped\":");
+    frame.push_str("\ndata: {\"reason\":\"overflow\",\"dropped\":");
     frame.push_str(&dropped.to_string());
     frame.push_str("}\n\n");
     Bytes::from(frame)
@@ -534,7 +541,7 @@ mod tests {
         assert_eq!(&rx.next().await.unwrap()[..], b"a");
         assert_eq!(
             &rx.next().await.unwrap()[..],
-            b"event: sse-cluster.gap\ndata: {\"dropped\":2}\n\n"
+            b"event: sse-cluster.gap\ndata: {\"reason\":\"overflow\",\"dropped\":2}\n\n"
         );
         tx.send(Bytes::from_static(b"d")).unwrap();
         assert_eq!(&rx.next().await.unwrap()[..], b"d");

@@ -323,7 +323,7 @@ async fn drop_policy_counts_and_signals_the_gap() {
     assert_eq!(&stream.next().await.expect("frame")[..], b"data: 1\n\n");
     assert_eq!(
         &stream.next().await.expect("frame")[..],
-        b"event: sse-cluster.gap\ndata: {\"dropped\":3}\n\n"
+        b"event: sse-cluster.gap\ndata: {\"reason\":\"overflow\",\"dropped\":3}\n\n"
     );
     hub.publish(Target::topic("t"), Event::new().data("5"))
         .await
@@ -418,4 +418,75 @@ async fn shutdown_ends_streams_and_axum_graceful_shutdown_returns() {
     );
     assert!(hub.connect(Subscription::new()).await.is_err());
     assert!(hub.publish(Target::All, Event::new()).await.is_err());
+}
+
+#[tokio::test]
+async fn bus_outage_is_reported_counted_and_signalled() {
+    let bus = MemoryBus::new();
+    let broker_a = bus.broker();
+    let a = Hub::builder()
+        .node_id("a")
+        .broker(broker_a.clone())
+        .build()
+        .await
+        .expect("hub");
+    let b = Hub::builder()
+        .node_id("b")
+        .broker(bus.broker())
+        .build()
+        .await
+        .expect("hub");
+    let node_a = support::Node::serve(a.clone()).await;
+    let node_b = support::Node::serve(b.clone()).await;
+    let mut on_a = SseClient::connect(node_a.addr, "/events?topic=t").await;
+    let mut on_b = SseClient::connect(node_b.addr, "/events?topic=t").await;
+
+    broker_a.set_connected(false);
+    assert_eq!(
+        support::get(node_a.addr, "/healthz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        support::get(node_b.addr, "/healthz").await.0,
+        StatusCode::OK
+    );
+    // Publishing on the cut-off node: local receivers still get it, the
+    // caller gets a transient error, and the failure is counted.
+    let err = a
+        .publish(Target::topic("t"), Event::new().data("local only"))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(
+        on_a.next().await.expect("local delivery").data,
+        "local only"
+    );
+    let (status, _) = post(node_a.addr, "/publish?topic=t", "x").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(on_a.next().await.expect("local delivery").data, "x");
+    // Published elsewhere during the outage: lost for the cut-off node.
+    b.publish(Target::topic("t"), Event::new().data("missed by a"))
+        .await
+        .expect("publish");
+    assert_eq!(on_b.next().await.expect("event").data, "missed by a");
+    on_a.expect_quiet().await;
+
+    broker_a.set_connected(true);
+    let gap = on_a.next().await.expect("gap event");
+    assert_eq!(gap.event, "sse-cluster.gap");
+    assert_eq!(gap.data, r#"{"reason":"bus"}"#);
+    on_b.expect_quiet().await;
+    b.publish(Target::topic("t"), Event::new().data("after"))
+        .await
+        .expect("publish");
+    assert_eq!(on_a.next().await.expect("event").data, "after");
+    assert_eq!(
+        support::get(node_a.addr, "/healthz").await.0,
+        StatusCode::OK
+    );
+    let stats = a.stats();
+    assert_eq!(
+        (stats.bus_outages, stats.gap_events, stats.bus_errors),
+        (1, 1, 2)
+    );
 }

@@ -1,0 +1,780 @@
+//! The Redis backend: Redis pub/sub (or sharded pub/sub) as the bus.
+//!
+//! ```no_run
+//! use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
+//! use sse_cluster::Hub;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = RedisBroker::new(RedisConfig::new("redis://127.0.0.1:6379").prefix("myapp:"))?;
+//! let hub = Hub::builder().broker(broker).build().await?;
+//! # let _ = hub;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Channels
+//!
+//! | hub channel | Redis channel |
+//! |---|---|
+//! | broadcast | `{prefix}all` |
+//! | node `n` | `{prefix}node:{n}` |
+//! | topic `t` | `{prefix}topic:{t}` |
+//! | user `u` | `{prefix}user:{u}` |
+//!
+//! The prefix defaults to `sse:`. Names are used as they are (Redis channel
+//! names are binary safe). Each message is one [`wire`](crate::wire)
+//! envelope, so any Redis client can publish:
+//!
+//! ```text
+//! redis-cli PUBLISH sse:topic:news '{"v":1,"event":"headline","data":"hello"}'
+//! ```
+//!
+//! With [`RedisConfig::sharded`], the broker uses `SPUBLISH`/`SSUBSCRIBE`
+//! (Redis 7+) on the same names.
+//!
+//! # Connections and failure handling
+//!
+//! The broker keeps two connections. Publishes go through one, in batches:
+//! whatever publishes are waiting when the previous batch completes are sent
+//! as one pipeline, so under load throughput approaches raw Redis.
+//!
+//! Subscriptions live on a second, dedicated RESP3 connection (Redis 6+), for
+//! three reasons: a burst of publishes never delays the delivery of received
+//! messages or the liveness probe; received messages are handed to the hub
+//! straight from the connection's push handler, with no extra task hop; and
+//! RESP3 lets the same connection answer `PING` while subscribed. Resubscribing
+//! after a reconnect is done here, not by redis-rs, because the broker must
+//! know when every interest is back before it reports [`BrokerStatus::Up`].
+//!
+//! On any connection loss (or a liveness `PING` that gets no answer within
+//! [`RedisConfig::response_timeout`], which catches a subscription that died
+//! silently), the broker reports [`BrokerStatus::Down`], reconnects with
+//! exponential backoff and full jitter, re-subscribes every current interest,
+//! and reports `Up` again.
+//!
+//! While the publish connection is down, [`Broker::publish`] fails at once
+//! with the transient [`BrokerError::Unavailable`] (no buffering: a late
+//! event can be worse than a lost one, and the caller knows which events
+//! failed). Messages published by other nodes while the subscription is down
+//! are lost; the hub sends its clients a gap event when the bus comes back.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Broker, BrokerError, BrokerStatus, BusSink, Channel};
+
+/// Settings of a [`RedisBroker`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS
+    /// (append `#insecure` to skip certificate verification).
+    pub url: String,
+    /// Prefix of every channel name. Default: `sse:`.
+    pub prefix: String,
+    /// Use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7+). Default: off.
+    pub sharded: bool,
+    /// How often the subscription connection is probed with `PING`. Default: 5 s.
+    pub ping_interval: Duration,
+    /// How long a command (and the probe) may take before the connection is
+    /// considered dead. Default: 2 s.
+    pub response_timeout: Duration,
+    /// How long a connection attempt may take. Default: 2 s.
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles up to `backoff_max`. Default: 50 ms.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay. Default: 5 s.
+    pub backoff_max: Duration,
+    /// Most publishes sent in one pipeline. Default: 512.
+    pub max_batch: usize,
+    /// Most publishes waiting for the publish connection; further publishes
+    /// wait for room. Default: 16384.
+    pub publish_queue: usize,
+}
+
+impl RedisConfig {
+    /// Defaults for the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "sse:".into(),
+            sharded: false,
+            ping_interval: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            max_batch: 512,
+            publish_queue: 16384,
+        }
+    }
+
+    /// Sets [`RedisConfig::prefix`].
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`RedisConfig::sharded`].
+    pub fn sharded(mut self, sharded: bool) -> Self {
+        self.sharded = sharded;
+        self
+    }
+
+    /// Sets the liveness probe interval and the response timeout.
+    pub fn liveness(mut self, ping_interval: Duration, response_timeout: Duration) -> Self {
+        self.ping_interval = ping_interval.max(Duration::from_millis(10));
+        self.response_timeout = response_timeout.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Sets the reconnect backoff bounds.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min.max(Duration::from_millis(1));
+        self.backoff_max = max.max(self.backoff_min);
+        self
+    }
+}
+
+/// Counters of a [`RedisBroker`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Publishes Redis acknowledged.
+    pub published: u64,
+    /// Publishes refused or failed (Redis down, timeout).
+    pub publish_failed: u64,
+    /// Messages received on subscribed channels.
+    pub received: u64,
+    /// Received messages on channels outside this broker's prefix (ignored).
+    pub foreign: u64,
+    /// Times the subscription connection was (re)established.
+    pub connects: u64,
+    /// Times a connection was lost or found dead.
+    pub disconnects: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    publish_failed: AtomicU64,
+    received: AtomicU64,
+    foreign: AtomicU64,
+    connects: AtomicU64,
+    disconnects: AtomicU64,
+}
+
+enum Control {
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String),
+}
+
+struct PublishJob {
+    channel: String,
+    payload: Bytes,
+    done: oneshot::Sender<Result<(), BrokerError>>,
+}
+
+struct Shared {
+    config: RedisConfig,
+    client: redis::Client,
+    interests: Mutex<HashSet<String>>,
+    status: watch::Sender<BrokerStatus>,
+    sub_up: AtomicBool,
+    pub_up: AtomicBool,
+    sink: OnceLock<Arc<dyn BusSink>>,
+    stop: watch::Sender<bool>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn interests(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.interests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_up(&self, flag: &AtomicBool, up: bool) {
+        flag.store(up, Ordering::SeqCst);
+        let both = self.sub_up.load(Ordering::SeqCst) && self.pub_up.load(Ordering::SeqCst);
+        let status = if both {
+            BrokerStatus::Up
+        } else {
+            BrokerStatus::Down
+        };
+        self.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn name(&self, channel: &Channel) -> String {
+        let p = &self.config.prefix;
+        match channel {
+            Channel::Broadcast => format!("{p}all"),
+            Channel::Node(n) => format!("{p}node:{n}"),
+            Channel::Topic(t) => format!("{p}topic:{t}"),
+            Channel::User(u) => format!("{p}user:{u}"),
+        }
+    }
+
+    fn channel(&self, name: &[u8]) -> Option<Channel> {
+        let rest = name.strip_prefix(self.config.prefix.as_bytes())?;
+        let rest = std::str::from_utf8(rest).ok()?;
+        if rest == "all" {
+            return Some(Channel::Broadcast);
+        }
+        let (kind, value) = rest.split_once(':')?;
+        match kind {
+            "node" => Some(Channel::Node(value.into())),
+            "topic" => Some(Channel::Topic(value.into())),
+            "user" => Some(Channel::User(value.into())),
+            _ => None,
+        }
+    }
+
+    /// Called by the subscription connection for every push it receives.
+    fn on_push(&self, info: PushInfo, lost: &mpsc::UnboundedSender<()>) {
+        match info.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let mut data = info.data.into_iter();
+                let (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    return;
+                };
+                self.counters.received.fetch_add(1, Ordering::Relaxed);
+                match (self.channel(&name), self.sink.get()) {
+                    (Some(channel), Some(sink)) => sink.deliver(&channel, Bytes::from(payload)),
+                    _ => {
+                        self.counters.foreign.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            PushKind::Disconnection => {
+                let _ = lost.send(());
+            }
+            _ => {}
+        }
+    }
+
+    fn connection_config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_response_timeout(Some(self.config.response_timeout))
+    }
+}
+
+/// A [`Broker`] on Redis pub/sub. See the [module docs](self).
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedSender<Control>,
+    publish: mpsc::Sender<PublishJob>,
+    tasks: Mutex<Option<(mpsc::UnboundedReceiver<Control>, mpsc::Receiver<PublishJob>)>>,
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("prefix", &self.shared.config.prefix)
+            .field("sharded", &self.shared.config.sharded)
+            .field("status", &*self.shared.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(err: impl fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(err.to_string())
+}
+
+impl RedisBroker {
+    /// Checks the configuration; connects when the hub starts it. Fails only
+    /// on an invalid URL, never because Redis is unreachable.
+    pub fn new(config: RedisConfig) -> Result<Arc<Self>, BrokerError> {
+        let info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| BrokerError::Config(format!("{}: {e}", redact(&config.url))))?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))
+            .map_err(|e| BrokerError::Config(e.to_string()))?;
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (publish, publish_rx) = mpsc::channel(config.publish_queue.max(1));
+        Ok(Arc::new(Self {
+            shared: Arc::new(Shared {
+                config,
+                client,
+                interests: Mutex::new(HashSet::new()),
+                status: watch::channel(BrokerStatus::Down).0,
+                sub_up: AtomicBool::new(false),
+                pub_up: AtomicBool::new(false),
+                sink: OnceLock::new(),
+                stop: watch::channel(false).0,
+                counters: Counters::default(),
+            }),
+            control,
+            publish,
+            tasks: Mutex::new(Some((control_rx, publish_rx))),
+        }))
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RedisStats {
+            published: get(&c.published),
+            publish_failed: get(&c.publish_failed),
+            received: get(&c.received),
+            foreign: get(&c.foreign),
+            connects: get(&c.connects),
+            disconnects: get(&c.disconnects),
+        }
+    }
+
+    /// The Redis channel name for `channel`.
+    pub fn channel_name(&self, channel: &Channel) -> String {
+        self.shared.name(channel)
+    }
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn start(&self, sink: Arc<dyn BusSink>) -> Result<(), BrokerError> {
+        let Some((control_rx, publish_rx)) =
+            self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take()
+        else {
+            return Err(BrokerError::Config("RedisBroker started twice".into()));
+        };
+        let _ = self.shared.sink.set(sink);
+        tokio::spawn(run_subscriber(self.shared.clone(), control_rx));
+        tokio::spawn(run_publisher(self.shared.clone(), publish_rx));
+        // Give a reachable server the chance to be up before the hub's first
+        // subscriptions; an unreachable one is retried in the background.
+        let mut status = self.shared.status.subscribe();
+        let _ = tokio::time::timeout(
+            self.shared.config.connect_timeout,
+            status.wait_for(|s| *s == BrokerStatus::Up),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        let result = if shared.stopped() {
+            Err(BrokerError::Closed)
+        } else if !shared.pub_up.load(Ordering::SeqCst) {
+            Err(unavailable("redis publish connection is down"))
+        } else {
+            let (done, wait) = oneshot::channel();
+            let job = PublishJob {
+                channel: shared.name(channel),
+                payload,
+                done,
+            };
+            match self.publish.send(job).await {
+                Err(_) => Err(BrokerError::Closed),
+                Ok(()) => wait.await.unwrap_or(Err(BrokerError::Closed)),
+            }
+        };
+        let counter = match &result {
+            Ok(()) => &shared.counters.published,
+            Err(_) => &shared.counters.publish_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let name = self.shared.name(channel);
+        self.shared.interests().insert(name.clone());
+        if !self.shared.sub_up.load(Ordering::SeqCst) {
+            return Err(unavailable(
+                "redis subscription connection is down; will subscribe on reconnect",
+            ));
+        }
+        let (done, wait) = oneshot::channel();
+        self.control
+            .send(Control::Subscribe(name, done))
+            .map_err(|_| BrokerError::Closed)?;
+        let limit = self.shared.config.response_timeout * 2;
+        match tokio::time::timeout(limit, wait).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(BrokerError::Closed),
+            Err(_) => Err(unavailable(
+                "subscribe timed out; will subscribe on reconnect",
+            )),
+        }
+    }
+
+    async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let name = self.shared.name(channel);
+        if self.shared.interests().remove(&name) {
+            let _ = self.control.send(Control::Unsubscribe(name));
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> watch::Receiver<BrokerStatus> {
+        self.shared.status.subscribe()
+    }
+
+    async fn shutdown(&self) -> Result<(), BrokerError> {
+        // Publishes already queued are flushed: the publisher drains its
+        // queue before it looks at the stop flag again.
+        let (done, wait) = oneshot::channel();
+        let flush = PublishJob {
+            channel: String::new(),
+            payload: Bytes::new(),
+            done,
+        };
+        if self.shared.pub_up.load(Ordering::SeqCst) && self.publish.send(flush).await.is_ok() {
+            let _ = tokio::time::timeout(self.shared.config.response_timeout, wait).await;
+        }
+        self.shared.stop.send_replace(true);
+        Ok(())
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.shared.stop.send_replace(true);
+    }
+}
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(config: &RedisConfig) -> Self {
+        Self {
+            min: config.backoff_min,
+            max: config.backoff_max,
+            next: config.backoff_min,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    fn delay(&mut self) -> Duration {
+        let ceiling = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let ms = u64::try_from(ceiling.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Duration::from_millis(fastrand::u64(ms / 2..=ms))
+    }
+}
+
+/// Resolves once the broker is stopping.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sleeps for `delay` unless the broker stops; false if it stopped.
+async fn pause(shared: &Shared, delay: Duration) -> bool {
+    let mut stop = shared.stop.subscribe();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => !shared.stopped(),
+        _ = stopped(&mut stop) => false,
+    }
+}
+
+async fn subscribe_names(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+    names: &[String],
+) -> redis::RedisResult<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    if shared.config.sharded {
+        // One channel per command: each confirmation is the command's reply.
+        for name in names {
+            redis::cmd("SSUBSCRIBE").arg(name).exec_async(conn).await?;
+        }
+        Ok(())
+    } else {
+        conn.subscribe(names).await
+    }
+}
+
+async fn unsubscribe_name(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+    name: &str,
+) -> redis::RedisResult<()> {
+    if shared.config.sharded {
+        redis::cmd("SUNSUBSCRIBE").arg(name).exec_async(conn).await
+    } else {
+        conn.unsubscribe(name).await
+    }
+}
+
+/// Keeps the subscription connection alive: connect, subscribe every
+/// interest, serve interest changes and probe liveness; on any failure,
+/// report Down, back off and start over.
+async fn run_subscriber(shared: Arc<Shared>, mut control: mpsc::UnboundedReceiver<Control>) {
+    let mut backoff = Backoff::new(&shared.config);
+    let mut stop = shared.stop.subscribe();
+    while !shared.stopped() {
+        let (lost_tx, mut lost) = mpsc::unbounded_channel();
+        let handler = {
+            let shared = Arc::downgrade(&shared);
+            move |info: PushInfo| -> Result<(), Infallible> {
+                if let Some(shared) = shared.upgrade() {
+                    shared.on_push(info, &lost_tx);
+                }
+                Ok(())
+            }
+        };
+        let config = shared.connection_config().set_push_sender(handler);
+        let connected = async {
+            let mut conn = shared
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let names: Vec<String> = shared.interests().iter().cloned().collect();
+            subscribe_names(&shared, &mut conn, &names).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let result = tokio::select! {
+            result = connected => result,
+            _ = stopped(&mut stop) => return,
+        };
+        let mut conn = match result {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::debug!(error = %err, "redis subscription connect failed");
+                shared.set_up(&shared.sub_up, false);
+                // Interest changes meanwhile are already in `interests`.
+                while let Ok(cmd) = control.try_recv() {
+                    if let Control::Subscribe(_, done) = cmd {
+                        let _ = done.send(Err(unavailable(&err)));
+                    }
+                }
+                if !pause(&shared, backoff.delay()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+        shared.set_up(&shared.sub_up, true);
+        backoff.reset();
+        tracing::info!("redis subscription connected");
+
+        let mut probe = tokio::time::interval(shared.config.ping_interval);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe.tick().await;
+        let reason = loop {
+            tokio::select! {
+                _ = lost.recv() => break "connection lost".to_string(),
+                _ = probe.tick() => {
+                    if let Err(err) = redis::cmd("PING").query_async::<Value>(&mut conn).await {
+                        break format!("liveness probe failed: {err}");
+                    }
+                }
+                cmd = control.recv() => match cmd {
+                    None => return,
+                    Some(Control::Subscribe(name, done)) => {
+                        let result = subscribe_names(&shared, &mut conn, std::slice::from_ref(&name)).await;
+                        let failed = result.as_ref().err().map(ToString::to_string);
+                        let _ = done.send(result.map_err(unavailable));
+                        if let Some(err) = failed {
+                            break format!("subscribe failed: {err}");
+                        }
+                    }
+                    Some(Control::Unsubscribe(name)) => {
+                        // The interest may be back already (unsubscribe then
+                        // subscribe in quick succession): keep it then.
+                        if shared.interests().contains(&name) {
+                            continue;
+                        }
+                        if let Err(err) = unsubscribe_name(&shared, &mut conn, &name).await {
+                            break format!("unsubscribe failed: {err}");
+                        }
+                    }
+                },
+                _ = stopped(&mut stop) => return,
+            }
+        };
+        shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+        shared.set_up(&shared.sub_up, false);
+        tracing::warn!(%reason, "redis subscription down; reconnecting");
+        drop(conn);
+        if !pause(&shared, backoff.delay()).await {
+            return;
+        }
+    }
+}
+
+/// Sends publishes in pipelined batches over one connection; reconnects with
+/// backoff, failing publishes at once while it is down.
+async fn run_publisher(shared: Arc<Shared>, mut jobs: mpsc::Receiver<PublishJob>) {
+    let mut backoff = Backoff::new(&shared.config);
+    let command = if shared.config.sharded {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
+    let config = shared.connection_config();
+    loop {
+        let mut conn = loop {
+            if shared.stopped() {
+                return;
+            }
+            match shared
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(conn) => break conn,
+                Err(err) => {
+                    tracing::debug!(error = %err, "redis publish connect failed");
+                    shared.set_up(&shared.pub_up, false);
+                    let delay = tokio::time::sleep(backoff.delay());
+                    tokio::pin!(delay);
+                    // Refuse what arrives meanwhile instead of holding it.
+                    loop {
+                        tokio::select! {
+                            _ = &mut delay => break,
+                            job = jobs.recv() => match job {
+                                Some(job) => { let _ = job.done.send(Err(unavailable(&err))); }
+                                None => return,
+                            },
+                        }
+                    }
+                }
+            }
+        };
+        shared.set_up(&shared.pub_up, true);
+        backoff.reset();
+
+        let max_batch = shared.config.max_batch.max(1);
+        let mut batch = Vec::with_capacity(max_batch);
+        loop {
+            let Some(first) = jobs.recv().await else {
+                return;
+            };
+            batch.push(first);
+            while batch.len() < max_batch {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut pipe = redis::pipe();
+            for job in batch.iter().filter(|j| !j.channel.is_empty()) {
+                pipe.cmd(command)
+                    .arg(&job.channel)
+                    .arg(&job.payload[..])
+                    .ignore();
+            }
+            let result = if pipe.is_empty() {
+                Ok(())
+            } else {
+                pipe.exec_async(&mut conn).await
+            };
+            match result {
+                Ok(()) => {
+                    for job in batch.drain(..) {
+                        let _ = job.done.send(Ok(()));
+                    }
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    for job in batch.drain(..) {
+                        let _ = job.done.send(Err(unavailable(&message)));
+                    }
+                    shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    shared.set_up(&shared.pub_up, false);
+                    tracing::warn!(error = %message, "redis publish failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_round_trip() {
+        let broker =
+            RedisBroker::new(RedisConfig::new("redis://127.0.0.1:1").prefix("p:")).unwrap();
+        let shared = &broker.shared;
+        for channel in [
+            Channel::Broadcast,
+            Channel::Node("n1".into()),
+            Channel::Topic("a:b c".into()),
+            Channel::User("".into()),
+        ] {
+            let name = shared.name(&channel);
+            assert!(name.starts_with("p:"));
+            assert_eq!(shared.channel(name.as_bytes()), Some(channel));
+        }
+        assert_eq!(shared.channel(b"other:topic:x"), None);
+        assert_eq!(shared.channel(b"p:weird"), None);
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors_without_the_password() {
+        let err = RedisBroker::new(RedisConfig::new("redis://user:secret@[::1")).unwrap_err();
+        assert!(matches!(err, BrokerError::Config(_)));
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new(
+            &RedisConfig::new("redis://x")
+                .backoff(Duration::from_millis(100), Duration::from_millis(400)),
+        );
+        let d: Vec<_> = (0..5).map(|_| b.delay().as_millis()).collect();
+        assert!((50..=100).contains(&d[0]), "{d:?}");
+        assert!((100..=200).contains(&d[1]), "{d:?}");
+        assert!((200..=400).contains(&d[4]), "{d:?}");
+        b.reset();
+        assert!(b.delay() <= Duration::from_millis(100));
+    }
+}
