@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example node -- [--listen 127.0.0.1:3000] [--broker memory] [--node-id ID]
+//! cargo run --release --features redis --example node -- --broker redis://127.0.0.1:6379 [--redis-prefix sse:] [--redis-sharded]
 //! ```
 //!
 //! Routes: see `examples/common/mod.rs`. SIGTERM or SIGINT drains the node:
@@ -20,15 +21,20 @@ struct Args {
     listen: SocketAddr,
     broker: String,
     node_id: Option<String>,
+    redis_prefix: Option<String>,
+    redis_sharded: bool,
 }
 
-const USAGE: &str = "usage: node [--listen 127.0.0.1:3000] [--broker memory] [--node-id ID]";
+const USAGE: &str = "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT] \
+[--node-id ID] [--redis-prefix PREFIX] [--redis-sharded]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
         broker: "memory".into(),
         node_id: None,
+        redis_prefix: None,
+        redis_sharded: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +49,8 @@ fn parse_args() -> Result<Args, String> {
             }
             "--broker" => args.broker = value()?,
             "--node-id" => args.node_id = Some(value()?),
+            "--redis-prefix" => args.redis_prefix = Some(value()?),
+            "--redis-sharded" => args.redis_sharded = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -70,14 +78,15 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Hub::builder().drain_timeout(Duration::from_millis(800));
-    if let Some(id) = args.node_id {
+    if let Some(id) = args.node_id.clone() {
         builder = builder.node_id(id);
     }
     builder = match args.broker.as_str() {
         "memory" => builder.broker(MemoryBus::new().broker()),
-        other => {
-            return Err(format!("unsupported --broker {other:?} (this build knows: memory)").into())
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            builder.broker(redis_broker(url, &args)?)
         }
+        other => return Err(format!("unsupported --broker {other:?}").into()),
     };
     let hub = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
@@ -90,4 +99,25 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     Ok(())
+}
+
+#[cfg(feature = "redis")]
+fn redis_broker(
+    url: &str,
+    args: &Args,
+) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+    use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
+    let mut config = RedisConfig::new(url).sharded(args.redis_sharded);
+    if let Some(prefix) = &args.redis_prefix {
+        config = config.prefix(prefix.clone());
+    }
+    Ok(RedisBroker::new(config)?)
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_broker(
+    _url: &str,
+    _args: &Args,
+) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+    Err("this build has no Redis support: rebuild with `--features redis`".into())
 }
