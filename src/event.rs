@@ -173,7 +173,9 @@ impl Event {
     /// `retry` has no `data:` line and dispatches nothing.
     pub fn encode(&self) -> Bytes {
         let data_len = self.data.as_ref().map_or(0, String::len);
-        let mut buf = BytesMut::with_capacity(data_len + 32);
+        // Room for the field names of a few lines; long multi-line payloads
+        // may still grow the buffer once.
+        let mut buf = BytesMut::with_capacity(data_len + data_len / 16 + 64);
         for comment in &self.comments {
             for line in split_lines(comment) {
                 put_field(&mut buf, b"", line);
@@ -215,7 +217,9 @@ pub(crate) fn split_lines(s: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(s);
     std::iter::from_fn(move || {
         let current = rest?;
-        match current.find(['\r', '\n']) {
+        // CR and LF are ASCII, so a byte search finds exactly the char
+        // boundaries `str::find` would, many times faster.
+        match memchr::memchr2(b'\r', b'\n', current.as_bytes()) {
             None => {
                 rest = None;
                 Some(current)

@@ -344,7 +344,9 @@ impl HubBuilder {
         let instance: Arc<str> = format!("{node_id}.{}", random_tag(6)).into();
         let node_channel = Channel::Node(node_id.as_str().into());
         let (subs_tx, subs_rx) = mpsc::unbounded_channel();
+        let echo_prefix = format!("{{\"v\":{},\"origin\":\"{instance}\"", crate::wire::VERSION);
         let inner = Arc::new(Inner {
+            echo_prefix: echo_prefix.into_bytes().into(),
             node_len: node_id.len(),
             node_id: node_id.into(),
             instance,
@@ -439,6 +441,9 @@ struct Inner {
     node_len: usize,
     /// `{node}.{random}`: tells this run of the node from an earlier one.
     instance: Arc<str>,
+    /// How this hub's own envelopes start (see `wire`): its echo is
+    /// recognised without parsing.
+    echo_prefix: Box<[u8]>,
     broker: Arc<dyn Broker>,
     status: watch::Receiver<BrokerStatus>,
     registry: Arc<ConnectionRegistry>,
@@ -735,6 +740,10 @@ impl Inner {
     fn on_bus_message(&self, channel: &Channel, payload: &[u8]) {
         let c = &self.counters;
         c.bus_in.fetch_add(1, Ordering::Relaxed);
+        if payload.starts_with(&self.echo_prefix) {
+            c.bus_echo.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let envelope = match Envelope::decode(payload) {
             Ok(env) => env,
             Err(err) => return self.malformed(channel, &err),

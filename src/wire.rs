@@ -60,9 +60,15 @@ pub enum WireError {
 pub struct Envelope<'a> {
     /// The envelope version.
     pub v: u64,
-    /// The event payload.
-    #[serde(borrow, default, skip_serializing_if = "str::is_empty")]
-    pub data: Cow<'a, str>,
+    /// The publishing hub instance.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Cow<'a, str>>,
+    /// The message id.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub msg: Option<Cow<'a, str>>,
+    /// The target connection, on node channels.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<Cow<'a, str>>,
     /// The SSE event name.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub event: Option<Cow<'a, str>>,
@@ -72,15 +78,9 @@ pub struct Envelope<'a> {
     /// The SSE retry, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<u64>,
-    /// The target connection, on node channels.
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
-    pub conn: Option<Cow<'a, str>>,
-    /// The publishing hub instance.
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<Cow<'a, str>>,
-    /// The message id.
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
-    pub msg: Option<Cow<'a, str>>,
+    /// The event payload.
+    #[serde(borrow, default, skip_serializing_if = "str::is_empty")]
+    pub data: Cow<'a, str>,
 }
 
 impl<'a> Envelope<'a> {
@@ -157,6 +157,8 @@ mod tests {
         let mut env = Envelope::from_event(&event);
         env.origin = Some("n.x".into());
         let bytes = env.encode();
+        // Hubs recognise their echo by this prefix.
+        assert!(bytes.starts_with(br#"{"v":1,"origin":"n.x","#), "{bytes:?}");
         let back = Envelope::decode(&bytes).unwrap();
         assert_eq!(back, env);
         assert_eq!(back.to_event().unwrap(), event);
