@@ -73,7 +73,21 @@
 //! twice. An event for a connection held here does not touch the bus at all.
 //!
 //! **Wire format.** Bus messages are a small, versioned JSON envelope that any
-//! language can write; see [`wire`].
+//! language can write; see [`wire`]. On Redis, the channel names are
+//! `{prefix}topic:{t}`, `{prefix}user:{u}`, `{prefix}node:{n}` and
+//! `{prefix}all` (prefix `sse:` by default), so from a shell:
+//!
+//! ```text
+//! redis-cli PUBLISH sse:topic:news '{"v":1,"event":"headline","data":"hello"}'
+//! ```
+//!
+//! **Broker outages.** When the broker loses its server, the hub reports
+//! [`BrokerStatus::Down`] ([`Hub::broker_status`]), publishes still reach
+//! local receivers but return a transient [`PublishError::Broker`], and
+//! every failure is counted ([`HubStats`]). When the broker is back (it
+//! reconnects with backoff and re-subscribes), every stream gets a
+//! `sse-cluster.gap` event with `{"reason":"bus"}` so the app can refetch
+//! what it may have missed ([`HubBuilder::gap_events`]).
 //!
 //! **Slow clients.** Every connection has a bounded queue
 //! ([`StreamConfig`]); a full queue closes the connection (default, the client
@@ -99,6 +113,7 @@
 //! |---|---|---|
 //! | `axum` | yes | [`adapters::axum`]: `IntoResponse` for [`Connection`] and [`SseStream`], a `LastEventId` extractor |
 //! | `hyper` | no | [`adapters::hyper`]: response and `Last-Event-ID` helpers for plain hyper 1 |
+//! | `redis` | no | `broker::redis`: Redis pub/sub, sharded pub/sub and Redis Cluster, with TLS |
 //!
 //! The in-memory broker ([`broker::memory`]) is always available.
 

@@ -68,8 +68,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::{
-    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisResult,
+    Value,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -86,6 +89,9 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7+). Default: off.
     pub sharded: bool,
+    /// Redis Cluster seed nodes; when set, `url` is ignored and the broker
+    /// talks to the cluster with sharded pub/sub. Default: empty.
+    pub cluster: Vec<String>,
     /// How often the subscription connection is probed with `PING`. Default: 5 s.
     pub ping_interval: Duration,
     /// How long a command (and the probe) may take before the connection is
@@ -111,6 +117,7 @@ impl RedisConfig {
             url: url.into(),
             prefix: "sse:".into(),
             sharded: false,
+            cluster: Vec::new(),
             ping_interval: Duration::from_secs(5),
             response_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
@@ -131,6 +138,22 @@ impl RedisConfig {
     pub fn sharded(mut self, sharded: bool) -> Self {
         self.sharded = sharded;
         self
+    }
+
+    /// A Redis Cluster, reached through any of `seed_urls`: sharded pub/sub
+    /// (`SPUBLISH`/`SSUBSCRIBE`, so each message is handled by the shard that
+    /// owns its channel's slot instead of being broadcast to every node of
+    /// the cluster).
+    pub fn cluster<I, S>(seed_urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let cluster: Vec<String> = seed_urls.into_iter().map(Into::into).collect();
+        let mut config = Self::new(cluster.first().cloned().unwrap_or_default());
+        config.cluster = cluster;
+        config.sharded = true;
+        config
     }
 
     /// Sets the liveness probe interval and the response timeout.
@@ -190,6 +213,8 @@ struct PublishJob {
 struct Shared {
     config: RedisConfig,
     client: redis::Client,
+    /// Cluster seed nodes (RESP3), empty for a single server.
+    cluster_nodes: Vec<redis::ConnectionInfo>,
     interests: Mutex<HashSet<String>>,
     status: watch::Sender<BrokerStatus>,
     sub_up: AtomicBool,
@@ -306,23 +331,20 @@ impl RedisBroker {
     /// Checks the configuration; connects when the hub starts it. Fails only
     /// on an invalid URL, never because Redis is unreachable.
     pub fn new(config: RedisConfig) -> Result<Arc<Self>, BrokerError> {
-        let info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| BrokerError::Config(format!("{}: {e}", redact(&config.url))))?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))
+        let client = redis::Client::open(resp3_info(&config.url)?)
             .map_err(|e| BrokerError::Config(e.to_string()))?;
+        let cluster_nodes = config
+            .cluster
+            .iter()
+            .map(|url| resp3_info(url))
+            .collect::<Result<Vec<_>, _>>()?;
         let (control, control_rx) = mpsc::unbounded_channel();
         let (publish, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         Ok(Arc::new(Self {
             shared: Arc::new(Shared {
                 config,
                 client,
+                cluster_nodes,
                 interests: Mutex::new(HashSet::new()),
                 status: watch::channel(BrokerStatus::Down).0,
                 sub_up: AtomicBool::new(false),
@@ -355,6 +377,19 @@ impl RedisBroker {
     pub fn channel_name(&self, channel: &Channel) -> String {
         self.shared.name(channel)
     }
+}
+
+/// Parses `url` into connection settings that speak RESP3 (needed for push
+/// messages on a multiplexed connection).
+fn resp3_info(url: &str) -> Result<redis::ConnectionInfo, BrokerError> {
+    let info = url
+        .into_connection_info()
+        .map_err(|e| BrokerError::Config(format!("{}: {e}", redact(url))))?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    Ok(info.set_redis_settings(settings))
 }
 
 /// The URL without its password, for error messages.
@@ -516,41 +551,121 @@ async fn pause(shared: &Shared, delay: Duration) -> bool {
     }
 }
 
-async fn subscribe_names(
-    shared: &Shared,
-    conn: &mut MultiplexedConnection,
-    names: &[String],
-) -> redis::RedisResult<()> {
-    if names.is_empty() {
-        return Ok(());
-    }
-    if shared.config.sharded {
-        // One channel per command: each confirmation is the command's reply.
-        for name in names {
-            redis::cmd("SSUBSCRIBE").arg(name).exec_async(conn).await?;
+/// A connection to one server, or to a Redis Cluster (sharded mode).
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn subscribe(&mut self, sharded: bool, names: &[String]) -> RedisResult<()> {
+        match self {
+            _ if names.is_empty() => Ok(()),
+            Conn::Single(conn) if !sharded => conn.subscribe(names).await,
+            Conn::Single(conn) => {
+                // One channel per command: each confirmation is the reply.
+                for name in names {
+                    redis::cmd("SSUBSCRIBE").arg(name).exec_async(conn).await?;
+                }
+                Ok(())
+            }
+            Conn::Cluster(conn) => {
+                // Channels live on the shard of their slot: one at a time.
+                for name in names {
+                    conn.ssubscribe(name).await?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
-    } else {
-        conn.subscribe(names).await
+    }
+
+    async fn unsubscribe(&mut self, sharded: bool, name: &str) -> RedisResult<()> {
+        match self {
+            Conn::Single(conn) if !sharded => conn.unsubscribe(name).await,
+            Conn::Single(conn) => redis::cmd("SUNSUBSCRIBE").arg(name).exec_async(conn).await,
+            Conn::Cluster(conn) => conn.sunsubscribe(name).await,
+        }
+    }
+
+    async fn ping(&mut self) -> RedisResult<()> {
+        let ping = redis::cmd("PING");
+        match self {
+            Conn::Single(conn) => ping.exec_async(conn).await,
+            Conn::Cluster(conn) => ping.exec_async(conn).await,
+        }
+    }
+
+    /// Publishes a batch: one pipeline on a single server; on a cluster,
+    /// concurrent commands (a pipeline may not span slots), which the
+    /// multiplexed node connections still pipeline on the wire.
+    async fn publish(&mut self, command: &str, jobs: &[PublishJob]) -> RedisResult<()> {
+        let jobs = jobs.iter().filter(|j| !j.channel.is_empty());
+        match self {
+            Conn::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for job in jobs {
+                    pipe.cmd(command)
+                        .arg(&job.channel)
+                        .arg(&job.payload[..])
+                        .ignore();
+                }
+                if pipe.is_empty() {
+                    return Ok(());
+                }
+                pipe.exec_async(conn).await
+            }
+            Conn::Cluster(conn) => {
+                let sends = jobs.map(|job| {
+                    let mut conn = conn.clone();
+                    let cmd = redis::cmd(command)
+                        .arg(&job.channel)
+                        .arg(&job.payload[..])
+                        .take();
+                    async move { cmd.exec_async(&mut conn).await }
+                });
+                futures_util::future::join_all(sends)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+        }
     }
 }
 
-async fn unsubscribe_name(
-    shared: &Shared,
-    conn: &mut MultiplexedConnection,
-    name: &str,
-) -> redis::RedisResult<()> {
-    if shared.config.sharded {
-        redis::cmd("SUNSUBSCRIBE").arg(name).exec_async(conn).await
-    } else {
-        conn.unsubscribe(name).await
+impl Shared {
+    async fn connect(&self, push: Option<PushHandler>) -> RedisResult<Conn> {
+        let config = &self.config;
+        if self.cluster_nodes.is_empty() {
+            let mut settings = self.connection_config();
+            if let Some(push) = push {
+                settings = settings.set_push_sender(push);
+            }
+            let conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&settings)
+                .await?;
+            return Ok(Conn::Single(conn));
+        }
+        let mut builder = ClusterClientBuilder::new(self.cluster_nodes.clone())
+            .use_protocol(ProtocolVersion::RESP3)
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.response_timeout)
+            .retries(1);
+        if let Some(push) = push {
+            builder = builder.push_sender(push);
+        }
+        let conn = builder.build()?.get_async_connection().await?;
+        Ok(Conn::Cluster(conn))
     }
 }
+
+type PushHandler = Box<dyn Fn(PushInfo) -> Result<(), Infallible> + Send + Sync>;
 
 /// Keeps the subscription connection alive: connect, subscribe every
 /// interest, serve interest changes and probe liveness; on any failure,
 /// report Down, back off and start over.
 async fn run_subscriber(shared: Arc<Shared>, mut control: mpsc::UnboundedReceiver<Control>) {
+    let sharded = shared.config.sharded;
     let mut backoff = Backoff::new(&shared.config);
     let mut stop = shared.stop.subscribe();
     while !shared.stopped() {
@@ -564,14 +679,10 @@ async fn run_subscriber(shared: Arc<Shared>, mut control: mpsc::UnboundedReceive
                 Ok(())
             }
         };
-        let config = shared.connection_config().set_push_sender(handler);
         let connected = async {
-            let mut conn = shared
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
+            let mut conn = shared.connect(Some(Box::new(handler))).await?;
             let names: Vec<String> = shared.interests().iter().cloned().collect();
-            subscribe_names(&shared, &mut conn, &names).await?;
+            conn.subscribe(sharded, &names).await?;
             Ok::<_, redis::RedisError>(conn)
         };
         let result = tokio::select! {
@@ -607,14 +718,14 @@ async fn run_subscriber(shared: Arc<Shared>, mut control: mpsc::UnboundedReceive
             tokio::select! {
                 _ = lost.recv() => break "connection lost".to_string(),
                 _ = probe.tick() => {
-                    if let Err(err) = redis::cmd("PING").query_async::<Value>(&mut conn).await {
+                    if let Err(err) = conn.ping().await {
                         break format!("liveness probe failed: {err}");
                     }
                 }
                 cmd = control.recv() => match cmd {
                     None => return,
                     Some(Control::Subscribe(name, done)) => {
-                        let result = subscribe_names(&shared, &mut conn, std::slice::from_ref(&name)).await;
+                        let result = conn.subscribe(sharded, std::slice::from_ref(&name)).await;
                         let failed = result.as_ref().err().map(ToString::to_string);
                         let _ = done.send(result.map_err(unavailable));
                         if let Some(err) = failed {
@@ -627,7 +738,7 @@ async fn run_subscriber(shared: Arc<Shared>, mut control: mpsc::UnboundedReceive
                         if shared.interests().contains(&name) {
                             continue;
                         }
-                        if let Err(err) = unsubscribe_name(&shared, &mut conn, &name).await {
+                        if let Err(err) = conn.unsubscribe(sharded, &name).await {
                             break format!("unsubscribe failed: {err}");
                         }
                     }
@@ -654,17 +765,12 @@ async fn run_publisher(shared: Arc<Shared>, mut jobs: mpsc::Receiver<PublishJob>
     } else {
         "PUBLISH"
     };
-    let config = shared.connection_config();
     loop {
         let mut conn = loop {
             if shared.stopped() {
                 return;
             }
-            match shared
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-            {
+            match shared.connect(None).await {
                 Ok(conn) => break conn,
                 Err(err) => {
                     tracing::debug!(error = %err, "redis publish connect failed");
@@ -700,19 +806,7 @@ async fn run_publisher(shared: Arc<Shared>, mut jobs: mpsc::Receiver<PublishJob>
                     Err(_) => break,
                 }
             }
-            let mut pipe = redis::pipe();
-            for job in batch.iter().filter(|j| !j.channel.is_empty()) {
-                pipe.cmd(command)
-                    .arg(&job.channel)
-                    .arg(&job.payload[..])
-                    .ignore();
-            }
-            let result = if pipe.is_empty() {
-                Ok(())
-            } else {
-                pipe.exec_async(&mut conn).await
-            };
-            match result {
+            match conn.publish(command, &batch).await {
                 Ok(()) => {
                     for job in batch.drain(..) {
                         let _ = job.done.send(Ok(()));
