@@ -5,6 +5,10 @@
 
 #[path = "../../examples/common/mod.rs"]
 pub mod app;
+#[cfg(feature = "redis")]
+pub mod redis_cluster;
+#[cfg(feature = "redis")]
+pub mod redis_server;
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -1,0 +1,105 @@
+//! Sharded pub/sub through a real three-shard Redis Cluster.
+
+#![cfg(all(feature = "redis", feature = "axum"))]
+
+mod support;
+
+use hyper::StatusCode;
+use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
+use sse_cluster::Hub;
+use support::{post, SseClient};
+
+async fn hub(node: &str, urls: &[String], prefix: &str) -> support::Node {
+    let config = RedisConfig::cluster(urls.iter().cloned()).prefix(prefix);
+    let broker = RedisBroker::new(config).expect("config");
+    let hub = Hub::builder()
+        .node_id(node)
+        .broker(broker)
+        .build()
+        .await
+        .expect("hub");
+    assert_eq!(hub.broker_status(), sse_cluster::BrokerStatus::Up);
+    support::Node::serve(hub).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_pubsub_across_a_three_node_cluster() {
+    let Some(cluster) = support::redis_cluster::start("sharded_pubsub_across_a_three_node_cluster")
+    else {
+        return;
+    };
+    let urls = cluster.urls();
+    let prefix = format!("rc{}:", fastrand::u32(..));
+    let a = hub("a", &urls, &prefix).await;
+    let b = hub("b", &urls, &prefix).await;
+
+    // Topics whose channels live on every shard.
+    let mut topics = Vec::new();
+    let mut owners = std::collections::HashSet::new();
+    for i in 0..200 {
+        let topic = format!("t{i}");
+        if owners.insert(cluster.owner_port(&format!("{prefix}topic:{topic}"))) {
+            topics.push(topic);
+        }
+        if owners.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(owners.len(), 3, "channels on all three shards");
+
+    let query: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
+    let mut client =
+        SseClient::connect(a.addr, &format!("/events?{}&user=u1", query.join("&"))).await;
+    for topic in &topics {
+        let (status, _) = post(
+            b.addr,
+            &format!("/publish?topic={topic}"),
+            format!("to {topic}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(
+            client.next().await.expect("event").data,
+            format!("to {topic}")
+        );
+    }
+    for (path, data) in [("/publish?user=u1", "to user"), ("/publish", "to all")] {
+        assert_eq!(post(b.addr, path, data).await.0, StatusCode::ACCEPTED);
+        assert_eq!(client.next().await.expect("event").data, data);
+    }
+    let conn_path = format!("/publish?connection={}", client.connection_id);
+    assert_eq!(
+        post(b.addr, &conn_path, "direct").await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(client.next().await.expect("event").data, "direct");
+
+    // A non-Rust publisher: redis-cli in cluster mode, SPUBLISH.
+    let channel = format!("{prefix}topic:{}", topics[0]);
+    let reply = cluster.cli(&[
+        "SPUBLISH",
+        &channel,
+        r#"{"v":1,"event":"cli","data":"from redis-cli"}"#,
+    ]);
+    assert_eq!(
+        reply.trim(),
+        "1",
+        "one subscriber (node a) on the owning shard"
+    );
+    let event = client.next().await.expect("event");
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("cli", "from redis-cli")
+    );
+    client.expect_quiet().await;
+
+    // Interest routing on the shards: only node a listens to the topic.
+    let owner = cluster.owner_port(&channel);
+    let numsub = cluster.cli_at(owner, &["PUBSUB", "SHARDNUMSUB", &channel]);
+    assert_eq!(numsub.lines().nth(1).map(str::trim), Some("1"), "{numsub}");
+    let stats = b.hub.stats();
+    assert_eq!(
+        stats.bus_in, stats.bus_echo,
+        "node b holds no client: it hears only its own broadcast"
+    );
+}
