@@ -14,6 +14,9 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 pub mod memory;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
@@ -96,6 +99,15 @@ pub trait BusSink: Send + Sync + 'static {
     /// Called for each message received on a subscribed channel, in the
     /// order the server delivered them. Must not block.
     fn deliver(&self, channel: &Channel, payload: Bytes);
+
+    /// Called when the backend knows it dropped messages of `channel` (or of
+    /// unknown channels, `None`), e.g. a slow-consumer notice from the
+    /// server or client library. The hub sends the affected streams a gap
+    /// event. Status outages need no call: the hub follows
+    /// [`Broker::status`] itself.
+    fn messages_lost(&self, channel: Option<&Channel>) {
+        let _ = channel;
+    }
 }
 
 /// A message bus between hubs.

@@ -771,6 +771,21 @@ impl Inner {
         c.record(out);
     }
 
+    /// Tells the streams of `channel` (all streams for `None`, a node or the
+    /// broadcast channel) that they may have missed events.
+    fn signal_gap(&self, channel: Option<&Channel>) {
+        let frame = Bytes::from_static(GAP_BUS_FRAME);
+        let out = match channel {
+            Some(Channel::Topic(t)) => self.registry.send_to_topic(t, &frame),
+            Some(Channel::User(u)) => self.registry.send_to_user(u, &frame),
+            _ => self.registry.send_to_all(&frame),
+        };
+        self.counters
+            .gap_events
+            .fetch_add(out.delivered, Ordering::Relaxed);
+        self.counters.record(out);
+    }
+
     fn malformed(&self, channel: &Channel, err: &dyn fmt::Display) {
         let n = self.counters.bus_malformed.fetch_add(1, Ordering::Relaxed) + 1;
         // Log the 1st, 2nd, 4th, 8th... so a flood cannot flood the logs.
@@ -800,14 +815,7 @@ async fn watch_status(
                 down = false;
                 tracing::info!("broker is back");
                 if gap_events {
-                    let out = inner
-                        .registry
-                        .send_to_all(&Bytes::from_static(GAP_BUS_FRAME));
-                    inner
-                        .counters
-                        .gap_events
-                        .fetch_add(out.delivered, Ordering::Relaxed);
-                    inner.counters.record(out);
+                    inner.signal_gap(None);
                 }
             }
             BrokerStatus::Down if !down => {
@@ -829,6 +837,13 @@ impl BusSink for Inbox {
     fn deliver(&self, channel: &Channel, payload: Bytes) {
         if let Some(inner) = self.0.upgrade() {
             inner.on_bus_message(channel, &payload);
+        }
+    }
+
+    fn messages_lost(&self, channel: Option<&Channel>) {
+        if let Some(inner) = self.0.upgrade() {
+            tracing::warn!(channel = ?channel, "the broker dropped messages");
+            inner.signal_gap(channel);
         }
     }
 }
