@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example node -- [--listen 127.0.0.1:3000] [--broker memory] [--node-id ID]
 //! cargo run --release --features redis --example node -- --broker redis://127.0.0.1:6379 [--redis-prefix sse:] [--redis-sharded]
+//! cargo run --release --features nats --example node -- --broker nats://127.0.0.1:4222 [--nats-prefix sse]
 //! ```
 //!
 //! Routes: see `examples/common/mod.rs`. SIGTERM or SIGINT drains the node:
@@ -23,10 +24,12 @@ struct Args {
     node_id: Option<String>,
     redis_prefix: Option<String>,
     redis_sharded: bool,
+    nats_prefix: Option<String>,
 }
 
-const USAGE: &str = "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT] \
-[--node-id ID] [--redis-prefix PREFIX] [--redis-sharded]";
+const USAGE: &str =
+    "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|nats://HOST:PORT] \
+[--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -35,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         node_id: None,
         redis_prefix: None,
         redis_sharded: false,
+        nats_prefix: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
             "--node-id" => args.node_id = Some(value()?),
             "--redis-prefix" => args.redis_prefix = Some(value()?),
             "--redis-sharded" => args.redis_sharded = true,
+            "--nats-prefix" => args.nats_prefix = Some(value()?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -86,6 +91,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         url if url.starts_with("redis://") || url.starts_with("rediss://") => {
             builder.broker(redis_broker(url, &args)?)
         }
+        url if url.starts_with("nats://") || url.starts_with("tls://") => {
+            builder.broker(nats_broker(url, &args)?)
+        }
         other => return Err(format!("unsupported --broker {other:?}").into()),
     };
     let hub = builder.build().await?;
@@ -120,4 +128,25 @@ fn redis_broker(
     _args: &Args,
 ) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
     Err("this build has no Redis support: rebuild with `--features redis`".into())
+}
+
+#[cfg(feature = "nats")]
+fn nats_broker(
+    url: &str,
+    args: &Args,
+) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+    use sse_cluster::broker::nats::{NatsBroker, NatsConfig};
+    let mut config = NatsConfig::new(url);
+    if let Some(prefix) = &args.nats_prefix {
+        config = config.prefix(prefix.clone());
+    }
+    Ok(NatsBroker::new(config)?)
+}
+
+#[cfg(not(feature = "nats"))]
+fn nats_broker(
+    _url: &str,
+    _args: &Args,
+) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+    Err("this build has no NATS support: rebuild with `--features nats`".into())
 }
