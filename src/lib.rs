@@ -81,6 +81,11 @@
 //! redis-cli PUBLISH sse:topic:news '{"v":1,"event":"headline","data":"hello"}'
 //! ```
 //!
+//! On NATS the subjects are `{prefix}.topic.{t}`, `{prefix}.user.{u}`,
+//! `{prefix}.node.{n}` and `{prefix}.all` (prefix `sse`), with topic and user
+//! names encoded into valid subject tokens (`a.b` becomes `a%2Eb`, so a user
+//! named `>` cannot subscribe to everything); see `broker::nats`.
+//!
 //! **Broker outages.** When the broker loses its server, the hub reports
 //! [`BrokerStatus::Down`] ([`Hub::broker_status`]), publishes still reach
 //! local receivers but return a transient [`PublishError::Broker`], and
@@ -114,6 +119,7 @@
 //! | `axum` | yes | [`adapters::axum`]: `IntoResponse` for [`Connection`] and [`SseStream`], a `LastEventId` extractor |
 //! | `hyper` | no | [`adapters::hyper`]: response and `Last-Event-ID` helpers for plain hyper 1 |
 //! | `redis` | no | `broker::redis`: Redis pub/sub, sharded pub/sub and Redis Cluster, with TLS |
+//! | `nats` | no | `broker::nats`: core NATS subjects, with credentials, token, user/password and TLS |
 //!
 //! The in-memory broker ([`broker::memory`]) is always available.
 
