@@ -766,12 +766,22 @@ async fn run_publisher(shared: Arc<Shared>, mut jobs: mpsc::Receiver<PublishJob>
         "PUBLISH"
     };
     loop {
-        let mut conn = loop {
+        let (mut conn, mut lost) = loop {
             if shared.stopped() {
                 return;
             }
-            match shared.connect(None).await {
-                Ok(conn) => break conn,
+            // The connection tells us when it closes (server restart, idle
+            // timeout), so an idle publisher reconnects before it is needed
+            // and never reports Up over a dead connection.
+            let (lost_tx, lost) = mpsc::unbounded_channel();
+            let handler: PushHandler = Box::new(move |info: PushInfo| {
+                if info.kind == PushKind::Disconnection {
+                    let _ = lost_tx.send(());
+                }
+                Ok(())
+            });
+            match shared.connect(Some(handler)).await {
+                Ok(conn) => break (conn, lost),
                 Err(err) => {
                     tracing::debug!(error = %err, "redis publish connect failed");
                     shared.set_up(&shared.pub_up, false);
@@ -796,8 +806,18 @@ async fn run_publisher(shared: Arc<Shared>, mut jobs: mpsc::Receiver<PublishJob>
         let max_batch = shared.config.max_batch.max(1);
         let mut batch = Vec::with_capacity(max_batch);
         loop {
-            let Some(first) = jobs.recv().await else {
-                return;
+            let first = tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+                _ = lost.recv() => {
+                    // Reconnect at once; the status drops to Down only if
+                    // that fails, so an idle timeout is not an outage.
+                    shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("redis publish connection closed; reconnecting");
+                    break;
+                }
             };
             batch.push(first);
             while batch.len() < max_batch {
@@ -818,7 +838,6 @@ async fn run_publisher(shared: Arc<Shared>, mut jobs: mpsc::Receiver<PublishJob>
                         let _ = job.done.send(Err(unavailable(&message)));
                     }
                     shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-                    shared.set_up(&shared.pub_up, false);
                     tracing::warn!(error = %message, "redis publish failed; reconnecting");
                     break;
                 }
