@@ -1097,3 +1097,48 @@ async fn tls_delivers_between_hubs() {
     let (c, _) = redis_node(fast_config(&plain, &prefix), "c").await;
     assert_eq!(c.hub.broker_status(), BrokerStatus::Down);
 }
+
+/// A server that stops answering while every socket stays open (SIGSTOP: a
+/// silent death, no disconnect notice) is caught by the liveness `PING`: the
+/// hubs report Down, reconnect once it answers again, and deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_is_caught_by_the_liveness_probe() {
+    let test = "frozen_server_is_caught_by_the_liveness_probe";
+    let Some(server) = RedisServer::start(test) else {
+        return;
+    };
+    let prefix = unique_prefix(test);
+    let (a, a_broker) = redis_node(fast_config(&server.url(), &prefix), "a").await;
+    let (b, _) = redis_node(fast_config(&server.url(), &prefix), "b").await;
+    let mut client = SseClient::connect(a.addr, "/events?topic=t").await;
+    post_ok(b.addr, "/publish?topic=t", "before").await;
+    expect_data(&mut client, "client", &["before"]).await;
+
+    server.signal("STOP");
+    // Probe every 200 ms, 500 ms to answer: Down well within 5 s.
+    let frozen = Instant::now();
+    wait_until(
+        "the probe noticed the frozen server",
+        Duration::from_secs(5),
+        || both(&a.hub, &b.hub, BrokerStatus::Down),
+    )
+    .await;
+    assert!(
+        frozen.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        frozen.elapsed()
+    );
+    assert!(a_broker.stats().disconnects >= 1);
+    server.signal("CONT");
+    wait_until("both hubs up again", Duration::from_secs(10), || {
+        both(&a.hub, &b.hub, BrokerStatus::Up)
+    })
+    .await;
+    let gap = client.next().await.expect("gap event");
+    assert_eq!(
+        (gap.event.as_str(), gap.data.as_str()),
+        (GAP_EVENT, r#"{"reason":"bus"}"#)
+    );
+    post_ok(b.addr, "/publish?topic=t", "after").await;
+    expect_data(&mut client, "client", &["after"]).await;
+}

@@ -175,6 +175,17 @@ impl RedisServer {
         &self.dir
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the server process: `STOP`
+    /// freezes it with every connection open, a silent death.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("server running").id();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILLs the server (no shutdown, no goodbye to clients) and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
