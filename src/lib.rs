@@ -108,9 +108,13 @@
 //!
 //! At most once: an event reaches the connections that are registered when it
 //! is delivered on their node. Events from one task's successive publishes to
-//! one connection arrive in publish order. If the broker is down, a publish
-//! still reaches local receivers and returns [`PublishError::Broker`]; other
-//! nodes miss it.
+//! one target arrive at each of its connections in publish order. Across
+//! targets (a topic event, then a user event, to a connection that gets both)
+//! the order also holds on the in-memory and Redis brokers, but not on NATS:
+//! async-nats hands each subject to its own subscription queue, so events of
+//! different subjects may overtake each other. If the broker is down, a
+//! publish still reaches local receivers and returns
+//! [`PublishError::Broker`]; other nodes miss it.
 //!
 //! # Features
 //!

@@ -35,10 +35,17 @@
 //! nats pub sse.topic.news '{"v":1,"event":"headline","data":"hello"}'
 //! ```
 //!
+//! # Ordering
+//!
+//! Messages of one subject arrive in order. Messages of different subjects
+//! (a topic and a user, say) may not: async-nats hands each subscription its
+//! own queue, and one task forwards each subscription.
+//!
 //! # Failure handling
 //!
 //! async-nats reconnects and re-subscribes by itself; the broker turns its
-//! connection events into [`BrokerStatus`] (so the hub can report the outage
+//! connection events into [`BrokerStatus`], reporting Up only after a round
+//! trip to the server proves the re-subscriptions are in place (so the hub can report the outage
 //! and send gap events when it is back). While disconnected,
 //! [`Broker::publish`] fails at once with the transient
 //! [`BrokerError::Unavailable`], as the Redis backend does (no buffering).
@@ -246,6 +253,9 @@ struct Counters {
 }
 
 struct Shared {
+    client: OnceLock<Client>,
+    prefix: String,
+    connect_timeout: Duration,
     status: watch::Sender<BrokerStatus>,
     sink: OnceLock<Arc<dyn BusSink>>,
     counters: Counters,
@@ -255,7 +265,6 @@ struct Shared {
 pub struct NatsBroker {
     config: NatsConfig,
     shared: Arc<Shared>,
-    client: OnceLock<Client>,
     /// Forwarding task per subscribed subject; aborting it drops the
     /// `Subscriber`, which unsubscribes.
     subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
@@ -295,14 +304,16 @@ impl NatsBroker {
             return Err(BrokerError::Config("no NATS server URL".into()));
         }
         Ok(Arc::new(Self {
-            config,
             shared: Arc::new(Shared {
+                client: OnceLock::new(),
+                prefix: config.prefix.clone(),
+                connect_timeout: config.connect_timeout,
                 status: watch::channel(BrokerStatus::Down).0,
                 sink: OnceLock::new(),
                 counters: Counters::default(),
             }),
-            client: OnceLock::new(),
             subscriptions: Mutex::new(HashMap::new()),
+            config,
         }))
     }
 
@@ -379,14 +390,53 @@ impl NatsBroker {
     }
 }
 
+/// Proves the server has processed everything this client sent before: a
+/// request to a subject nobody serves comes back as "no responders" only
+/// after the server has read every earlier command (a `flush` only writes
+/// them to the socket).
+async fn round_trip(client: &Client, prefix: &str, limit: Duration) -> Result<(), BrokerError> {
+    let subject = format!("{prefix}._sync.{}", fastrand::u64(..));
+    match tokio::time::timeout(limit, client.request(subject, Bytes::new())).await {
+        Err(_) => Err(unavailable("nats round trip timed out")),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) if err.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(err)) => Err(unavailable(err)),
+    }
+}
+
 impl Shared {
-    fn on_event(&self, event: Event) {
+    /// Reports Up once a round trip succeeds on the (re)connected client,
+    /// retrying while it stays connected.
+    async fn confirm_up(&self, client: &Client) {
+        for _ in 0..50 {
+            if client.connection_state() != async_nats::connection::State::Connected {
+                return;
+            }
+            if round_trip(client, &self.prefix, self.connect_timeout)
+                .await
+                .is_ok()
+            {
+                self.status.send_replace(BrokerStatus::Up);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::warn!("nats connected but round trips keep failing; staying Down");
+    }
+
+    fn on_event(self: Arc<Self>, event: Event) {
         let c = &self.counters;
         match event {
             Event::Connected => {
                 c.connects.fetch_add(1, Ordering::Relaxed);
-                self.status.send_replace(BrokerStatus::Up);
                 tracing::info!("nats connected");
+                // async-nats reports Connected before it has re-sent the
+                // subscriptions: Up only once a round trip proves they are
+                // back (see `confirm_up`).
+                if let Some(client) = self.client.get().cloned() {
+                    let shared = self.clone();
+                    tokio::spawn(async move { shared.confirm_up(&client).await });
+                }
             }
             Event::Disconnected | Event::Closed => {
                 c.disconnects.fetch_add(1, Ordering::Relaxed);
@@ -408,7 +458,7 @@ impl Shared {
 #[async_trait]
 impl Broker for NatsBroker {
     async fn start(&self, sink: Arc<dyn BusSink>) -> Result<(), BrokerError> {
-        if self.client.get().is_some() {
+        if self.shared.client.get().is_some() {
             return Err(BrokerError::Config("NatsBroker started twice".into()));
         }
         let _ = self.shared.sink.set(sink);
@@ -419,7 +469,11 @@ impl Broker for NatsBroker {
             .connect(self.config.url.as_str())
             .await
             .map_err(|e| BrokerError::Config(e.to_string()))?;
-        let _ = self.client.set(client);
+        let _ = self.shared.client.set(client.clone());
+        // The first Connected event may fire before the client is stored:
+        // confirm from here as well (Up is idempotent).
+        let shared = self.shared.clone();
+        tokio::spawn(async move { shared.confirm_up(&client).await });
         let mut status = self.shared.status.subscribe();
         let _ = tokio::time::timeout(
             self.config.connect_timeout,
@@ -430,7 +484,7 @@ impl Broker for NatsBroker {
     }
 
     async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<(), BrokerError> {
-        let result = match self.client.get() {
+        let result = match self.shared.client.get() {
             None => Err(BrokerError::Closed),
             Some(_) if *self.shared.status.borrow() != BrokerStatus::Up => {
                 Err(unavailable("nats is disconnected"))
@@ -449,7 +503,7 @@ impl Broker for NatsBroker {
     }
 
     async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
-        let client = self.client.get().ok_or(BrokerError::Closed)?;
+        let client = self.shared.client.get().ok_or(BrokerError::Closed)?;
         let subject = self.subject(channel);
         if self.subscriptions().contains_key(&subject) {
             return Ok(());
@@ -478,12 +532,9 @@ impl Broker for NatsBroker {
                 "nats is disconnected; will subscribe on reconnect",
             ));
         }
-        // The round trip makes sure the server has the SUB before `connect`
-        // returns, so an event published right after is not missed.
-        tokio::time::timeout(self.config.connect_timeout, client.flush())
-            .await
-            .map_err(|_| unavailable("nats flush timed out"))?
-            .map_err(unavailable)
+        // The round trip makes sure the server has processed the SUB before
+        // `connect` returns, so an event published right after is not missed.
+        round_trip(client, &self.config.prefix, self.config.connect_timeout).await
     }
 
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
@@ -501,7 +552,7 @@ impl Broker for NatsBroker {
         for (_, task) in self.subscriptions().drain() {
             task.abort();
         }
-        if let Some(client) = self.client.get() {
+        if let Some(client) = self.shared.client.get() {
             if *self.shared.status.borrow() == BrokerStatus::Up {
                 let _ = tokio::time::timeout(self.config.connect_timeout, client.flush()).await;
             }

@@ -5,6 +5,8 @@
 
 #[path = "../../examples/common/mod.rs"]
 pub mod app;
+#[cfg(feature = "nats")]
+pub mod nats_server;
 #[cfg(feature = "redis")]
 pub mod redis_cluster;
 #[cfg(feature = "redis")]
