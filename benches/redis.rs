@@ -22,8 +22,8 @@
 //! publishes with `Hub::publish(Target::topic(..), ..)` and holds no
 //! connection on that topic (so `B` gets no echo of its own publishes).
 //!
-//! * **ours**: `B.publish` → B's publisher task (mpsc + oneshot, pipelined
-//!   batch on B's publish connection) → Redis → A's RESP3 subscription
+//! * **ours**: `B.publish` → B's multiplexed publish connection (pipelined
+//!   with the other publishes in flight) → Redis → A's RESP3 subscription
 //!   connection → push handler → JSON envelope decode → SSE encode → A's
 //!   per-connection queue → wake of the task polling A's `SseStream`, which
 //!   parses the frame.

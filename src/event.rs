@@ -105,7 +105,7 @@ impl Event {
     /// Fails with [`EventError::InvalidName`] if `name` contains CR or LF.
     pub fn event(mut self, name: impl Into<String>) -> Result<Self, EventError> {
         let name = name.into();
-        if name.contains(['\r', '\n']) {
+        if !valid_name(&name) {
             return Err(EventError::InvalidName);
         }
         self.name = Some(name);
@@ -118,7 +118,7 @@ impl Event {
     /// Fails with [`EventError::InvalidId`] if `id` contains CR, LF or NUL.
     pub fn id(mut self, id: impl Into<String>) -> Result<Self, EventError> {
         let id = id.into();
-        if id.contains(['\r', '\n', '\0']) {
+        if !valid_id(&id) {
             return Err(EventError::InvalidId);
         }
         self.id = Some(id);
@@ -172,11 +172,34 @@ impl Event {
     /// line, so it is still dispatched. An event holding only comments or a
     /// `retry` has no `data:` line and dispatches nothing.
     pub fn encode(&self) -> Bytes {
-        let data_len = self.data.as_ref().map_or(0, String::len);
+        Fields {
+            name: self.name.as_deref(),
+            id: self.id.as_deref(),
+            data: self.data.as_deref(),
+            retry: self.retry,
+            comments: &self.comments,
+        }
+        .encode()
+    }
+}
+
+/// Borrowed event fields, already checked; encoded without building an
+/// [`Event`] (the hub encodes bus messages this way).
+pub(crate) struct Fields<'a> {
+    pub(crate) name: Option<&'a str>,
+    pub(crate) id: Option<&'a str>,
+    pub(crate) data: Option<&'a str>,
+    pub(crate) retry: Option<Duration>,
+    pub(crate) comments: &'a [String],
+}
+
+impl Fields<'_> {
+    pub(crate) fn encode(&self) -> Bytes {
+        let data_len = self.data.map_or(0, str::len);
         // Room for the field names of a few lines; long multi-line payloads
         // may still grow the buffer once.
         let mut buf = BytesMut::with_capacity(data_len + data_len / 16 + 64);
-        for comment in &self.comments {
+        for comment in self.comments {
             for line in split_lines(comment) {
                 put_field(&mut buf, b"", line);
             }
@@ -185,20 +208,28 @@ impl Event {
             let millis = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
             put_field(&mut buf, b"retry", &millis.to_string());
         }
-        if let Some(name) = &self.name {
+        if let Some(name) = self.name {
             put_field(&mut buf, b"event", name);
         }
-        if let Some(id) = &self.id {
+        if let Some(id) = self.id {
             put_field(&mut buf, b"id", id);
         }
-        if self.is_dispatchable() {
-            for line in split_lines(self.data.as_deref().unwrap_or("")) {
+        if self.name.is_some() || self.id.is_some() || self.data.is_some() {
+            for line in split_lines(self.data.unwrap_or("")) {
                 put_field(&mut buf, b"data", line);
             }
         }
         buf.put_u8(b'\n');
         buf.freeze()
     }
+}
+
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.contains(['\r', '\n'])
+}
+
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.contains(['\r', '\n', '\0'])
 }
 
 /// `name: value\n`; a comment has an empty name and becomes `: value\n`.

@@ -752,8 +752,8 @@ impl Inner {
             c.bus_echo.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let frame = match envelope.to_event() {
-            Ok(event) => event.encode(),
+        let frame = match envelope.encode_frame() {
+            Ok(frame) => frame,
             Err(err) => return self.malformed(channel, &err),
         };
         let out = match channel {

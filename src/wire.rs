@@ -120,10 +120,40 @@ impl<'a> Envelope<'a> {
 
     /// Encodes the envelope as JSON.
     pub fn encode(&self) -> Bytes {
-        // Serializing plain strings and integers into a Vec cannot fail.
-        serde_json::to_vec(self)
-            .map(Bytes::from)
-            .unwrap_or_default()
+        // Sized for the data plus the other fields, so the common case
+        // never reallocates. Writing strings and integers cannot fail.
+        let mut buf = Vec::with_capacity(self.data.len() + self.data.len() / 8 + 160);
+        match serde_json::to_writer(&mut buf, self) {
+            Ok(()) => Bytes::from(buf),
+            Err(_) => Bytes::new(),
+        }
+    }
+
+    /// The SSE frame carried, checked like any [`Event`] and encoded
+    /// straight from the envelope (no intermediate `Event`).
+    pub(crate) fn encode_frame(&self) -> Result<Bytes, WireError> {
+        if self
+            .event
+            .as_deref()
+            .is_some_and(|n| !crate::event::valid_name(n))
+        {
+            return Err(EventError::InvalidName.into());
+        }
+        if self
+            .id
+            .as_deref()
+            .is_some_and(|i| !crate::event::valid_id(i))
+        {
+            return Err(EventError::InvalidId.into());
+        }
+        Ok(crate::event::Fields {
+            name: self.event.as_deref(),
+            id: self.id.as_deref(),
+            data: Some(&self.data),
+            retry: self.retry.map(std::time::Duration::from_millis),
+            comments: &[],
+        }
+        .encode())
     }
 
     /// The SSE event carried, checked like any [`Event`].
@@ -162,6 +192,20 @@ mod tests {
         let back = Envelope::decode(&bytes).unwrap();
         assert_eq!(back, env);
         assert_eq!(back.to_event().unwrap(), event);
+    }
+
+    #[test]
+    fn direct_frame_equals_the_event_encoding() {
+        for json in [
+            &br#"{"v":1}"#[..],
+            br#"{"v":1,"data":"a\r\nb\rc\n","event":" e","id":"7","retry":5}"#,
+            br#"{"v":1,"data":"","id":""}"#,
+        ] {
+            let env = Envelope::decode(json).unwrap();
+            assert_eq!(env.encode_frame().unwrap(), env.to_event().unwrap().encode());
+        }
+        let bad = Envelope::decode(br#"{"v":1,"id":"a\u0000"}"#).unwrap();
+        assert!(matches!(bad.encode_frame(), Err(WireError::InvalidEvent(EventError::InvalidId))));
     }
 
     #[test]

@@ -34,9 +34,10 @@
 //!
 //! # Connections and failure handling
 //!
-//! The broker keeps two connections. Publishes go through one, in batches:
-//! whatever publishes are waiting when the previous batch completes are sent
-//! as one pipeline, so under load throughput approaches raw Redis.
+//! The broker keeps two connections. Publishes go through one multiplexed
+//! connection, straight from the caller's task: concurrent publishes are
+//! written back to back without waiting for each other's replies, so under
+//! load they are pipelined and throughput approaches raw Redis.
 //!
 //! Subscriptions live on a second, dedicated RESP3 connection (Redis 6+), for
 //! three reasons: a burst of publishes never delays the delivery of received
@@ -103,11 +104,6 @@ pub struct RedisConfig {
     pub backoff_min: Duration,
     /// Longest reconnect delay. Default: 5 s.
     pub backoff_max: Duration,
-    /// Most publishes sent in one pipeline. Default: 512.
-    pub max_batch: usize,
-    /// Most publishes waiting for the publish connection; further publishes
-    /// wait for room. Default: 16384.
-    pub publish_queue: usize,
 }
 
 impl RedisConfig {
@@ -123,8 +119,6 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
-            max_batch: 512,
-            publish_queue: 16384,
         }
     }
 
@@ -204,12 +198,6 @@ enum Control {
     Unsubscribe(String),
 }
 
-struct PublishJob {
-    channel: String,
-    payload: Bytes,
-    done: oneshot::Sender<Result<(), BrokerError>>,
-}
-
 struct Shared {
     config: RedisConfig,
     client: redis::Client,
@@ -219,6 +207,10 @@ struct Shared {
     status: watch::Sender<BrokerStatus>,
     sub_up: AtomicBool,
     pub_up: AtomicBool,
+    /// The publish connection, `None` while it is being replaced.
+    pub_conn: watch::Sender<Option<Conn>>,
+    /// Set by a publish that found the connection broken.
+    pub_broken: tokio::sync::Notify,
     sink: OnceLock<Arc<dyn BusSink>>,
     stop: watch::Sender<bool>,
     counters: Counters,
@@ -242,6 +234,25 @@ impl Shared {
             *s = status;
             changed
         });
+    }
+
+    /// A clone of the publish connection; waits (briefly) while it is being
+    /// replaced.
+    async fn publish_connection(&self) -> Option<Conn> {
+        let mut conn = self.pub_conn.subscribe();
+        let current = conn.borrow().clone();
+        if current.is_some() {
+            return current;
+        }
+        let limit = self.config.connect_timeout;
+        let ready = tokio::time::timeout(limit, async {
+            conn.wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|c| c.clone())
+        })
+        .await;
+        ready.ok().flatten()
     }
 
     fn stopped(&self) -> bool {
@@ -309,8 +320,7 @@ impl Shared {
 pub struct RedisBroker {
     shared: Arc<Shared>,
     control: mpsc::UnboundedSender<Control>,
-    publish: mpsc::Sender<PublishJob>,
-    tasks: Mutex<Option<(mpsc::UnboundedReceiver<Control>, mpsc::Receiver<PublishJob>)>>,
+    tasks: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -339,7 +349,6 @@ impl RedisBroker {
             .map(|url| resp3_info(url))
             .collect::<Result<Vec<_>, _>>()?;
         let (control, control_rx) = mpsc::unbounded_channel();
-        let (publish, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         Ok(Arc::new(Self {
             shared: Arc::new(Shared {
                 config,
@@ -349,13 +358,14 @@ impl RedisBroker {
                 status: watch::channel(BrokerStatus::Down).0,
                 sub_up: AtomicBool::new(false),
                 pub_up: AtomicBool::new(false),
+                pub_conn: watch::channel(None).0,
+                pub_broken: tokio::sync::Notify::new(),
                 sink: OnceLock::new(),
                 stop: watch::channel(false).0,
                 counters: Counters::default(),
             }),
             control,
-            publish,
-            tasks: Mutex::new(Some((control_rx, publish_rx))),
+            tasks: Mutex::new(Some(control_rx)),
         }))
     }
 
@@ -405,14 +415,12 @@ fn redact(url: &str) -> String {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn start(&self, sink: Arc<dyn BusSink>) -> Result<(), BrokerError> {
-        let Some((control_rx, publish_rx)) =
-            self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take()
-        else {
+        let Some(control_rx) = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return Err(BrokerError::Config("RedisBroker started twice".into()));
         };
         let _ = self.shared.sink.set(sink);
         tokio::spawn(run_subscriber(self.shared.clone(), control_rx));
-        tokio::spawn(run_publisher(self.shared.clone(), publish_rx));
+        tokio::spawn(run_publisher(self.shared.clone()));
         // Give a reachable server the chance to be up before the hub's first
         // subscriptions; an unreachable one is retried in the background.
         let mut status = self.shared.status.subscribe();
@@ -431,15 +439,21 @@ impl Broker for RedisBroker {
         } else if !shared.pub_up.load(Ordering::SeqCst) {
             Err(unavailable("redis publish connection is down"))
         } else {
-            let (done, wait) = oneshot::channel();
-            let job = PublishJob {
-                channel: shared.name(channel),
-                payload,
-                done,
-            };
-            match self.publish.send(job).await {
-                Err(_) => Err(BrokerError::Closed),
-                Ok(()) => wait.await.unwrap_or(Err(BrokerError::Closed)),
+            match shared.publish_connection().await {
+                None => Err(unavailable("redis publish connection is reconnecting")),
+                Some(mut conn) => {
+                    let name = shared.name(channel);
+                    conn.publish(shared.config.sharded, &name, &payload)
+                        .await
+                        .map_err(|err| {
+                            // Let the publisher task replace a broken connection.
+                            if err.is_io_error() || err.is_connection_dropped() || err.is_timeout()
+                            {
+                                shared.pub_broken.notify_one();
+                            }
+                            unavailable(err)
+                        })
+                }
             }
         };
         let counter = match &result {
@@ -485,17 +499,8 @@ impl Broker for RedisBroker {
     }
 
     async fn shutdown(&self) -> Result<(), BrokerError> {
-        // Publishes already queued are flushed: the publisher drains its
-        // queue before it looks at the stop flag again.
-        let (done, wait) = oneshot::channel();
-        let flush = PublishJob {
-            channel: String::new(),
-            payload: Bytes::new(),
-            done,
-        };
-        if self.shared.pub_up.load(Ordering::SeqCst) && self.publish.send(flush).await.is_ok() {
-            let _ = tokio::time::timeout(self.shared.config.response_timeout, wait).await;
-        }
+        // Every publish is awaited by its caller on the connection itself:
+        // nothing is queued here that could still need flushing.
         self.shared.stop.send_replace(true);
         Ok(())
     }
@@ -552,6 +557,7 @@ async fn pause(shared: &Shared, delay: Duration) -> bool {
 }
 
 /// A connection to one server, or to a Redis Cluster (sharded mode).
+#[derive(Clone)]
 enum Conn {
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
@@ -595,39 +601,15 @@ impl Conn {
         }
     }
 
-    /// Publishes a batch: one pipeline on a single server; on a cluster,
-    /// concurrent commands (a pipeline may not span slots), which the
-    /// multiplexed node connections still pipeline on the wire.
-    async fn publish(&mut self, command: &str, jobs: &[PublishJob]) -> RedisResult<()> {
-        let jobs = jobs.iter().filter(|j| !j.channel.is_empty());
+    /// Publishes one message. Concurrent publishes on clones of one
+    /// multiplexed connection are written back to back without waiting for
+    /// replies: under load they are pipelined by the connection itself.
+    async fn publish(&mut self, sharded: bool, channel: &str, payload: &[u8]) -> RedisResult<()> {
+        let command = if sharded { "SPUBLISH" } else { "PUBLISH" };
+        let cmd = redis::cmd(command).arg(channel).arg(payload).take();
         match self {
-            Conn::Single(conn) => {
-                let mut pipe = redis::pipe();
-                for job in jobs {
-                    pipe.cmd(command)
-                        .arg(&job.channel)
-                        .arg(&job.payload[..])
-                        .ignore();
-                }
-                if pipe.is_empty() {
-                    return Ok(());
-                }
-                pipe.exec_async(conn).await
-            }
-            Conn::Cluster(conn) => {
-                let sends = jobs.map(|job| {
-                    let mut conn = conn.clone();
-                    let cmd = redis::cmd(command)
-                        .arg(&job.channel)
-                        .arg(&job.payload[..])
-                        .take();
-                    async move { cmd.exec_async(&mut conn).await }
-                });
-                futures_util::future::join_all(sends)
-                    .await
-                    .into_iter()
-                    .collect()
-            }
+            Conn::Single(conn) => cmd.exec_async(conn).await,
+            Conn::Cluster(conn) => cmd.exec_async(conn).await,
         }
     }
 }
@@ -756,93 +738,45 @@ async fn run_subscriber(shared: Arc<Shared>, mut control: mpsc::UnboundedReceive
     }
 }
 
-/// Sends publishes in pipelined batches over one connection; reconnects with
-/// backoff, failing publishes at once while it is down.
-async fn run_publisher(shared: Arc<Shared>, mut jobs: mpsc::Receiver<PublishJob>) {
+/// Keeps the publish connection ready for callers: connects, hands it out,
+/// and replaces it as soon as it closes or a publish finds it broken.
+async fn run_publisher(shared: Arc<Shared>) {
     let mut backoff = Backoff::new(&shared.config);
-    let command = if shared.config.sharded {
-        "SPUBLISH"
-    } else {
-        "PUBLISH"
-    };
-    loop {
-        let (mut conn, mut lost) = loop {
-            if shared.stopped() {
-                return;
+    let mut stop = shared.stop.subscribe();
+    while !shared.stopped() {
+        // The connection tells us when it closes (server restart, idle
+        // timeout), so an idle publisher reconnects before it is needed and
+        // never reports Up over a dead connection.
+        let (lost_tx, mut lost) = mpsc::unbounded_channel();
+        let handler: PushHandler = Box::new(move |info: PushInfo| {
+            if info.kind == PushKind::Disconnection {
+                let _ = lost_tx.send(());
             }
-            // The connection tells us when it closes (server restart, idle
-            // timeout), so an idle publisher reconnects before it is needed
-            // and never reports Up over a dead connection.
-            let (lost_tx, lost) = mpsc::unbounded_channel();
-            let handler: PushHandler = Box::new(move |info: PushInfo| {
-                if info.kind == PushKind::Disconnection {
-                    let _ = lost_tx.send(());
+            Ok(())
+        });
+        let conn = match shared.connect(Some(handler)).await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::debug!(error = %err, "redis publish connect failed");
+                shared.set_up(&shared.pub_up, false);
+                if !pause(&shared, backoff.delay()).await {
+                    return;
                 }
-                Ok(())
-            });
-            match shared.connect(Some(handler)).await {
-                Ok(conn) => break (conn, lost),
-                Err(err) => {
-                    tracing::debug!(error = %err, "redis publish connect failed");
-                    shared.set_up(&shared.pub_up, false);
-                    let delay = tokio::time::sleep(backoff.delay());
-                    tokio::pin!(delay);
-                    // Refuse what arrives meanwhile instead of holding it.
-                    loop {
-                        tokio::select! {
-                            _ = &mut delay => break,
-                            job = jobs.recv() => match job {
-                                Some(job) => { let _ = job.done.send(Err(unavailable(&err))); }
-                                None => return,
-                            },
-                        }
-                    }
-                }
+                continue;
             }
         };
+        shared.pub_conn.send_replace(Some(conn));
         shared.set_up(&shared.pub_up, true);
         backoff.reset();
-
-        let max_batch = shared.config.max_batch.max(1);
-        let mut batch = Vec::with_capacity(max_batch);
-        loop {
-            let first = tokio::select! {
-                job = jobs.recv() => match job {
-                    Some(job) => job,
-                    None => return,
-                },
-                _ = lost.recv() => {
-                    // Reconnect at once; the status drops to Down only if
-                    // that fails, so an idle timeout is not an outage.
-                    shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!("redis publish connection closed; reconnecting");
-                    break;
-                }
-            };
-            batch.push(first);
-            while batch.len() < max_batch {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            match conn.publish(command, &batch).await {
-                Ok(()) => {
-                    for job in batch.drain(..) {
-                        let _ = job.done.send(Ok(()));
-                    }
-                }
-                Err(err) => {
-                    let message = err.to_string();
-                    for job in batch.drain(..) {
-                        let _ = job.done.send(Err(unavailable(&message)));
-                    }
-                    shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %message, "redis publish failed; reconnecting");
-                    break;
-                }
-            }
+        tokio::select! {
+            _ = lost.recv() => tracing::info!("redis publish connection closed; reconnecting"),
+            _ = shared.pub_broken.notified() => tracing::warn!("redis publish connection broken; reconnecting"),
+            _ = stopped(&mut stop) => return,
         }
+        // Reconnect at once; the status drops to Down only if that fails, so
+        // an idle timeout is not an outage.
+        shared.pub_conn.send_replace(None);
+        shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
     }
 }
 
