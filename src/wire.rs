@@ -202,10 +202,16 @@ mod tests {
             br#"{"v":1,"data":"","id":""}"#,
         ] {
             let env = Envelope::decode(json).unwrap();
-            assert_eq!(env.encode_frame().unwrap(), env.to_event().unwrap().encode());
+            assert_eq!(
+                env.encode_frame().unwrap(),
+                env.to_event().unwrap().encode()
+            );
         }
         let bad = Envelope::decode(br#"{"v":1,"id":"a\u0000"}"#).unwrap();
-        assert!(matches!(bad.encode_frame(), Err(WireError::InvalidEvent(EventError::InvalidId))));
+        assert!(matches!(
+            bad.encode_frame(),
+            Err(WireError::InvalidEvent(EventError::InvalidId))
+        ));
     }
 
     #[test]
