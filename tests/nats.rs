@@ -1,4 +1,3 @@
-#![cfg(all(feature = "nats", feature = "axum"))]
 //! The NATS backend against real `nats-server` processes (never a mock):
 //! cross-node delivery, demo-node processes, publishers that are not this
 //! crate, hostile topic and user names, malformed bus traffic, a server
@@ -11,6 +10,8 @@
 //! latency (`SlowLink`) between a hub and a real server. Without NATS the
 //! tests are skipped (`SKIPPED:` on stderr), unless `CI` is set: then they
 //! fail.
+
+#![cfg(all(feature = "nats", feature = "axum"))]
 
 mod support;
 
