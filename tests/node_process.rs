@@ -4,95 +4,20 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
+use support::process::{node_binary, NodeProcess};
 use support::{get, post, SseClient};
-
-/// The `node` example built next to this test binary (`cargo test` builds
-/// examples); built on demand if it is missing.
-fn node_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = profile_dir.join("examples").join("node");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "node"])
-            .status()
-            .expect("cargo build --example node");
-        assert!(status.success());
-    }
-    path
-}
-
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl NodeProcess {
-    fn start(args: &[&str]) -> NodeProcess {
-        let mut child = Command::new(node_binary())
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn node");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read stdout");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
-        NodeProcess { child, addr }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn demo_node_contract_and_graceful_drain() {
     for signal in ["TERM", "INT"] {
-        let mut node = NodeProcess::start(&["--broker", "memory", "--node-id", "demo-1"]);
+        let mut node = NodeProcess::start(
+            &node_binary(None),
+            &["--broker", "memory", "--node-id", "demo-1"],
+        );
         let (status, body) = get(node.addr, "/healthz").await;
         assert_eq!(status, StatusCode::OK, "{body}");
 
@@ -152,12 +77,12 @@ async fn demo_node_contract_and_graceful_drain() {
 
 #[test]
 fn bad_arguments_are_refused() {
-    let out = Command::new(node_binary())
+    let out = Command::new(node_binary(None))
         .args(["--broker", "carrier-pigeon"])
         .output()
         .expect("run");
     assert!(!out.status.success());
-    let out = Command::new(node_binary())
+    let out = Command::new(node_binary(None))
         .args(["--listen"])
         .output()
         .expect("run");

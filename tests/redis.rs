@@ -14,28 +14,21 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventsource_stream::Event as SseEvent;
 use hyper::StatusCode;
 use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
 use sse_cluster::stream::GAP_EVENT;
 use sse_cluster::{BrokerStatus, Event, Hub, PublishError, StreamConfig, Target};
+use support::bus::*;
+use support::process::{node_binary, NodeProcess};
 use support::redis_server::{
     machine_redis, redis_cli, resp_command, resp_integer, unique_prefix, RedisServer, MACHINE_REDIS,
 };
 use support::{get, post, stat, Node, SseClient, WAIT};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-/// Poll period of the wait-until loops.
-const TICK: Duration = Duration::from_millis(2);
 
 /// A node on Redis: the hub served over TCP, and its broker (for its counters).
 async fn redis_node(config: RedisConfig, node_id: &str) -> (Node, Arc<RedisBroker>) {
@@ -58,108 +51,6 @@ fn fast_config(url: &str, prefix: &str) -> RedisConfig {
         .liveness(Duration::from_millis(200), Duration::from_millis(500));
     config.connect_timeout = Duration::from_millis(500);
     config
-}
-
-/// Waits until `cond` holds; panics after `limit`.
-async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(TICK).await;
-    }
-}
-
-fn both(a: &Hub, b: &Hub, status: BrokerStatus) -> bool {
-    a.broker_status() == status && b.broker_status() == status
-}
-
-/// Reads the next events of `client` and checks their data, in order.
-async fn expect_data(client: &mut SseClient, who: &str, expected: &[&str]) {
-    for want in expected {
-        let event = client
-            .next()
-            .await
-            .unwrap_or_else(|| panic!("{who}: no event, expected {want:?}"));
-        assert_eq!(event.data, *want, "{who}: {event:?}");
-    }
-}
-
-/// Asserts that none of `clients` gets an event within `support::QUIET`
-/// (all watched at once).
-async fn all_quiet(clients: Vec<&mut SseClient>) {
-    futures_util::future::join_all(clients.into_iter().map(|c| c.expect_quiet())).await;
-}
-
-async fn post_ok(addr: SocketAddr, path: &str, body: &str) {
-    let (status, text) = post(addr, path, body.to_owned()).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "POST {path}: {text}");
-}
-
-/// Reads `client` in the background until an event named `until` (not
-/// included) or until 15 s have passed.
-fn spawn_reader(mut client: SseClient, until: &'static str) -> JoinHandle<Vec<SseEvent>> {
-    tokio::spawn(async move {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut events = Vec::new();
-        while let Some(event) = client
-            .next_within(deadline.saturating_duration_since(Instant::now()))
-            .await
-        {
-            if event.event == until {
-                return events;
-            }
-            events.push(event);
-        }
-        panic!(
-            "no {until:?} event within 15 s; got {} events",
-            events.len()
-        );
-    })
-}
-
-/// One publish attempt by [`spawn_publisher`].
-#[derive(Debug, Clone, Copy)]
-struct Attempt {
-    seq: u64,
-    started: Instant,
-    ok: bool,
-}
-
-/// Publishes `0`, `1`, `2`… to `topic` on `hub` every ~3 ms until `stop`
-/// (at most 4000 attempts), recording each attempt.
-fn spawn_publisher(
-    hub: Hub,
-    topic: &'static str,
-    stop: Arc<AtomicBool>,
-) -> JoinHandle<Vec<Attempt>> {
-    tokio::spawn(async move {
-        let mut log = Vec::new();
-        for seq in 0..4000u64 {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let started = Instant::now();
-            let result = hub
-                .publish(Target::topic(topic), Event::new().data(seq.to_string()))
-                .await;
-            if let Err(err) = &result {
-                assert!(
-                    matches!(err, PublishError::Broker(_)) && err.is_transient(),
-                    "unexpected publish error: {err:?}"
-                );
-            }
-            log.push(Attempt {
-                seq,
-                started,
-                ok: result.is_ok(),
-            });
-            tokio::time::sleep(Duration::from_millis(3)).await;
-        }
-        log
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -278,88 +169,6 @@ async fn cross_node_delivery_for_every_target_kind() {
 // Demo node processes
 // ---------------------------------------------------------------------------
 
-/// The `node` example with the redis feature: the one `cargo test
-/// --all-features` built next to this test binary, or else one built now
-/// (in its own target dir, so as not to wait for the lock of the running
-/// `cargo test`).
-fn redis_node_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = profile_dir.join("examples").join("node");
-    if path.exists() && has_redis(&path) {
-        return path;
-    }
-    let target_dir = profile_dir
-        .parent()
-        .expect("target dir")
-        .join("redis-node-example");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--example", "node", "--features", "redis"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build --example node --features redis");
-    assert!(
-        status.success(),
-        "cargo build --example node --features redis"
-    );
-    let path = target_dir.join("debug").join("examples").join("node");
-    assert!(has_redis(&path), "{} has no Redis support", path.display());
-    path
-}
-
-/// A build without the feature says so at once; one with it refuses this
-/// URL as a configuration error.
-fn has_redis(binary: &Path) -> bool {
-    let out = Command::new(binary)
-        .args(["--listen", "127.0.0.1:0", "--broker", "redis://u:p@[::1"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run node");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    !out.status.success() && !stderr.contains("no Redis support")
-}
-
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl NodeProcess {
-    fn start(binary: &Path, args: &[&str]) -> NodeProcess {
-        let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn node");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read stdout");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
-        NodeProcess { child, addr }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Two demo-node processes on the same Redis: every target kind published on
 /// one reaches an SSE client of the other; the publisher hears only its own
 /// broadcast's echo.
@@ -370,7 +179,7 @@ async fn demo_node_processes_over_redis() {
         return;
     };
     let prefix = unique_prefix(test);
-    let binary = tokio::task::spawn_blocking(redis_node_binary)
+    let binary = tokio::task::spawn_blocking(|| node_binary(Some("redis")))
         .await
         .expect("node binary");
     let start = |id: &str| {

@@ -5,8 +5,10 @@
 
 #[path = "../../examples/common/mod.rs"]
 pub mod app;
+pub mod bus;
 #[cfg(feature = "nats")]
 pub mod nats_server;
+pub mod process;
 #[cfg(feature = "redis")]
 pub mod redis_cluster;
 #[cfg(feature = "redis")]

@@ -1,0 +1,120 @@
+//! Helpers shared by the broker test suites (Redis, NATS): waiting,
+//! checking events, and a steady publisher and reader for fault tests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventsource_stream::Event as SseEvent;
+use hyper::StatusCode;
+use sse_cluster::{BrokerStatus, Event, Hub, PublishError, Target};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{post, SseClient};
+
+/// Poll interval of [`wait_until`].
+pub const TICK: Duration = Duration::from_millis(2);
+
+/// Waits until `cond` holds; panics after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+pub fn both(a: &Hub, b: &Hub, status: BrokerStatus) -> bool {
+    a.broker_status() == status && b.broker_status() == status
+}
+
+/// Reads the next events of `client` and checks their data, in order.
+pub async fn expect_data(client: &mut SseClient, who: &str, expected: &[&str]) {
+    for want in expected {
+        let event = client
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("{who}: no event, expected {want:?}"));
+        assert_eq!(event.data, *want, "{who}: {event:?}");
+    }
+}
+
+/// Asserts that none of `clients` gets an event within `support::QUIET`
+/// (all watched at once).
+pub async fn all_quiet(clients: Vec<&mut SseClient>) {
+    futures_util::future::join_all(clients.into_iter().map(|c| c.expect_quiet())).await;
+}
+
+pub async fn post_ok(addr: SocketAddr, path: &str, body: &str) {
+    let (status, text) = post(addr, path, body.to_owned()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "POST {path}: {text}");
+}
+
+/// Reads `client` in the background until an event named `until` (not
+/// included) or until 15 s have passed.
+pub fn spawn_reader(mut client: SseClient, until: &'static str) -> JoinHandle<Vec<SseEvent>> {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut events = Vec::new();
+        while let Some(event) = client
+            .next_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            if event.event == until {
+                return events;
+            }
+            events.push(event);
+        }
+        panic!(
+            "no {until:?} event within 15 s; got {} events",
+            events.len()
+        );
+    })
+}
+
+/// One publish attempt by [`spawn_publisher`].
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    pub seq: u64,
+    pub started: Instant,
+    pub ok: bool,
+}
+
+/// Publishes `0`, `1`, `2`… to `topic` on `hub` every ~3 ms until `stop`
+/// (at most 4000 attempts), recording each attempt.
+pub fn spawn_publisher(
+    hub: Hub,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Vec<Attempt>> {
+    tokio::spawn(async move {
+        let mut log = Vec::new();
+        for seq in 0..4000u64 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let started = Instant::now();
+            let result = hub
+                .publish(Target::topic(topic), Event::new().data(seq.to_string()))
+                .await;
+            if let Err(err) = &result {
+                assert!(
+                    matches!(err, PublishError::Broker(_)) && err.is_transient(),
+                    "unexpected publish error: {err:?}"
+                );
+            }
+            log.push(Attempt {
+                seq,
+                started,
+                ok: result.is_ok(),
+            });
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        log
+    })
+}

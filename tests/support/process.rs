@@ -1,0 +1,137 @@
+//! The demo node (`examples/node.rs`) as a real process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `node` example built with `feature` (or with default features for
+/// `None`): the one `cargo test --all-features` built next to this test
+/// binary if it has the feature, else one built now in its own target dir
+/// (so as not to wait for the lock of the running `cargo test`).
+pub fn node_binary(feature: Option<&str>) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = profile_dir.join("examples").join("node");
+    if path.exists() && feature.is_none_or(|f| supports(&path, f)) {
+        return path;
+    }
+    let name = feature.unwrap_or("default");
+    let target_dir = profile_dir
+        .parent()
+        .expect("target dir")
+        .join(format!("{name}-node-example"));
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--example", "node"]);
+    if let Some(feature) = feature {
+        build.args(["--features", feature]);
+    }
+    let status = build
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build --example node");
+    assert!(status.success(), "cargo build --example node ({name})");
+    let path = target_dir.join("debug").join("examples").join("node");
+    if let Some(feature) = feature {
+        assert!(
+            supports(&path, feature),
+            "{} lacks {feature}",
+            path.display()
+        );
+    }
+    path
+}
+
+/// Whether `binary` was built with the broker `feature`: such a build gets
+/// past the broker and stops at the invalid node id, with no network I/O; a
+/// build without it says so first.
+fn supports(binary: &Path, feature: &str) -> bool {
+    let url = match feature {
+        "redis" => "redis://127.0.0.1:1",
+        "nats" => "nats://127.0.0.1:1",
+        other => panic!("unknown broker feature {other}"),
+    };
+    let out = Command::new(binary)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--broker",
+            url,
+            "--node-id",
+            "not a valid id!",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    !out.status.success() && stderr.contains("invalid node id")
+}
+
+/// A running demo node; killed on drop.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl NodeProcess {
+    /// Starts `binary --listen 127.0.0.1:0 ARGS…` and waits for its
+    /// `listening on ADDR` line.
+    pub fn start(binary: &Path, args: &[&str]) -> NodeProcess {
+        let mut child = Command::new(binary)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn node");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read stdout");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        NodeProcess { child, addr }
+    }
+
+    /// Sends `signal` (`TERM`, `INT`…) to the node.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the node to exit; panics after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
