@@ -20,6 +20,10 @@ use crate::wire::Envelope;
 /// Longest accepted topic or user name, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
 
+/// Most topics one connection may follow (each one may be a bus
+/// subscription on this node).
+pub const MAX_TOPICS_PER_CONNECTION: usize = 256;
+
 /// Who receives a published event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -65,7 +69,8 @@ pub enum ConnectError {
     /// The hub is shutting down; the client should reconnect elsewhere.
     #[error("the hub is shutting down")]
     ShuttingDown,
-    /// A topic or user name is empty or longer than [`MAX_NAME_LEN`].
+    /// A topic or user name is empty or longer than [`MAX_NAME_LEN`], or
+    /// there are more than [`MAX_TOPICS_PER_CONNECTION`] topics.
     #[error("invalid subscription: {0}")]
     InvalidSubscription(String),
 }
@@ -540,6 +545,11 @@ impl Hub {
             .collect::<Result<Vec<_>, _>>()?;
         topics.sort_unstable();
         topics.dedup();
+        if topics.len() > MAX_TOPICS_PER_CONNECTION {
+            return Err(ConnectError::InvalidSubscription(format!(
+                "at most {MAX_TOPICS_PER_CONNECTION} topics per connection"
+            )));
+        }
 
         let seq = inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let id = ConnectionId::new(&inner.instance, inner.node_len, seq);
@@ -698,17 +708,22 @@ impl Hub {
                 break;
             }
             if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                // Clients too slow to read what was queued: end them now so
+                // the HTTP server's graceful shutdown is not held up.
                 tracing::warn!(
                     remaining = inner.registry.len(),
-                    "drain timeout: some streams are still being written"
+                    "drain timeout: ending the streams still being written"
                 );
+                inner.registry.abort_all();
                 break;
             }
         }
 
         let (done, wait) = oneshot::channel();
         if inner.subs_tx.send(SubCommand::Stop(done)).is_ok() {
-            let _ = wait.await;
+            // A broker that cannot answer (server down) must not hold the
+            // shutdown hostage.
+            let _ = tokio::time::timeout(BROKER_CALL_LIMIT, wait).await;
         }
         inner.closed.store(true, Ordering::Release);
         if let Err(err) = inner.broker.shutdown().await {
@@ -869,6 +884,10 @@ impl Drop for Registration {
     }
 }
 
+/// Longest a broker subscribe or unsubscribe may hold up the subscription
+/// manager (and so every connect waiting behind it).
+const BROKER_CALL_LIMIT: Duration = Duration::from_secs(5);
+
 enum SubCommand {
     /// Make the broker's subscription to `channel` match the registry's
     /// interest in it; then signal `done`.
@@ -918,20 +937,34 @@ impl SubscriptionManager {
     }
 
     async fn sync(&self, channel: Channel) {
-        let wanted = self.registry.has_interest(&channel);
         let active = self.active.contains_key(&channel);
-        if wanted && !active {
+        if active {
+            // Mark it unsettled *before* reading the interest: a connect that
+            // registers meanwhile then waits for this change instead of
+            // trusting a subscription that may be about to go.
+            self.active.insert(channel.clone(), false);
+        }
+        let wanted = self.registry.has_interest(&channel);
+        if wanted && active {
+            self.active.insert(channel, true);
+        } else if wanted {
             // Marked active even on error: the broker keeps the interest and
             // restores it when it reconnects (see the `Broker` contract).
-            if let Err(err) = self.broker.subscribe(&channel).await {
-                tracing::warn!(%channel, error = %err, "subscribe failed; the broker will retry");
+            match tokio::time::timeout(BROKER_CALL_LIMIT, self.broker.subscribe(&channel)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(%channel, error = %err, "subscribe failed; the broker will retry")
+                }
+                Err(_) => {
+                    tracing::warn!(%channel, "subscribe is taking long; the broker will retry")
+                }
             }
             self.active.insert(channel, true);
-        } else if !wanted && active {
-            // Connects seeing `false` wait for this change to settle.
-            self.active.insert(channel.clone(), false);
-            if let Err(err) = self.broker.unsubscribe(&channel).await {
-                tracing::warn!(%channel, error = %err, "unsubscribe failed");
+        } else if active {
+            match tokio::time::timeout(BROKER_CALL_LIMIT, self.broker.unsubscribe(&channel)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(%channel, error = %err, "unsubscribe failed"),
+                Err(_) => tracing::warn!(%channel, "unsubscribe timed out"),
             }
             self.active.remove(&channel);
         }

@@ -284,6 +284,13 @@ impl ConnectionRegistry {
             entry.sender.close_with(last());
         }
     }
+
+    /// Ends every stream now, dropping what is still queued.
+    pub(crate) fn abort_all(&self) {
+        for entry in self.by_id.iter() {
+            entry.sender.abort();
+        }
+    }
 }
 
 fn fan_out(conns: Option<&SeqMap<FrameSender>>, frame: &Bytes) -> FanOut {

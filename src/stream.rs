@@ -150,6 +150,16 @@ struct State {
     waker: Option<Waker>,
 }
 
+impl State {
+    /// Ends the stream at once and frees the queue.
+    fn end_now(&mut self) {
+        self.phase = Phase::Ended;
+        self.items = VecDeque::new();
+        self.frames = 0;
+        self.bytes = 0;
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     max_frames: usize,
@@ -236,10 +246,7 @@ impl FrameSender {
         } else {
             match shared.overflow {
                 OverflowPolicy::Close => {
-                    state.phase = Phase::Ended;
-                    state.items = VecDeque::new();
-                    state.frames = 0;
-                    state.bytes = 0;
+                    state.end_now();
                     Err(SendError::OverflowClosed)
                 }
                 OverflowPolicy::DropEvents => {
@@ -275,6 +282,17 @@ impl FrameSender {
             state.items.push_back(Item::Frame(frame));
         }
         state.phase = Phase::Draining;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Ends the stream now, dropping the frames still queued.
+    pub fn abort(&self) {
+        let mut state = self.shared.lock();
+        state.end_now();
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
@@ -461,10 +479,7 @@ impl SseStream {
 impl Drop for SseStream {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
-        state.phase = Phase::Ended;
-        state.items = VecDeque::new();
-        state.frames = 0;
-        state.bytes = 0;
+        state.end_now();
         state.waker = None;
     }
 }

@@ -490,3 +490,54 @@ async fn bus_outage_is_reported_counted_and_signalled() {
         (1, 1, 2)
     );
 }
+
+#[tokio::test]
+async fn too_many_topics_are_refused() {
+    let hub = Hub::builder().build().await.expect("hub");
+    let max = sse_cluster::hub::MAX_TOPICS_PER_CONNECTION;
+    let ok = hub
+        .connect(Subscription::new().topics((0..max).map(|i| format!("t{i}"))))
+        .await;
+    assert!(ok.is_ok());
+    let err = hub
+        .connect(Subscription::new().topics((0..=max).map(|i| format!("t{i}"))))
+        .await
+        .expect_err("one topic too many");
+    assert!(
+        matches!(err, sse_cluster::ConnectError::InvalidSubscription(_)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams_whose_client_does_not_read() {
+    let hub = Hub::builder()
+        .stream_config(StreamConfig::default().keep_alive(None).initial_retry(None))
+        .drain_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("hub");
+    // Never polled until after shutdown: like a client that stopped reading.
+    let mut stream = hub
+        .connect(Subscription::new().topic("t"))
+        .await
+        .expect("connect")
+        .into_stream();
+    for i in 0..10 {
+        hub.publish(Target::topic("t"), Event::new().data(i.to_string()))
+            .await
+            .expect("publish");
+    }
+    let started = tokio::time::Instant::now();
+    hub.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stream.next().await.is_none(),
+        "queued frames were dropped, the stream ended"
+    );
+    assert!(hub.registry().is_empty());
+}

@@ -1332,3 +1332,62 @@ async fn mixed_target_events_keep_per_target_order_on_one_connection() {
         );
     }
 }
+
+/// Connections made while NATS is down, each on a new user channel, neither
+/// block nor pile up in the client's command queue: they return at once, and
+/// once NATS is back their subjects are subscribed and deliver. Shutdown does
+/// not wait for the server either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_during_an_outage_are_subscribed_when_nats_is_back() {
+    let Some(mut server) = NatsServer::start(false) else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (a, _) = nats_node(fast_config(&server.url(), &prefix), "a").await;
+    let (b, _) = nats_node(fast_config(&server.url(), &prefix), "b").await;
+    tokio::task::block_in_place(|| server.kill());
+    wait_until("both hubs down", WAIT, || {
+        both(&a.hub, &b.hub, BrokerStatus::Down)
+    })
+    .await;
+
+    // Far more new channels than async-nats' command queue (2048) holds.
+    let started = Instant::now();
+    for i in 0..3000 {
+        let conn = a
+            .hub
+            .connect(Subscription::new().user(format!("churn-{i}")))
+            .await
+            .expect("connect while down");
+        drop(conn);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut client = SseClient::connect(a.addr, "/events?user=late").await;
+
+    tokio::task::block_in_place(|| server.restart());
+    wait_until("both hubs up", Duration::from_secs(15), || {
+        both(&a.hub, &b.hub, BrokerStatus::Up)
+    })
+    .await;
+    let gap = client.next().await.expect("gap event");
+    assert_eq!(gap.event, GAP_EVENT);
+    post_ok(b.addr, "/publish?user=late", "after").await;
+    expect_data(&mut client, "client", &["after"]).await;
+
+    tokio::task::block_in_place(|| server.kill());
+    wait_until("a down", WAIT, || {
+        a.hub.broker_status() == BrokerStatus::Down
+    })
+    .await;
+    let started = Instant::now();
+    a.hub.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}

@@ -35,6 +35,13 @@
 //! nats pub sse.topic.news '{"v":1,"event":"headline","data":"hello"}'
 //! ```
 //!
+//! # Permissions
+//!
+//! The user needs publish and subscribe permission on `{prefix}.>`, and
+//! permission to subscribe to `_INBOX.>`: the broker confirms that the server
+//! has its subscriptions with a request round trip (answered "no
+//! responders"), both when it (re)connects and when it subscribes.
+//!
 //! # Ordering
 //!
 //! Messages of one subject arrive in order. Messages of different subjects
@@ -252,7 +259,19 @@ struct Counters {
     disconnects: AtomicU64,
 }
 
+/// A wanted subject: its channel, and the task forwarding its messages once
+/// subscribed (aborting the task drops the `Subscriber`, which
+/// unsubscribes). `None` while waiting for the connection.
+struct Wanted {
+    channel: Channel,
+    task: Option<JoinHandle<()>>,
+}
+
 struct Shared {
+    subscriptions: Mutex<HashMap<String, Wanted>>,
+    /// When the last slow-consumer gap was signalled (ms since start).
+    last_gap_ms: AtomicU64,
+    started: std::time::Instant,
     client: OnceLock<Client>,
     prefix: String,
     connect_timeout: Duration,
@@ -265,9 +284,6 @@ struct Shared {
 pub struct NatsBroker {
     config: NatsConfig,
     shared: Arc<Shared>,
-    /// Forwarding task per subscribed subject; aborting it drops the
-    /// `Subscriber`, which unsubscribes.
-    subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
 impl fmt::Debug for NatsBroker {
@@ -305,6 +321,9 @@ impl NatsBroker {
         }
         Ok(Arc::new(Self {
             shared: Arc::new(Shared {
+                subscriptions: Mutex::new(HashMap::new()),
+                last_gap_ms: AtomicU64::new(0),
+                started: std::time::Instant::now(),
                 client: OnceLock::new(),
                 prefix: config.prefix.clone(),
                 connect_timeout: config.connect_timeout,
@@ -312,7 +331,6 @@ impl NatsBroker {
                 sink: OnceLock::new(),
                 counters: Counters::default(),
             }),
-            subscriptions: Mutex::new(HashMap::new()),
             config,
         }))
     }
@@ -342,8 +360,8 @@ impl NatsBroker {
         }
     }
 
-    fn subscriptions(&self) -> MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
-        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    fn subscriptions(&self) -> MutexGuard<'_, HashMap<String, Wanted>> {
+        self.shared.subscriptions()
     }
 
     async fn options(&self) -> Result<ConnectOptions, BrokerError> {
@@ -407,10 +425,24 @@ async fn round_trip(client: &Client, prefix: &str, limit: Duration) -> Result<()
 impl Shared {
     /// Reports Up once a round trip succeeds on the (re)connected client,
     /// retrying while it stays connected.
-    async fn confirm_up(&self, client: &Client) {
-        for _ in 0..50 {
+    async fn confirm_up(self: &Arc<Self>, client: &Client) {
+        let mut delay = Duration::from_millis(50);
+        loop {
             if client.connection_state() != async_nats::connection::State::Connected {
                 return;
+            }
+            // Subjects wanted while disconnected are subscribed now, before
+            // the round trip that proves the server has them all.
+            let pending: Vec<(String, Channel)> = self
+                .subscriptions()
+                .iter()
+                .filter(|(_, w)| w.task.is_none())
+                .map(|(subject, w)| (subject.clone(), w.channel.clone()))
+                .collect();
+            for (subject, channel) in pending {
+                if let Err(err) = self.start_subscription(client, subject, channel).await {
+                    tracing::debug!(error = %err, "nats subscribe after reconnect failed");
+                }
             }
             if round_trip(client, &self.prefix, self.connect_timeout)
                 .await
@@ -419,9 +451,50 @@ impl Shared {
                 self.status.send_replace(BrokerStatus::Up);
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tracing::warn!(
+                "nats connected but a request round trip failed (may this user subscribe to _INBOX.>?); retrying"
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
-        tracing::warn!("nats connected but round trips keep failing; staying Down");
+    }
+
+    fn subscriptions(&self) -> MutexGuard<'_, HashMap<String, Wanted>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes `subject` on the client and forwards its messages, unless
+    /// it is no longer wanted or already subscribed.
+    async fn start_subscription(
+        self: &Arc<Self>,
+        client: &Client,
+        subject: String,
+        channel: Channel,
+    ) -> Result<(), BrokerError> {
+        let mut subscriber = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(unavailable)?;
+        let shared = Arc::downgrade(self);
+        let forward_channel = channel.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(sink) = shared.sink.get() {
+                    sink.deliver(&forward_channel, message.payload);
+                }
+            }
+        });
+        let mut subscriptions = self.subscriptions();
+        match subscriptions.get_mut(&subject) {
+            Some(wanted) if wanted.task.is_none() => wanted.task = Some(task),
+            // Unwanted meanwhile, or subscribed by someone else: drop ours.
+            _ => task.abort(),
+        }
+        Ok(())
     }
 
     fn on_event(self: Arc<Self>, event: Event) {
@@ -446,8 +519,19 @@ impl Shared {
             Event::SlowConsumer(sid) => {
                 c.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sid, "nats slow consumer: messages were dropped");
-                if let Some(sink) = self.sink.get() {
-                    sink.messages_lost(None);
+                // One notice per dropped message can arrive in bursts: one
+                // gap event per second is enough to tell streams to resync.
+                let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let last = self.last_gap_ms.load(Ordering::Relaxed);
+                if (last == 0 || now.saturating_sub(last) >= 1000)
+                    && self
+                        .last_gap_ms
+                        .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    if let Some(sink) = self.sink.get() {
+                        sink.messages_lost(None);
+                    }
                 }
             }
             other => tracing::debug!(event = %other, "nats event"),
@@ -505,40 +589,35 @@ impl Broker for NatsBroker {
     async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
         let client = self.shared.client.get().ok_or(BrokerError::Closed)?;
         let subject = self.subject(channel);
-        if self.subscriptions().contains_key(&subject) {
-            return Ok(());
-        }
-        // While disconnected the client queues the SUB and async-nats
-        // re-subscribes everything on reconnect: the interest is recorded.
-        let mut subscriber = client
-            .subscribe(subject.clone())
-            .await
-            .map_err(unavailable)?;
-        let shared = self.shared.clone();
-        let channel = channel.clone();
-        let task = tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
-                shared.counters.received.fetch_add(1, Ordering::Relaxed);
-                if let Some(sink) = shared.sink.get() {
-                    sink.deliver(&channel, message.payload);
-                }
+        match self.subscriptions().entry(subject.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => return Ok(()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Wanted {
+                    channel: channel.clone(),
+                    task: None,
+                });
             }
-        });
-        if let Some(previous) = self.subscriptions().insert(subject, task) {
-            previous.abort();
         }
         if *self.shared.status.borrow() != BrokerStatus::Up {
+            // The client does not read its command queue while it
+            // reconnects: recorded here, subscribed once it is back.
             return Err(unavailable(
                 "nats is disconnected; will subscribe on reconnect",
             ));
         }
+        self.shared
+            .start_subscription(client, subject, channel.clone())
+            .await?;
         // The round trip makes sure the server has processed the SUB before
         // `connect` returns, so an event published right after is not missed.
         round_trip(client, &self.config.prefix, self.config.connect_timeout).await
     }
 
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
-        if let Some(task) = self.subscriptions().remove(&self.subject(channel)) {
+        if let Some(Wanted {
+            task: Some(task), ..
+        }) = self.subscriptions().remove(&self.subject(channel))
+        {
             task.abort();
         }
         Ok(())
@@ -549,8 +628,10 @@ impl Broker for NatsBroker {
     }
 
     async fn shutdown(&self) -> Result<(), BrokerError> {
-        for (_, task) in self.subscriptions().drain() {
-            task.abort();
+        for (_, wanted) in self.subscriptions().drain() {
+            if let Some(task) = wanted.task {
+                task.abort();
+            }
         }
         if let Some(client) = self.shared.client.get() {
             if *self.shared.status.borrow() == BrokerStatus::Up {
@@ -563,8 +644,10 @@ impl Broker for NatsBroker {
 
 impl Drop for NatsBroker {
     fn drop(&mut self) {
-        for (_, task) in self.subscriptions().drain() {
-            task.abort();
+        for (_, wanted) in self.subscriptions().drain() {
+            if let Some(task) = wanted.task {
+                task.abort();
+            }
         }
     }
 }

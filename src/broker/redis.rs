@@ -207,10 +207,12 @@ struct Shared {
     status: watch::Sender<BrokerStatus>,
     sub_up: AtomicBool,
     pub_up: AtomicBool,
-    /// The publish connection, `None` while it is being replaced.
-    pub_conn: watch::Sender<Option<Conn>>,
-    /// Set by a publish that found the connection broken.
-    pub_broken: tokio::sync::Notify,
+    /// The publish connection and its generation, `None` while it is being
+    /// replaced.
+    pub_conn: watch::Sender<Option<(u64, Conn)>>,
+    /// Generation of the publish connection a publish found broken.
+    pub_broken: AtomicU64,
+    pub_broken_notify: tokio::sync::Notify,
     sink: OnceLock<Arc<dyn BusSink>>,
     stop: watch::Sender<bool>,
     counters: Counters,
@@ -223,13 +225,15 @@ impl Shared {
 
     fn set_up(&self, flag: &AtomicBool, up: bool) {
         flag.store(up, Ordering::SeqCst);
-        let both = self.sub_up.load(Ordering::SeqCst) && self.pub_up.load(Ordering::SeqCst);
-        let status = if both {
-            BrokerStatus::Up
-        } else {
-            BrokerStatus::Down
-        };
+        // Both flags are read under the watch's lock, so two tasks changing
+        // their flag at once cannot leave a stale status behind.
         self.status.send_if_modified(|s| {
+            let both = self.sub_up.load(Ordering::SeqCst) && self.pub_up.load(Ordering::SeqCst);
+            let status = if both {
+                BrokerStatus::Up
+            } else {
+                BrokerStatus::Down
+            };
             let changed = *s != status;
             *s = status;
             changed
@@ -238,7 +242,7 @@ impl Shared {
 
     /// A clone of the publish connection; waits (briefly) while it is being
     /// replaced.
-    async fn publish_connection(&self) -> Option<Conn> {
+    async fn publish_connection(&self) -> Option<(u64, Conn)> {
         let mut conn = self.pub_conn.subscribe();
         let current = conn.borrow().clone();
         if current.is_some() {
@@ -253,6 +257,14 @@ impl Shared {
         })
         .await;
         ready.ok().flatten()
+    }
+
+    /// A publish found connection `generation` broken; only the current
+    /// connection's failures make the publisher reconnect, not late failures
+    /// of one it already replaced.
+    fn report_broken(&self, generation: u64) {
+        self.pub_broken.store(generation, Ordering::SeqCst);
+        self.pub_broken_notify.notify_waiters();
     }
 
     fn stopped(&self) -> bool {
@@ -340,7 +352,12 @@ fn unavailable(err: impl fmt::Display) -> BrokerError {
 impl RedisBroker {
     /// Checks the configuration; connects when the hub starts it. Fails only
     /// on an invalid URL, never because Redis is unreachable.
-    pub fn new(config: RedisConfig) -> Result<Arc<Self>, BrokerError> {
+    pub fn new(mut config: RedisConfig) -> Result<Arc<Self>, BrokerError> {
+        // The fields are public: clamp what would break the tasks.
+        config.ping_interval = config.ping_interval.max(Duration::from_millis(10));
+        config.response_timeout = config.response_timeout.max(Duration::from_millis(10));
+        config.backoff_min = config.backoff_min.max(Duration::from_millis(1));
+        config.backoff_max = config.backoff_max.max(config.backoff_min);
         let client = redis::Client::open(resp3_info(&config.url)?)
             .map_err(|e| BrokerError::Config(e.to_string()))?;
         let cluster_nodes = config
@@ -359,7 +376,8 @@ impl RedisBroker {
                 sub_up: AtomicBool::new(false),
                 pub_up: AtomicBool::new(false),
                 pub_conn: watch::channel(None).0,
-                pub_broken: tokio::sync::Notify::new(),
+                pub_broken: AtomicU64::new(0),
+                pub_broken_notify: tokio::sync::Notify::new(),
                 sink: OnceLock::new(),
                 stop: watch::channel(false).0,
                 counters: Counters::default(),
@@ -441,15 +459,14 @@ impl Broker for RedisBroker {
         } else {
             match shared.publish_connection().await {
                 None => Err(unavailable("redis publish connection is reconnecting")),
-                Some(mut conn) => {
+                Some((generation, mut conn)) => {
                     let name = shared.name(channel);
                     conn.publish(shared.config.sharded, &name, &payload)
                         .await
                         .map_err(|err| {
                             // Let the publisher task replace a broken connection.
-                            if err.is_io_error() || err.is_connection_dropped() || err.is_timeout()
-                            {
-                                shared.pub_broken.notify_one();
+                            if err.is_io_error() || err.is_connection_dropped() {
+                                shared.report_broken(generation);
                             }
                             unavailable(err)
                         })
@@ -467,15 +484,18 @@ impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
         let name = self.shared.name(channel);
         self.shared.interests().insert(name.clone());
+        // Always queued, even while reconnecting: a reconnect that copied
+        // the interests just before this insert still subscribes it when it
+        // serves its queue.
+        let (done, wait) = oneshot::channel();
+        self.control
+            .send(Control::Subscribe(name, done))
+            .map_err(|_| BrokerError::Closed)?;
         if !self.shared.sub_up.load(Ordering::SeqCst) {
             return Err(unavailable(
                 "redis subscription connection is down; will subscribe on reconnect",
             ));
         }
-        let (done, wait) = oneshot::channel();
-        self.control
-            .send(Control::Subscribe(name, done))
-            .map_err(|_| BrokerError::Closed)?;
         let limit = self.shared.config.response_timeout * 2;
         match tokio::time::timeout(limit, wait).await {
             Ok(Ok(result)) => result,
@@ -742,6 +762,7 @@ async fn run_subscriber(shared: Arc<Shared>, mut control: mpsc::UnboundedReceive
 /// and replaces it as soon as it closes or a publish finds it broken.
 async fn run_publisher(shared: Arc<Shared>) {
     let mut backoff = Backoff::new(&shared.config);
+    let mut generation = 0u64;
     let mut stop = shared.stop.subscribe();
     while !shared.stopped() {
         // The connection tells us when it closes (server restart, idle
@@ -765,13 +786,26 @@ async fn run_publisher(shared: Arc<Shared>) {
                 continue;
             }
         };
-        shared.pub_conn.send_replace(Some(conn));
+        generation += 1;
+        shared.pub_conn.send_replace(Some((generation, conn)));
         shared.set_up(&shared.pub_up, true);
         backoff.reset();
-        tokio::select! {
-            _ = lost.recv() => tracing::info!("redis publish connection closed; reconnecting"),
-            _ = shared.pub_broken.notified() => tracing::warn!("redis publish connection broken; reconnecting"),
-            _ = stopped(&mut stop) => return,
+        loop {
+            let broken = shared.pub_broken_notify.notified();
+            tokio::pin!(broken);
+            broken.as_mut().enable();
+            if shared.pub_broken.load(Ordering::SeqCst) == generation {
+                tracing::warn!("redis publish connection broken; reconnecting");
+                break;
+            }
+            tokio::select! {
+                _ = lost.recv() => {
+                    tracing::info!("redis publish connection closed; reconnecting");
+                    break;
+                }
+                _ = &mut broken => continue,
+                _ = stopped(&mut stop) => return,
+            }
         }
         // Reconnect at once; the status drops to Down only if that fails, so
         // an idle timeout is not an outage.
