@@ -108,6 +108,35 @@ pub trait BusSink: Send + Sync + 'static {
     fn messages_lost(&self, channel: Option<&Channel>) {
         let _ = channel;
     }
+
+    /// Called on every change of the broker's status, in order and never
+    /// coalesced (a `watch` keeps only the latest value, so a quick Down/Up
+    /// could go unseen there). The hub counts outages and sends gap events
+    /// from here. Use [`report_status`] to keep the watch and this call in
+    /// step.
+    fn status_changed(&self, status: BrokerStatus);
+}
+
+/// Sets a broker's status to what `compute` returns and, if it changed,
+/// tells `sink` within the same critical section, so the sink sees every
+/// change in the order the watch took them. Backends call this for every
+/// status change.
+pub fn report_status(
+    status: &watch::Sender<BrokerStatus>,
+    sink: Option<&Arc<dyn BusSink>>,
+    compute: impl FnOnce() -> BrokerStatus,
+) {
+    status.send_if_modified(|current| {
+        let new = compute();
+        if *current == new {
+            return false;
+        }
+        *current = new;
+        if let Some(sink) = sink {
+            sink.status_changed(new);
+        }
+        true
+    });
 }
 
 /// A message bus between hubs.

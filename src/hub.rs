@@ -370,6 +370,8 @@ impl HubBuilder {
             closed: AtomicBool::new(false),
             drained: Notify::new(),
             shutdown_done: watch::channel(false).0,
+            bus_down: AtomicBool::new(*broker.status().borrow() != BrokerStatus::Up),
+            gap_events: self.gap_events,
         });
         broker
             .start(Arc::new(Inbox(Arc::downgrade(&inner))))
@@ -386,11 +388,6 @@ impl HubBuilder {
             }
             inner.active.insert(channel, true);
         }
-        tokio::spawn(watch_status(
-            Arc::downgrade(&inner),
-            broker.status(),
-            self.gap_events,
-        ));
         tokio::spawn(
             SubscriptionManager {
                 broker,
@@ -466,6 +463,9 @@ struct Inner {
     closed: AtomicBool,
     drained: Notify,
     shutdown_done: watch::Sender<bool>,
+    /// The broker is (or started) down: its next Up ends an outage.
+    bus_down: AtomicBool,
+    gap_events: bool,
 }
 
 impl Hub {
@@ -812,37 +812,6 @@ impl Inner {
     }
 }
 
-/// Follows the broker's status: counts outages and, when the bus is back,
-/// tells every stream that it may have missed events.
-async fn watch_status(
-    inner: Weak<Inner>,
-    mut status: watch::Receiver<BrokerStatus>,
-    gap_events: bool,
-) {
-    let mut down = *status.borrow_and_update() != BrokerStatus::Up;
-    while status.changed().await.is_ok() {
-        let now = *status.borrow_and_update();
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        match now {
-            BrokerStatus::Up if down => {
-                down = false;
-                tracing::info!("broker is back");
-                if gap_events {
-                    inner.signal_gap(None);
-                }
-            }
-            BrokerStatus::Down if !down => {
-                down = true;
-                inner.counters.bus_outages.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("broker is down: events published on other nodes are not received");
-            }
-            _ => {}
-        }
-    }
-}
-
 const GAP_BUS_FRAME: &[u8] = b"event: sse-cluster.gap\ndata: {\"reason\":\"bus\"}\n\n";
 
 /// The hub's end of the broker: received messages go to the registry.
@@ -852,6 +821,30 @@ impl BusSink for Inbox {
     fn deliver(&self, channel: &Channel, payload: Bytes) {
         if let Some(inner) = self.0.upgrade() {
             inner.on_bus_message(channel, &payload);
+        }
+    }
+
+    fn status_changed(&self, status: BrokerStatus) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        match status {
+            BrokerStatus::Up => {
+                if inner.bus_down.swap(false, Ordering::AcqRel) {
+                    tracing::info!("broker is back");
+                    if inner.gap_events {
+                        inner.signal_gap(None);
+                    }
+                }
+            }
+            _ => {
+                if !inner.bus_down.swap(true, Ordering::AcqRel) {
+                    inner.counters.bus_outages.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "broker is down: events published on other nodes are not received"
+                    );
+                }
+            }
         }
     }
 

@@ -541,3 +541,28 @@ async fn shutdown_ends_streams_whose_client_does_not_read() {
     );
     assert!(hub.registry().is_empty());
 }
+
+#[tokio::test]
+async fn an_outage_too_short_for_the_status_watch_still_counts() {
+    let bus = MemoryBus::new();
+    let broker = bus.broker();
+    let hub = Hub::builder()
+        .broker(broker.clone())
+        .stream_config(StreamConfig::default().keep_alive(None).initial_retry(None))
+        .build()
+        .await
+        .expect("hub");
+    let mut stream = hub
+        .connect(Subscription::new().topic("t"))
+        .await
+        .expect("connect")
+        .into_stream();
+    // Down and Up before any task could look at the watch.
+    broker.set_connected(false);
+    broker.set_connected(true);
+    assert_eq!(hub.stats().bus_outages, 1);
+    assert_eq!(
+        &stream.next().await.expect("gap")[..],
+        b"event: sse-cluster.gap\ndata: {\"reason\":\"bus\"}\n\n"
+    );
+}

@@ -130,15 +130,19 @@ impl MemoryBroker {
     /// [`BrokerStatus::Down`]. Subscriptions are kept, as a real backend
     /// restores them when it reconnects.
     pub fn set_connected(&self, connected: bool) {
-        if let Some(m) = self.bus.lock().members.get_mut(&self.id) {
-            m.connected = connected;
-        }
+        let sink = match self.bus.lock().members.get_mut(&self.id) {
+            Some(m) => {
+                m.connected = connected;
+                m.sink.clone()
+            }
+            None => None,
+        };
         let status = if connected {
             BrokerStatus::Up
         } else {
             BrokerStatus::Down
         };
-        self.status.send_replace(status);
+        super::report_status(&self.status, sink.as_ref(), || status);
     }
 
     /// Removes this member and all its subscriptions from the bus.

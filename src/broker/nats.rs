@@ -448,7 +448,7 @@ impl Shared {
                 .await
                 .is_ok()
             {
-                self.status.send_replace(BrokerStatus::Up);
+                super::report_status(&self.status, self.sink.get(), || BrokerStatus::Up);
                 return;
             }
             tracing::warn!(
@@ -513,7 +513,7 @@ impl Shared {
             }
             Event::Disconnected | Event::Closed => {
                 c.disconnects.fetch_add(1, Ordering::Relaxed);
-                self.status.send_replace(BrokerStatus::Down);
+                super::report_status(&self.status, self.sink.get(), || BrokerStatus::Down);
                 tracing::warn!("nats disconnected; async-nats is reconnecting");
             }
             Event::SlowConsumer(sid) => {

@@ -227,16 +227,13 @@ impl Shared {
         flag.store(up, Ordering::SeqCst);
         // Both flags are read under the watch's lock, so two tasks changing
         // their flag at once cannot leave a stale status behind.
-        self.status.send_if_modified(|s| {
+        super::report_status(&self.status, self.sink.get(), || {
             let both = self.sub_up.load(Ordering::SeqCst) && self.pub_up.load(Ordering::SeqCst);
-            let status = if both {
+            if both {
                 BrokerStatus::Up
             } else {
                 BrokerStatus::Down
-            };
-            let changed = *s != status;
-            *s = status;
-            changed
+            }
         });
     }
 
