@@ -312,10 +312,10 @@ impl HubBuilder {
         self
     }
 
-    /// Whether every stream gets a [`GAP_EVENT`](crate::stream::GAP_EVENT)
-    /// with `{"reason":"bus"}` when the broker comes back after an outage
-    /// (events published elsewhere meanwhile did not reach this node).
-    /// Default: on.
+    /// Whether streams get a [`GAP_EVENT`](crate::stream::GAP_EVENT) with
+    /// `{"reason":"bus"}` when the broker comes back after an outage (events
+    /// published elsewhere meanwhile did not reach this node) or reports
+    /// that it dropped messages. Default: on.
     pub fn gap_events(mut self, on: bool) -> Self {
         self.gap_events = on;
         self
@@ -851,7 +851,9 @@ impl BusSink for Inbox {
     fn messages_lost(&self, channel: Option<&Channel>) {
         if let Some(inner) = self.0.upgrade() {
             tracing::warn!(channel = ?channel, "the broker dropped messages");
-            inner.signal_gap(channel);
+            if inner.gap_events {
+                inner.signal_gap(channel);
+            }
         }
     }
 }
