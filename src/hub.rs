@@ -623,56 +623,35 @@ impl Hub {
             inner.instance,
             inner.next_msg.fetch_add(1, Ordering::Relaxed)
         );
-        let mut conn = None;
-        let (local, channel) = match &target {
-            Target::Topic(t) => {
-                check_target_name(t)?;
-                let local = if registry.topic_connections(t) > 0 {
-                    registry.send_to_topic(t, &event.encode())
-                } else {
-                    FanOut::default()
-                };
-                (local, Some(Channel::Topic(t.as_str().into())))
+        let local = match &target {
+            Target::Topic(t) if registry.topic_connections(t) > 0 => {
+                registry.send_to_topic(t, &event.encode())
             }
-            Target::User(u) => {
-                check_target_name(u)?;
-                let local = if registry.user_connections(u) > 0 {
-                    registry.send_to_user(u, &event.encode())
-                } else {
-                    FanOut::default()
-                };
-                (local, Some(Channel::User(u.as_str().into())))
+            Target::User(u) if registry.user_connections(u) > 0 => {
+                registry.send_to_user(u, &event.encode())
             }
-            Target::All => {
-                let local = if registry.is_empty() {
-                    FanOut::default()
-                } else {
-                    registry.send_to_all(&event.encode())
-                };
-                (local, Some(Channel::Broadcast))
-            }
+            Target::All if !registry.is_empty() => registry.send_to_all(&event.encode()),
             Target::Connection(id) if id.node() == &*inner.node_id => {
-                (registry.send_to_connection(id, &event.encode()), None)
+                // Held here: delivered directly, the bus is not involved.
+                let local = registry.send_to_connection(id, &event.encode());
+                inner.counters.record(local);
+                inner.counters.published.fetch_add(1, Ordering::Relaxed);
+                return Ok(PublishReceipt {
+                    id: msg,
+                    delivered_locally: local.delivered,
+                });
             }
-            Target::Connection(id) => {
-                conn = Some(id.as_str());
-                (FanOut::default(), Some(Channel::Node(id.node().into())))
-            }
+            _ => FanOut::default(),
         };
         inner.counters.record(local);
-        if let Some(channel) = channel {
-            let mut envelope = Envelope::from_event(&event);
-            envelope.origin = Some(inner.instance.as_ref().into());
-            envelope.msg = Some(msg.as_str().into());
-            envelope.conn = conn.map(Into::into);
-            let payload = envelope.encode();
-            if let Err(err) = inner.broker.publish(&channel, payload).await {
-                inner.counters.bus_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%channel, error = %err, "bus publish failed");
-                return Err(err.into());
-            }
-            inner.counters.bus_out.fetch_add(1, Ordering::Relaxed);
+        let (channel, payload) =
+            crate::publisher::bus_message(&target, &event, &inner.instance, &msg)?;
+        if let Err(err) = inner.broker.publish(&channel, payload).await {
+            inner.counters.bus_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%channel, error = %err, "bus publish failed");
+            return Err(err.into());
         }
+        inner.counters.bus_out.fetch_add(1, Ordering::Relaxed);
         inner.counters.published.fetch_add(1, Ordering::Relaxed);
         Ok(PublishReceipt {
             id: msg,
@@ -742,7 +721,7 @@ fn check_name(kind: &str, name: String) -> Result<String, ConnectError> {
     Ok(name)
 }
 
-fn check_target_name(name: &str) -> Result<(), PublishError> {
+pub(crate) fn check_target_name(name: &str) -> Result<(), PublishError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(PublishError::InvalidTarget(format!(
             "topic and user names must be 1 to {MAX_NAME_LEN} bytes"

@@ -133,6 +133,7 @@ pub mod adapters;
 pub mod broker;
 pub mod event;
 pub mod hub;
+pub mod publisher;
 pub mod registry;
 pub mod stream;
 pub mod wire;
@@ -143,6 +144,7 @@ pub use hub::{
     ConnectError, Connection, Hub, HubBuilder, HubError, HubStats, PublishError, PublishReceipt,
     Subscription, Target,
 };
+pub use publisher::Publisher;
 pub use registry::{ConnectionId, ConnectionRegistry};
 pub use stream::{FrameSender, OverflowPolicy, SseStream, StreamConfig};
 

@@ -566,3 +566,41 @@ async fn an_outage_too_short_for_the_status_watch_still_counts() {
         b"event: sse-cluster.gap\ndata: {\"reason\":\"bus\"}\n\n"
     );
 }
+
+#[tokio::test]
+async fn a_publish_only_tier_reaches_every_target_kind() {
+    let (bus, nodes) = cluster(2).await;
+    let publisher = sse_cluster::Publisher::new(bus.broker())
+        .await
+        .expect("publisher");
+    assert_eq!(publisher.broker_status(), sse_cluster::BrokerStatus::Up);
+    let mut a = SseClient::connect(nodes[0].addr, "/events?topic=t").await;
+    let mut b = SseClient::connect(nodes[1].addr, "/events?user=u").await;
+    let b_id = sse_cluster::ConnectionId::parse(&b.connection_id).expect("id");
+    for (target, data) in [
+        (Target::topic("t"), "topic"),
+        (Target::user("u"), "user"),
+        (Target::Connection(b_id), "connection"),
+        (Target::All, "all"),
+    ] {
+        let receipt = publisher
+            .publish(target, Event::new().data(data))
+            .await
+            .expect("publish");
+        assert!(receipt.id.starts_with("publisher."));
+    }
+    assert_eq!(a.next().await.expect("event").data, "topic");
+    assert_eq!(a.next().await.expect("event").data, "all");
+    for want in ["user", "connection", "all"] {
+        assert_eq!(b.next().await.expect("event").data, want);
+    }
+    a.expect_quiet().await;
+    b.expect_quiet().await;
+    let err = publisher
+        .publish(Target::topic(""), Event::new())
+        .await
+        .expect_err("empty topic");
+    assert!(matches!(err, sse_cluster::PublishError::InvalidTarget(_)));
+    assert_eq!(stat(nodes[0].addr, "bus_malformed").await, 0);
+    publisher.shutdown().await;
+}

@@ -951,3 +951,41 @@ async fn frozen_server_is_caught_by_the_liveness_probe() {
     post_ok(b.addr, "/publish?topic=t", "after").await;
     expect_data(&mut client, "client", &["after"]).await;
 }
+
+/// A publish-only process (a `Publisher` on its own Redis connections, no
+/// hub) reaches clients held by a gateway hub, for every target kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_tier_over_redis() {
+    let test = "publisher_tier_over_redis";
+    let Some(url) = machine_redis(test) else {
+        return;
+    };
+    let prefix = unique_prefix(test);
+    let (gateway, _) = redis_node(RedisConfig::new(url.clone()).prefix(prefix.clone()), "gw").await;
+    let broker = RedisBroker::new(RedisConfig::new(url).prefix(prefix)).expect("config");
+    let publisher = sse_cluster::Publisher::new(broker)
+        .await
+        .expect("publisher");
+    assert_eq!(publisher.broker_status(), BrokerStatus::Up);
+    let mut client = SseClient::connect(gateway.addr, "/events?topic=t&user=u").await;
+    let id = sse_cluster::ConnectionId::parse(&client.connection_id).expect("id");
+    for (target, data) in [
+        (Target::topic("t"), "topic"),
+        (Target::user("u"), "user"),
+        (Target::Connection(id), "connection"),
+        (Target::All, "all"),
+    ] {
+        publisher
+            .publish(target, Event::new().data(data))
+            .await
+            .expect("publish");
+    }
+    expect_data(
+        &mut client,
+        "client",
+        &["topic", "user", "connection", "all"],
+    )
+    .await;
+    client.expect_quiet().await;
+    publisher.shutdown().await;
+}

@@ -1,0 +1,142 @@
+//! The publish-only tier: a [`Publisher`] sends events to any target in the
+//! cluster from a process that holds no connections.
+//!
+//! An API process that only publishes needs no registry, no subscriptions
+//! and no HTTP streams: it creates a `Publisher` from a broker and publishes
+//! exactly as [`Hub::publish`](crate::Hub::publish) does (same envelope, same
+//! channels), and the gateway nodes that hold the connections deliver.
+//!
+//! ```no_run
+//! use sse_cluster::{broker::memory::MemoryBus, Event, Publisher, Target};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let publisher = Publisher::new(MemoryBus::new().broker()).await?;
+//! publisher.publish(Target::user("42"), Event::new().data("hello")).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::broker::{Broker, BrokerStatus, BusSink, Channel};
+use crate::event::Event;
+use crate::hub::{check_target_name, HubError, PublishError, PublishReceipt, Target};
+use crate::wire::Envelope;
+
+/// The bus channel and envelope for `event` to `target`, published by
+/// `origin` as message `msg`. Shared by hubs and publishers, so both tiers
+/// put exactly the same bytes on the same channels.
+pub(crate) fn bus_message(
+    target: &Target,
+    event: &Event,
+    origin: &str,
+    msg: &str,
+) -> Result<(Channel, Bytes), PublishError> {
+    let mut conn = None;
+    let channel = match target {
+        Target::Topic(t) => {
+            check_target_name(t)?;
+            Channel::Topic(t.as_str().into())
+        }
+        Target::User(u) => {
+            check_target_name(u)?;
+            Channel::User(u.as_str().into())
+        }
+        Target::All => Channel::Broadcast,
+        Target::Connection(id) => {
+            conn = Some(id.as_str());
+            Channel::Node(id.node().into())
+        }
+    };
+    let mut envelope = Envelope::from_event(event);
+    envelope.origin = Some(origin.into());
+    envelope.msg = Some(msg.into());
+    envelope.conn = conn.map(Into::into);
+    Ok((channel, envelope.encode()))
+}
+
+/// Publishes to a cluster without holding connections. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Arc<dyn Broker>,
+    status: watch::Receiver<BrokerStatus>,
+    origin: Arc<str>,
+    next_msg: AtomicU64,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("origin", &self.inner.origin)
+            .field("broker", &self.inner.broker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A publisher subscribes to nothing: whatever arrives is ignored.
+struct Ignore;
+
+impl BusSink for Ignore {
+    fn deliver(&self, _channel: &Channel, _payload: Bytes) {}
+    fn status_changed(&self, _status: BrokerStatus) {}
+}
+
+impl Publisher {
+    /// Starts `broker` for publishing only. A broker that cannot reach its
+    /// server yet is fine: publishes fail with a transient error until it can.
+    pub async fn new(broker: Arc<dyn Broker>) -> Result<Self, HubError> {
+        broker.start(Arc::new(Ignore)).await?;
+        let tag: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(6)
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                status: broker.status(),
+                broker,
+                origin: format!("publisher.{tag}").into(),
+                next_msg: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Publishes `event` to `target` on every node that holds receivers.
+    pub async fn publish(
+        &self,
+        target: Target,
+        event: Event,
+    ) -> Result<PublishReceipt, PublishError> {
+        let inner = &self.inner;
+        let msg = format!(
+            "{}.m{}",
+            inner.origin,
+            inner.next_msg.fetch_add(1, Ordering::Relaxed)
+        );
+        let (channel, payload) = bus_message(&target, &event, &inner.origin, &msg)?;
+        inner.broker.publish(&channel, payload).await?;
+        Ok(PublishReceipt {
+            id: msg,
+            delivered_locally: 0,
+        })
+    }
+
+    /// Whether the broker can reach its server now.
+    pub fn broker_status(&self) -> BrokerStatus {
+        *self.inner.status.borrow()
+    }
+
+    /// Flushes and disconnects the broker.
+    pub async fn shutdown(&self) {
+        if let Err(err) = self.inner.broker.shutdown().await {
+            tracing::warn!(error = %err, "broker shutdown failed");
+        }
+    }
+}
