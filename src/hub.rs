@@ -1,7 +1,7 @@
 //! The facade: node identity, routing, publish, connect and shutdown.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -73,6 +73,17 @@ pub enum ConnectError {
     /// there are more than [`MAX_TOPICS_PER_CONNECTION`] topics.
     #[error("invalid subscription: {0}")]
     InvalidSubscription(String),
+    /// This node holds [`HubBuilder::max_connections`] already; the client
+    /// should retry after `retry_after` (probably reaching another node).
+    #[error("this node is full; retry in {retry_after:?}")]
+    NodeFull {
+        /// A suggested delay before retrying.
+        retry_after: Duration,
+    },
+    /// The user holds [`HubBuilder::max_connections_per_user`] already on
+    /// this node.
+    #[error("too many connections for this user")]
+    UserLimit,
 }
 
 /// Why a publish did not fully go out.
@@ -85,6 +96,15 @@ pub enum PublishError {
     /// A topic or user name is empty or longer than [`MAX_NAME_LEN`]; nothing was delivered.
     #[error("invalid target: {0}")]
     InvalidTarget(String),
+    /// The event data is larger than [`HubBuilder::max_event_size`]; nothing
+    /// was delivered.
+    #[error("event data of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The data size, in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
     /// Local connections got the event, but the bus refused it, so other
     /// nodes did not. [`BrokerError::is_transient`] tells whether a retry may
     /// succeed.
@@ -271,6 +291,25 @@ pub struct HubBuilder {
     shutdown_retry: (Duration, Duration),
     drain_timeout: Duration,
     gap_events: bool,
+    limits: Limits,
+}
+
+/// Admission and size limits of a hub.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_connections: usize,
+    max_per_user: usize,
+    max_event_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 50_000,
+            max_per_user: 64,
+            max_event_size: 1 << 20,
+        }
+    }
 }
 
 impl fmt::Debug for HubBuilder {
@@ -318,6 +357,30 @@ impl HubBuilder {
     /// that it dropped messages. Default: on.
     pub fn gap_events(mut self, on: bool) -> Self {
         self.gap_events = on;
+        self
+    }
+
+    /// Most connections this node holds; further connects fail with
+    /// [`ConnectError::NodeFull`] (HTTP 503 with `Retry-After`). Default:
+    /// 50 000.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limits.max_connections = max;
+        self
+    }
+
+    /// Most connections of one user on this node; further connects fail with
+    /// [`ConnectError::UserLimit`] (HTTP 429). Concurrent connects of the
+    /// same user may pass the check together, so the bound can be exceeded
+    /// by the number of such races. Default: 64.
+    pub fn max_connections_per_user(mut self, max: usize) -> Self {
+        self.limits.max_per_user = max;
+        self
+    }
+
+    /// Largest event data [`Hub::publish`] accepts, in bytes; larger events
+    /// fail with [`PublishError::TooLarge`] (HTTP 413). Default: 1 MiB.
+    pub fn max_event_size(mut self, max: usize) -> Self {
+        self.limits.max_event_size = max;
         self
     }
 
@@ -372,6 +435,8 @@ impl HubBuilder {
             shutdown_done: watch::channel(false).0,
             bus_down: AtomicBool::new(*broker.status().borrow() != BrokerStatus::Up),
             gap_events: self.gap_events,
+            limits: self.limits,
+            admitted: AtomicUsize::new(0),
         });
         broker
             .start(Arc::new(Inbox(Arc::downgrade(&inner))))
@@ -466,6 +531,11 @@ struct Inner {
     /// The broker is (or started) down: its next Up ends an outage.
     bus_down: AtomicBool,
     gap_events: bool,
+    limits: Limits,
+    /// Connections admitted and not yet unregistered (the node limit is
+    /// checked against this, not the registry, so concurrent connects
+    /// cannot overshoot it).
+    admitted: AtomicUsize,
 }
 
 impl Hub {
@@ -478,6 +548,7 @@ impl Hub {
             shutdown_retry: (Duration::from_secs(1), Duration::from_secs(5)),
             drain_timeout: Duration::from_secs(1),
             gap_events: true,
+            limits: Limits::default(),
         }
     }
 
@@ -551,6 +622,19 @@ impl Hub {
             )));
         }
 
+        if let Some(user) = &user {
+            if inner.registry.user_connections(user) >= inner.limits.max_per_user {
+                return Err(ConnectError::UserLimit);
+            }
+        }
+        if inner.admitted.fetch_add(1, Ordering::AcqRel) >= inner.limits.max_connections {
+            inner.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(ConnectError::NodeFull {
+                retry_after: Duration::from_secs(fastrand::u64(1..=5)),
+            });
+        }
+        // From here every path ends in `Registration`, whose drop gives the
+        // admission back.
         let seq = inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let id = ConnectionId::new(&inner.instance, inner.node_len, seq);
         let (sender, mut stream) = stream::channel(&inner.stream);
@@ -616,6 +700,13 @@ impl Hub {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::ShutDown);
+        }
+        let size = event.data_str().map_or(0, str::len);
+        if size > inner.limits.max_event_size {
+            return Err(PublishError::TooLarge {
+                size,
+                max: inner.limits.max_event_size,
+            });
         }
         let registry = &inner.registry;
         let msg = format!(
@@ -852,6 +943,7 @@ impl Drop for Registration {
                 done: None,
             });
         }
+        inner.admitted.fetch_sub(1, Ordering::AcqRel);
         if inner.registry.is_empty() && inner.shutting_down.load(Ordering::Acquire) {
             inner.drained.notify_waiters();
         }

@@ -604,3 +604,48 @@ async fn a_publish_only_tier_reaches_every_target_kind() {
     assert_eq!(stat(nodes[0].addr, "bus_malformed").await, 0);
     publisher.shutdown().await;
 }
+
+#[tokio::test]
+async fn limits_are_enforced_over_http() {
+    let (_bus, nodes) = cluster_with(1, |b| {
+        b.max_connections(3)
+            .max_connections_per_user(2)
+            .max_event_size(8)
+    })
+    .await;
+    let addr = nodes[0].addr;
+    let _u1 = SseClient::connect(addr, "/events?user=u").await;
+    let _u2 = SseClient::connect(addr, "/events?user=u").await;
+    let third = SseClient::open(addr, "/events?user=u", &[]).await;
+    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
+    drop(third);
+    let _other = SseClient::connect(addr, "/events?user=v").await;
+    let full = SseClient::open(addr, "/events?user=w", &[]).await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after: u64 = full.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=5).contains(&retry_after), "{retry_after}");
+    drop(full);
+
+    let (status, body) = post(addr, "/publish?user=v", "123456789").await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(
+        post(addr, "/publish?user=v", "12345678").await.0,
+        StatusCode::ACCEPTED
+    );
+
+    // A slot freed by a client that left is available again.
+    drop(_other);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let again = SseClient::open(addr, "/events?user=w", &[]).await;
+        if again.status == StatusCode::OK {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slot not freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

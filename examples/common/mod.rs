@@ -2,11 +2,13 @@
 //! `examples/cluster.rs` and the integration tests.
 //!
 //! - `GET /events?topic=T[&topic=T2…][&user=U]`: the SSE stream; the first
-//!   event is `event: connected` whose data is the connection id.
+//!   event is `event: connected` whose data is the connection id. A full
+//!   node answers `503` with `Retry-After`, a user over its limit `429`.
 //! - `POST /publish?topic=T | ?user=U | ?connection=C | (none: everyone)`,
 //!   optional `&event=NAME`; the body is the event data (UTF-8) → `202` with
 //!   `{"id": …}`; a bad event name, target or body → `400` with
-//!   `{"error": …}`, and nothing is published.
+//!   `{"error": …}`, and nothing is published; data over the hub's
+//!   `max_event_size` → `413`.
 //! - `GET /healthz` → `200` when the broker is up, `503` otherwise.
 //! - `GET /stats` → JSON counters.
 
@@ -64,6 +66,15 @@ async fn events(
     match hub.connect(sub).await {
         Ok(conn) => conn.into_response(),
         Err(err @ ConnectError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+        Err(err @ ConnectError::NodeFull { retry_after }) => {
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, err);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+            response
+        }
+        Err(err @ ConnectError::UserLimit) => error(StatusCode::TOO_MANY_REQUESTS, err),
         Err(err) => error(StatusCode::BAD_REQUEST, err),
     }
 }
@@ -101,6 +112,9 @@ async fn publish(State(hub): State<Hub>, RawQuery(query): RawQuery, body: Bytes)
         Ok(receipt) => (StatusCode::ACCEPTED, Json(json!({ "id": receipt.id }))).into_response(),
         Err(err @ sse_cluster::PublishError::InvalidTarget(_)) => {
             error(StatusCode::BAD_REQUEST, err)
+        }
+        Err(err @ sse_cluster::PublishError::TooLarge { .. }) => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, err)
         }
         Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, err),
     }
