@@ -25,11 +25,12 @@ struct Args {
     redis_prefix: Option<String>,
     redis_sharded: bool,
     nats_prefix: Option<String>,
+    auth_token: Option<String>,
 }
 
 const USAGE: &str =
     "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|nats://HOST:PORT] \
-[--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX]";
+[--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] [--auth-token TOKEN]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -39,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         redis_prefix: None,
         redis_sharded: false,
         nats_prefix: None,
+        auth_token: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
             "--redis-prefix" => args.redis_prefix = Some(value()?),
             "--redis-sharded" => args.redis_sharded = true,
             "--nats-prefix" => args.nats_prefix = Some(value()?),
+            "--auth-token" => args.auth_token = Some(value()?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -83,6 +86,9 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Hub::builder().drain_timeout(Duration::from_millis(800));
+    if let Some(token) = args.auth_token.clone() {
+        builder = builder.authorizer(std::sync::Arc::new(common::TokenAuthorizer(token)));
+    }
     if let Some(id) = args.node_id.clone() {
         builder = builder.node_id(id);
     }

@@ -84,6 +84,9 @@ pub enum ConnectError {
     /// this node.
     #[error("too many connections for this user")]
     UserLimit,
+    /// The [`Authorizer`](crate::auth::Authorizer) refused the subscription.
+    #[error(transparent)]
+    Denied(#[from] crate::auth::Denied),
 }
 
 /// Why a publish did not fully go out.
@@ -256,6 +259,22 @@ impl Subscription {
         self.greeting = Some(Box::new(make));
         self
     }
+
+    /// The user, if set.
+    pub fn user_id(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The topics, as given.
+    pub fn topic_names(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Keeps only the topics for which `keep` returns true.
+    pub fn retain_topics(mut self, mut keep: impl FnMut(&str) -> bool) -> Self {
+        self.topics.retain(|t| keep(t));
+        self
+    }
 }
 
 /// A new connection: its id and its SSE body.
@@ -292,6 +311,7 @@ pub struct HubBuilder {
     drain_timeout: Duration,
     gap_events: bool,
     limits: Limits,
+    authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
 }
 
 /// Admission and size limits of a hub.
@@ -384,6 +404,13 @@ impl HubBuilder {
         self
     }
 
+    /// The hook [`Hub::connect_request`] asks before opening a connection.
+    /// Default: none (every subscription is allowed).
+    pub fn authorizer(mut self, authorizer: Arc<dyn crate::auth::Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
     /// How long [`Hub::shutdown`] waits for streams to finish. Default: 1 s.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
@@ -436,6 +463,7 @@ impl HubBuilder {
             bus_down: AtomicBool::new(*broker.status().borrow() != BrokerStatus::Up),
             gap_events: self.gap_events,
             limits: self.limits,
+            authorizer: self.authorizer,
             admitted: AtomicUsize::new(0),
         });
         broker
@@ -532,6 +560,7 @@ struct Inner {
     bus_down: AtomicBool,
     gap_events: bool,
     limits: Limits,
+    authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
     /// Connections admitted and not yet unregistered (the node limit is
     /// checked against this, not the registry, so concurrent connects
     /// cannot overshoot it).
@@ -549,6 +578,7 @@ impl Hub {
             drain_timeout: Duration::from_secs(1),
             gap_events: true,
             limits: Limits::default(),
+            authorizer: None,
         }
     }
 
@@ -592,6 +622,21 @@ impl Hub {
             bus_outages: get(&c.bus_outages),
             gap_events: get(&c.gap_events),
         }
+    }
+
+    /// Like [`Hub::connect`], after asking the configured
+    /// [`Authorizer`](crate::auth::Authorizer) (if any) about `request`; it
+    /// may refuse ([`ConnectError::Denied`]) or rewrite the subscription.
+    pub async fn connect_request(
+        &self,
+        request: &http::request::Parts,
+        sub: Subscription,
+    ) -> Result<Connection, ConnectError> {
+        let sub = match &self.inner.authorizer {
+            Some(authorizer) => authorizer.authorize(request, sub).await?,
+            None => sub,
+        };
+        self.connect(sub).await
     }
 
     /// Opens a connection: registers it, makes sure the bus delivers its

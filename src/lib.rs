@@ -130,6 +130,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod adapters;
+pub mod auth;
 pub mod broker;
 pub mod event;
 pub mod hub;

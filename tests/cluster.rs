@@ -649,3 +649,55 @@ async fn limits_are_enforced_over_http() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn the_authorizer_refuses_and_rewrites_subscriptions() {
+    let (_bus, nodes) = cluster_with(1, |b| {
+        b.authorizer(std::sync::Arc::new(support::app::TokenAuthorizer(
+            "s3cret".into(),
+        )))
+    })
+    .await;
+    let addr = nodes[0].addr;
+    let path = "/events?topic=news&topic=private.x";
+    assert_eq!(
+        SseClient::open(addr, path, &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let wrong = [("authorization", "Bearer nope")];
+    assert_eq!(
+        SseClient::open(addr, path, &wrong).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        nodes[0].hub.registry().len(),
+        0,
+        "refused before registering"
+    );
+
+    let good = [("authorization", "Bearer s3cret")];
+    let mut anonymous = SseClient::open(addr, path, &good).await;
+    assert_eq!(anonymous.status, StatusCode::OK);
+    assert_eq!(
+        anonymous.next().await.expect("connected").event,
+        "connected"
+    );
+    let mut named = SseClient::open(addr, &format!("{path}&user=u"), &good).await;
+    assert_eq!(named.next().await.expect("connected").event, "connected");
+    assert_eq!(
+        nodes[0].hub.registry().topic_connections("private.x"),
+        1,
+        "stripped for the anonymous one"
+    );
+
+    for (topic, data) in [("private.x", "secret"), ("news", "public")] {
+        assert_eq!(
+            post(addr, &format!("/publish?topic={topic}"), data).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(anonymous.next().await.expect("event").data, "public");
+    anonymous.expect_quiet().await;
+    assert_eq!(named.next().await.expect("event").data, "secret");
+    assert_eq!(named.next().await.expect("event").data, "public");
+}

@@ -3,7 +3,8 @@
 //!
 //! - `GET /events?topic=T[&topic=T2…][&user=U]`: the SSE stream; the first
 //!   event is `event: connected` whose data is the connection id. A full
-//!   node answers `503` with `Retry-After`, a user over its limit `429`.
+//!   node answers `503` with `Retry-After`, a user over its limit `429`;
+//!   with `--auth-token`, a missing token `401`, a wrong one `403`.
 //! - `POST /publish?topic=T | ?user=U | ?connection=C | (none: everyone)`,
 //!   optional `&event=NAME`; the body is the event data (UTF-8) → `202` with
 //!   `{"id": …}`; a bad event name, target or body → `400` with
@@ -22,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use sse_cluster::adapters::axum::LastEventId;
+use sse_cluster::auth::{Authorizer, Denied};
 use sse_cluster::{BrokerStatus, ConnectError, ConnectionId, Event, Hub, Subscription, Target};
 
 /// The demo node's routes, serving `hub`.
@@ -48,6 +50,7 @@ async fn events(
     State(hub): State<Hub>,
     RawQuery(query): RawQuery,
     LastEventId(_last_event_id): LastEventId,
+    parts: axum::http::request::Parts,
 ) -> Response {
     let mut sub = Subscription::new();
     for (key, value) in query_pairs(&query) {
@@ -63,7 +66,7 @@ async fn events(
             .event("connected")
             .unwrap_or_default()
     });
-    match hub.connect(sub).await {
+    match hub.connect_request(&parts, sub).await {
         Ok(conn) => conn.into_response(),
         Err(err @ ConnectError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, err),
         Err(err @ ConnectError::NodeFull { retry_after }) => {
@@ -75,6 +78,10 @@ async fn events(
             response
         }
         Err(err @ ConnectError::UserLimit) => error(StatusCode::TOO_MANY_REQUESTS, err),
+        Err(ConnectError::Denied(denied @ Denied::Unauthenticated(_))) => {
+            error(StatusCode::UNAUTHORIZED, denied)
+        }
+        Err(ConnectError::Denied(denied)) => error(StatusCode::FORBIDDEN, denied),
         Err(err) => error(StatusCode::BAD_REQUEST, err),
     }
 }
@@ -135,6 +142,32 @@ async fn stats(State(hub): State<Hub>) -> Response {
         map.insert("broker_up".into(), up.into());
     }
     Json(body).into_response()
+}
+
+/// The demo node's `--auth-token`: `/events` needs `Authorization: Bearer
+/// TOKEN`; topics under `private.` are stripped unless a user is given.
+#[derive(Debug)]
+pub struct TokenAuthorizer(pub String);
+
+#[async_trait::async_trait]
+impl Authorizer for TokenAuthorizer {
+    async fn authorize(
+        &self,
+        request: &axum::http::request::Parts,
+        sub: Subscription,
+    ) -> Result<Subscription, Denied> {
+        let given = request
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => Err(Denied::Unauthenticated("a bearer token is required".into())),
+            Some(token) if token != self.0 => Err(Denied::Forbidden("wrong token".into())),
+            Some(_) if sub.user_id().is_some() => Ok(sub),
+            Some(_) => Ok(sub.retain_topics(|t| !t.starts_with("private."))),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
