@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sse_cluster::broker::memory::MemoryBus;
 use sse_cluster::Hub;
 
 struct Args {
@@ -92,16 +91,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(id) = args.node_id.clone() {
         builder = builder.node_id(id);
     }
-    builder = match args.broker.as_str() {
-        "memory" => builder.broker(MemoryBus::new().broker()),
-        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
-            builder.broker(redis_broker(url, &args)?)
-        }
-        url if url.starts_with("nats://") || url.starts_with("tls://") => {
-            builder.broker(nats_broker(url, &args)?)
-        }
-        other => return Err(format!("unsupported --broker {other:?}").into()),
+    let options = common::BrokerOptions {
+        redis_prefix: args.redis_prefix.clone(),
+        redis_sharded: args.redis_sharded,
+        nats_prefix: args.nats_prefix.clone(),
     };
+    builder = builder.broker(common::broker(&args.broker, &options)?);
     let hub = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);
@@ -113,46 +108,4 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     Ok(())
-}
-
-#[cfg(feature = "redis")]
-fn redis_broker(
-    url: &str,
-    args: &Args,
-) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
-    use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
-    let mut config = RedisConfig::new(url).sharded(args.redis_sharded);
-    if let Some(prefix) = &args.redis_prefix {
-        config = config.prefix(prefix.clone());
-    }
-    Ok(RedisBroker::new(config)?)
-}
-
-#[cfg(not(feature = "redis"))]
-fn redis_broker(
-    _url: &str,
-    _args: &Args,
-) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
-    Err("this build has no Redis support: rebuild with `--features redis`".into())
-}
-
-#[cfg(feature = "nats")]
-fn nats_broker(
-    url: &str,
-    args: &Args,
-) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
-    use sse_cluster::broker::nats::{NatsBroker, NatsConfig};
-    let mut config = NatsConfig::new(url);
-    if let Some(prefix) = &args.nats_prefix {
-        config = config.prefix(prefix.clone());
-    }
-    Ok(NatsBroker::new(config)?)
-}
-
-#[cfg(not(feature = "nats"))]
-fn nats_broker(
-    _url: &str,
-    _args: &Args,
-) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
-    Err("this build has no NATS support: rebuild with `--features nats`".into())
 }

@@ -989,3 +989,44 @@ async fn publisher_tier_over_redis() {
     client.expect_quiet().await;
     publisher.shutdown().await;
 }
+
+/// Two tiers over Redis, as separate processes: two gateway demo nodes hold
+/// the streams, a publisher process (no hub) publishes through its HTTP API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tier_processes_over_redis() {
+    let test = "two_tier_processes_over_redis";
+    let Some(url) = machine_redis(test) else {
+        return;
+    };
+    let prefix = unique_prefix(test);
+    let (node, publisher_bin) = tokio::task::spawn_blocking(|| {
+        (
+            node_binary(Some("redis")),
+            support::process::example_binary("publisher", Some("redis")),
+        )
+    })
+    .await
+    .expect("binaries");
+    let args = ["--broker", url.as_str(), "--redis-prefix", prefix.as_str()];
+    let gw1 = NodeProcess::start(&node, &args);
+    let gw2 = NodeProcess::start(&node, &args);
+    let api = NodeProcess::start(&publisher_bin, &args);
+    let mut on1 = SseClient::connect(gw1.addr, "/events?user=alice&topic=t").await;
+    let mut on2 = SseClient::connect(gw2.addr, "/events?user=bob&topic=t").await;
+    assert_eq!(get(api.addr, "/healthz").await.0, StatusCode::OK);
+    for (path, data) in [
+        ("/publish?user=alice", "for alice"),
+        ("/publish?user=bob", "for bob"),
+        ("/publish?topic=t", "for t"),
+        ("/publish", "for all"),
+    ] {
+        post_ok(api.addr, path, data).await;
+    }
+    let to_bob = format!("/publish?connection={}", on2.connection_id);
+    post_ok(api.addr, &to_bob, "direct").await;
+    expect_data(&mut on1, "alice", &["for alice", "for t", "for all"]).await;
+    expect_data(&mut on2, "bob", &["for bob", "for t", "for all", "direct"]).await;
+    all_quiet(vec![&mut on1, &mut on2]).await;
+    let (status, _) = post(api.addr, "/publish?event=bad%0A", "x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -86,44 +86,56 @@ async fn events(
     }
 }
 
-async fn publish(State(hub): State<Hub>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+/// Reads a `/publish` request: the target and event from the query, the
+/// data from the body. `Err` is the 400 response to send.
+pub fn publish_request(query: &Option<String>, body: &Bytes) -> Result<(Target, Event), Response> {
     let mut targets = Vec::new();
     let mut event = Event::new();
-    for (key, value) in query_pairs(&query) {
+    for (key, value) in query_pairs(query) {
         match key.as_str() {
             "topic" => targets.push(Target::Topic(value)),
             "user" => targets.push(Target::User(value)),
             "connection" => match ConnectionId::parse(&value) {
                 Some(id) => targets.push(Target::Connection(id)),
-                None => return error(StatusCode::BAD_REQUEST, "invalid connection id"),
+                None => return Err(error(StatusCode::BAD_REQUEST, "invalid connection id")),
             },
             "event" => match event.event(value) {
                 Ok(e) => event = e,
-                Err(err) => return error(StatusCode::BAD_REQUEST, err),
+                Err(err) => return Err(error(StatusCode::BAD_REQUEST, err)),
             },
             _ => {}
         }
     }
     if targets.len() > 1 {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "give at most one of topic, user, connection",
-        );
+        ));
     }
     let target = targets.pop().unwrap_or(Target::All);
-    let data = match String::from_utf8(body.to_vec()) {
-        Ok(data) => data,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "the body is not UTF-8"),
-    };
-    match hub.publish(target, event.data(data)).await {
+    match String::from_utf8(body.to_vec()) {
+        Ok(data) => Ok((target, event.data(data))),
+        Err(_) => Err(error(StatusCode::BAD_REQUEST, "the body is not UTF-8")),
+    }
+}
+
+/// The response to a publish: `202 {"id": …}`, or the error's status.
+pub fn publish_response(
+    result: Result<sse_cluster::PublishReceipt, sse_cluster::PublishError>,
+) -> Response {
+    use sse_cluster::PublishError;
+    match result {
         Ok(receipt) => (StatusCode::ACCEPTED, Json(json!({ "id": receipt.id }))).into_response(),
-        Err(err @ sse_cluster::PublishError::InvalidTarget(_)) => {
-            error(StatusCode::BAD_REQUEST, err)
-        }
-        Err(err @ sse_cluster::PublishError::TooLarge { .. }) => {
-            error(StatusCode::PAYLOAD_TOO_LARGE, err)
-        }
+        Err(err @ PublishError::InvalidTarget(_)) => error(StatusCode::BAD_REQUEST, err),
+        Err(err @ PublishError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, err),
         Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+    }
+}
+
+async fn publish(State(hub): State<Hub>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    match publish_request(&query, &body) {
+        Ok((target, event)) => publish_response(hub.publish(target, event).await),
+        Err(response) => response,
     }
 }
 
@@ -168,6 +180,71 @@ impl Authorizer for TokenAuthorizer {
             Some(_) => Ok(sub.retain_topics(|t| !t.starts_with("private."))),
         }
     }
+}
+
+/// Broker settings from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct BrokerOptions {
+    pub redis_prefix: Option<String>,
+    pub redis_sharded: bool,
+    pub nats_prefix: Option<String>,
+}
+
+/// The broker for `--broker memory|redis://…|rediss://…|nats://…|tls://…`.
+pub fn broker(
+    url: &str,
+    options: &BrokerOptions,
+) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+    match url {
+        "memory" => Ok(sse_cluster::broker::memory::MemoryBus::new().broker()),
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            redis_broker(url, options)
+        }
+        url if url.starts_with("nats://") || url.starts_with("tls://") => nats_broker(url, options),
+        other => Err(format!("unsupported --broker {other:?}").into()),
+    }
+}
+
+#[cfg(feature = "redis")]
+fn redis_broker(
+    url: &str,
+    options: &BrokerOptions,
+) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+    use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
+    let mut config = RedisConfig::new(url).sharded(options.redis_sharded);
+    if let Some(prefix) = &options.redis_prefix {
+        config = config.prefix(prefix.clone());
+    }
+    Ok(RedisBroker::new(config)?)
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_broker(
+    _url: &str,
+    _options: &BrokerOptions,
+) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+    Err("this build has no Redis support: rebuild with `--features redis`".into())
+}
+
+#[cfg(feature = "nats")]
+fn nats_broker(
+    url: &str,
+    options: &BrokerOptions,
+) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+    use sse_cluster::broker::nats::{NatsBroker, NatsConfig};
+    let mut config = NatsConfig::new(url);
+    if let Some(prefix) = &options.nats_prefix {
+        config = config.prefix(prefix.clone());
+    }
+    Ok(NatsBroker::new(config)?)
+}
+
+#[cfg(not(feature = "nats"))]
+fn nats_broker(
+    _url: &str,
+    _options: &BrokerOptions,
+) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+    Err("this build has no NATS support: rebuild with `--features nats`".into())
 }
 
 /// Resolves on SIGTERM or SIGINT.
