@@ -38,7 +38,7 @@ async fn publish(
 ) -> Response {
     match common::publish_request(&query, &body) {
         Ok((target, event)) => common::publish_response(publisher.publish(target, event).await),
-        Err(response) => response,
+        Err(reason) => common::bad_request(reason),
     }
 }
 

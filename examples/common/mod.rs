@@ -87,8 +87,8 @@ async fn events(
 }
 
 /// Reads a `/publish` request: the target and event from the query, the
-/// data from the body. `Err` is the 400 response to send.
-pub fn publish_request(query: &Option<String>, body: &Bytes) -> Result<(Target, Event), Response> {
+/// data from the body. `Err` is why it is a bad request (400).
+pub fn publish_request(query: &Option<String>, body: &Bytes) -> Result<(Target, Event), String> {
     let mut targets = Vec::new();
     let mut event = Event::new();
     for (key, value) in query_pairs(query) {
@@ -97,26 +97,28 @@ pub fn publish_request(query: &Option<String>, body: &Bytes) -> Result<(Target, 
             "user" => targets.push(Target::User(value)),
             "connection" => match ConnectionId::parse(&value) {
                 Some(id) => targets.push(Target::Connection(id)),
-                None => return Err(error(StatusCode::BAD_REQUEST, "invalid connection id")),
+                None => return Err("invalid connection id".into()),
             },
             "event" => match event.event(value) {
                 Ok(e) => event = e,
-                Err(err) => return Err(error(StatusCode::BAD_REQUEST, err)),
+                Err(err) => return Err(err.to_string()),
             },
             _ => {}
         }
     }
     if targets.len() > 1 {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "give at most one of topic, user, connection",
-        ));
+        return Err("give at most one of topic, user, connection".into());
     }
     let target = targets.pop().unwrap_or(Target::All);
     match String::from_utf8(body.to_vec()) {
         Ok(data) => Ok((target, event.data(data))),
-        Err(_) => Err(error(StatusCode::BAD_REQUEST, "the body is not UTF-8")),
+        Err(_) => Err("the body is not UTF-8".into()),
     }
+}
+
+/// `400` with `{"error": reason}`.
+pub fn bad_request(reason: String) -> Response {
+    error(StatusCode::BAD_REQUEST, reason)
 }
 
 /// The response to a publish: `202 {"id": …}`, or the error's status.
@@ -135,7 +137,7 @@ pub fn publish_response(
 async fn publish(State(hub): State<Hub>, RawQuery(query): RawQuery, body: Bytes) -> Response {
     match publish_request(&query, &body) {
         Ok((target, event)) => publish_response(hub.publish(target, event).await),
-        Err(response) => response,
+        Err(reason) => bad_request(reason),
     }
 }
 
