@@ -256,27 +256,35 @@ async fn slow_consumer_is_closed_without_stalling_others() {
     let slow = SseClient::open(nodes[0].addr, "/events?topic=t", &[]).await;
     let mut fast = SseClient::connect(nodes[0].addr, "/events?topic=t").await;
     let payload = "x".repeat(32 * 1024);
-    let total: usize = 800; // 25 MiB: far more than loopback socket buffers hold
+    // Publish until the slow one has overflowed (socket buffers first, so
+    // how much that takes depends on the kernel), at most 4000 × 32 KiB.
     let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
     let reader = tokio::spawn(async move {
-        for i in 0..total {
+        let mut got = 0usize;
+        loop {
             let event = fast
                 .next()
                 .await
-                .unwrap_or_else(|| panic!("fast client stalled at {i}"));
-            assert_eq!(event.id, i.to_string());
-            progress_tx.send_replace(i + 1);
+                .unwrap_or_else(|| panic!("fast client stalled at {got}"));
+            if event.id == "end" {
+                return got;
+            }
+            assert_eq!(event.id, got.to_string());
+            got += 1;
+            progress_tx.send_replace(got);
         }
     });
-    for i in 0..total {
+    let mut sent = 0usize;
+    while nodes[0].hub.stats().overflow_closed == 0 {
+        assert!(sent < 4000, "the slow client never overflowed");
         // Keep the fast client within a few events of the publisher, as a
         // client that keeps up would be.
         progress
-            .wait_for(|&got| got + 4 >= i)
+            .wait_for(|&got| got + 4 >= sent)
             .await
             .expect("reader alive");
         let event = Event::new()
-            .id(i.to_string())
+            .id(sent.to_string())
             .unwrap()
             .data(payload.clone());
         nodes[1]
@@ -284,8 +292,15 @@ async fn slow_consumer_is_closed_without_stalling_others() {
             .publish(Target::topic("t"), event)
             .await
             .expect("publish");
+        sent += 1;
     }
-    reader.await.expect("fast client got every event");
+    let end = Event::new().id("end").unwrap().data("");
+    nodes[1]
+        .hub
+        .publish(Target::topic("t"), end)
+        .await
+        .expect("publish");
+    assert_eq!(reader.await.expect("fast client got every event"), sent);
     assert_eq!(stat(nodes[0].addr, "overflow_closed").await, 1);
     assert_eq!(
         nodes[0].hub.registry().topic_connections("t"),
