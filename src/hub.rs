@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::broker::memory::MemoryBus;
 use crate::broker::{Broker, BrokerError, BrokerStatus, BusSink, Channel};
 use crate::event::{retry_frame, Event};
+use crate::publisher::{check_event_size, message_id, random_tag};
 use crate::registry::{ConnectionId, ConnectionRegistry, FanOut};
 use crate::stream::{self, SseStream, StreamConfig};
 use crate::wire::Envelope;
@@ -327,7 +328,7 @@ impl Default for Limits {
         Self {
             max_connections: 50_000,
             max_per_user: 64,
-            max_event_size: 1 << 20,
+            max_event_size: crate::publisher::DEFAULT_MAX_EVENT_SIZE,
         }
     }
 }
@@ -491,12 +492,6 @@ impl HubBuilder {
         );
         Ok(Hub { inner })
     }
-}
-
-fn random_tag(len: usize) -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(len)
-        .collect()
 }
 
 /// One node of the cluster: holds this node's connections and routes events
@@ -746,19 +741,9 @@ impl Hub {
         if inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::ShutDown);
         }
-        let size = event.data_str().map_or(0, str::len);
-        if size > inner.limits.max_event_size {
-            return Err(PublishError::TooLarge {
-                size,
-                max: inner.limits.max_event_size,
-            });
-        }
+        check_event_size(&event, inner.limits.max_event_size)?;
         let registry = &inner.registry;
-        let msg = format!(
-            "{}.m{}",
-            inner.instance,
-            inner.next_msg.fetch_add(1, Ordering::Relaxed)
-        );
+        let msg = message_id(&inner.instance, &inner.next_msg);
         let local = match &target {
             Target::Topic(t) if registry.topic_connections(t) > 0 => {
                 registry.send_to_topic(t, &event.encode())
@@ -904,7 +889,7 @@ impl Inner {
     /// Tells the streams of `channel` (all streams for `None`, a node or the
     /// broadcast channel) that they may have missed events.
     fn signal_gap(&self, channel: Option<&Channel>) {
-        let frame = Bytes::from_static(GAP_BUS_FRAME);
+        let frame = Bytes::from_static(crate::stream::GAP_BUS_FRAME);
         let out = match channel {
             Some(Channel::Topic(t)) => self.registry.send_to_topic(t, &frame),
             Some(Channel::User(u)) => self.registry.send_to_user(u, &frame),
@@ -926,8 +911,6 @@ impl Inner {
         }
     }
 }
-
-const GAP_BUS_FRAME: &[u8] = b"event: sse-cluster.gap\ndata: {\"reason\":\"bus\"}\n\n";
 
 /// The hub's end of the broker: received messages go to the registry.
 struct Inbox(Weak<Inner>);

@@ -28,6 +28,32 @@ use crate::event::Event;
 use crate::hub::{check_target_name, HubError, PublishError, PublishReceipt, Target};
 use crate::wire::Envelope;
 
+/// Largest event data a [`Publisher`] sends, in bytes: the hub's default
+/// (see `HubBuilder::max_event_size`).
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 1 << 20;
+
+/// A random alphanumeric tag telling one run of a hub or publisher from
+/// another.
+pub(crate) fn random_tag(len: usize) -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(len)
+        .collect()
+}
+
+/// The next message id of `origin`: `{origin}.m{n}`.
+pub(crate) fn message_id(origin: &str, counter: &AtomicU64) -> String {
+    format!("{origin}.m{}", counter.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Refuses event data over `max` bytes, before anything is delivered.
+pub(crate) fn check_event_size(event: &Event, max: usize) -> Result<(), PublishError> {
+    let size = event.data_str().map_or(0, str::len);
+    if size > max {
+        return Err(PublishError::TooLarge { size, max });
+    }
+    Ok(())
+}
+
 /// The bus channel and envelope for `event` to `target`, published by
 /// `origin` as message `msg`. Shared by hubs and publishers, so both tiers
 /// put exactly the same bytes on the same channels.
@@ -95,31 +121,27 @@ impl Publisher {
     /// server yet is fine: publishes fail with a transient error until it can.
     pub async fn new(broker: Arc<dyn Broker>) -> Result<Self, HubError> {
         broker.start(Arc::new(Ignore)).await?;
-        let tag: String = std::iter::repeat_with(fastrand::alphanumeric)
-            .take(6)
-            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 status: broker.status(),
                 broker,
-                origin: format!("publisher.{tag}").into(),
+                origin: format!("publisher.{}", random_tag(6)).into(),
                 next_msg: AtomicU64::new(1),
             }),
         })
     }
 
     /// Publishes `event` to `target` on every node that holds receivers.
+    /// Data over [`DEFAULT_MAX_EVENT_SIZE`] is refused
+    /// ([`PublishError::TooLarge`]), as a hub does by default.
     pub async fn publish(
         &self,
         target: Target,
         event: Event,
     ) -> Result<PublishReceipt, PublishError> {
         let inner = &self.inner;
-        let msg = format!(
-            "{}.m{}",
-            inner.origin,
-            inner.next_msg.fetch_add(1, Ordering::Relaxed)
-        );
+        check_event_size(&event, DEFAULT_MAX_EVENT_SIZE)?;
+        let msg = message_id(&inner.origin, &inner.next_msg);
         let (channel, payload) = bus_message(&target, &event, &inner.origin, &msg)?;
         inner.broker.publish(&channel, payload).await?;
         Ok(PublishReceipt {

@@ -260,11 +260,7 @@ impl FrameSender {
                 }
             }
         };
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake(state);
         result
     }
 
@@ -282,22 +278,14 @@ impl FrameSender {
             state.items.push_back(Item::Frame(frame));
         }
         state.phase = Phase::Draining;
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake(state);
     }
 
     /// Ends the stream now, dropping the frames still queued.
     pub fn abort(&self) {
         let mut state = self.shared.lock();
         state.end_now();
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake(state);
     }
 
     /// Ends the stream after the frames already queued.
@@ -397,6 +385,19 @@ pub fn set_sse_headers(headers: &mut http::HeaderMap) {
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
+
+/// Unlocks the queue, then wakes the stream if it is waiting (waking with
+/// the lock held would let the woken task contend for it at once).
+fn wake(mut state: MutexGuard<'_, State>) {
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// The [`GAP_EVENT`] sent when the broker lost messages for this node.
+pub(crate) const GAP_BUS_FRAME: &[u8] = b"event: sse-cluster.gap\ndata: {\"reason\":\"bus\"}\n\n";
 
 fn gap_frame(dropped: u64) -> Bytes {
     let mut frame = String::with_capacity(48);

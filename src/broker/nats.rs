@@ -364,6 +364,15 @@ impl NatsBroker {
         self.shared.subscriptions()
     }
 
+    /// Stops forwarding every subject (dropping a `Subscriber` unsubscribes).
+    fn drop_subscriptions(&self) {
+        for (_, wanted) in self.subscriptions().drain() {
+            if let Some(task) = wanted.task {
+                task.abort();
+            }
+        }
+    }
+
     async fn options(&self) -> Result<ConnectOptions, BrokerError> {
         let c = &self.config;
         let shared = Arc::downgrade(&self.shared);
@@ -628,11 +637,7 @@ impl Broker for NatsBroker {
     }
 
     async fn shutdown(&self) -> Result<(), BrokerError> {
-        for (_, wanted) in self.subscriptions().drain() {
-            if let Some(task) = wanted.task {
-                task.abort();
-            }
-        }
+        self.drop_subscriptions();
         if let Some(client) = self.shared.client.get() {
             if *self.shared.status.borrow() == BrokerStatus::Up {
                 let _ = tokio::time::timeout(self.config.connect_timeout, client.flush()).await;
@@ -644,11 +649,7 @@ impl Broker for NatsBroker {
 
 impl Drop for NatsBroker {
     fn drop(&mut self) {
-        for (_, wanted) in self.subscriptions().drain() {
-            if let Some(task) = wanted.task {
-                task.abort();
-            }
-        }
+        self.drop_subscriptions();
     }
 }
 

@@ -152,15 +152,15 @@ impl RedisConfig {
 
     /// Sets the liveness probe interval and the response timeout.
     pub fn liveness(mut self, ping_interval: Duration, response_timeout: Duration) -> Self {
-        self.ping_interval = ping_interval.max(Duration::from_millis(10));
-        self.response_timeout = response_timeout.max(Duration::from_millis(10));
+        self.ping_interval = ping_interval;
+        self.response_timeout = response_timeout;
         self
     }
 
     /// Sets the reconnect backoff bounds.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = min.max(Duration::from_millis(1));
-        self.backoff_max = max.max(self.backoff_min);
+        self.backoff_min = min;
+        self.backoff_max = max;
         self
     }
 }
