@@ -16,6 +16,7 @@ use crate::event::{retry_frame, Event};
 use crate::publisher::{check_event_size, message_id, random_tag};
 use crate::registry::{ConnectionId, ConnectionRegistry, FanOut};
 use crate::stream::{self, SseStream, StreamConfig};
+use crate::telemetry::HubMetrics;
 use crate::wire::Envelope;
 
 /// Longest accepted topic or user name, in bytes.
@@ -181,10 +182,13 @@ struct Counters {
     overflow_closed: AtomicU64,
     bus_outages: AtomicU64,
     gap_events: AtomicU64,
+    /// The same events, for the `metrics` recorder (see `telemetry`).
+    metrics: HubMetrics,
 }
 
 impl Counters {
     fn record(&self, out: FanOut) {
+        self.metrics.fan_out(out);
         if out.delivered > 0 {
             self.delivered.fetch_add(out.delivered, Ordering::Relaxed);
         }
@@ -441,6 +445,8 @@ impl HubBuilder {
         let node_channel = Channel::Node(node_id.as_str().into());
         let (subs_tx, subs_rx) = mpsc::unbounded_channel();
         let echo_prefix = format!("{{\"v\":{},\"origin\":\"{instance}\"", crate::wire::VERSION);
+        let metrics = HubMetrics::new(&node_id);
+        metrics.broker_status(*broker.status().borrow());
         let inner = Arc::new(Inner {
             echo_prefix: echo_prefix.into_bytes().into(),
             node_len: node_id.len(),
@@ -450,7 +456,10 @@ impl HubBuilder {
             broker: broker.clone(),
             registry: Arc::new(ConnectionRegistry::default()),
             active: Arc::new(DashMap::new()),
-            counters: Counters::default(),
+            counters: Counters {
+                metrics,
+                ..Counters::default()
+            },
             stream: self.stream,
             shutdown_retry: self.shutdown_retry,
             drain_timeout: self.drain_timeout,
@@ -640,6 +649,7 @@ impl Hub {
     /// When this returns, every event published afterwards on any node for
     /// this connection's targets reaches it. Dropping the body (the client
     /// went away) unregisters the connection at once.
+    #[tracing::instrument(name = "sse.connect", skip_all, fields(node = %self.inner.node_id, user = ?sub.user, topics = sub.topics.len(), conn))]
     pub async fn connect(&self, sub: Subscription) -> Result<Connection, ConnectError> {
         let inner = &self.inner;
         if self.is_shutting_down() {
@@ -677,6 +687,7 @@ impl Hub {
         // admission back.
         let seq = inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let id = ConnectionId::new(&inner.instance, inner.node_len, seq);
+        tracing::Span::current().record("conn", id.as_str());
         let (sender, mut stream) = stream::channel(&inner.stream);
         if let Some(greeting) = sub.greeting {
             stream = stream.prepend(&greeting(&id));
@@ -694,6 +705,7 @@ impl Hub {
             .counters
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
+        inner.counters.metrics.connected();
 
         // Wait until the bus delivers every channel of this connection here.
         let mut pending = Vec::new();
@@ -732,11 +744,13 @@ impl Hub {
     /// node's echo from the bus is ignored); other nodes get it through the
     /// bus, only those with interest in the target. An event for a connection
     /// held here never touches the bus.
+    #[tracing::instrument(name = "sse.publish", level = "debug", skip_all, fields(node = %self.inner.node_id, target = ?target, msg))]
     pub async fn publish(
         &self,
         target: Target,
         event: Event,
     ) -> Result<PublishReceipt, PublishError> {
+        let started = std::time::Instant::now();
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::ShutDown);
@@ -744,6 +758,7 @@ impl Hub {
         check_event_size(&event, inner.limits.max_event_size)?;
         let registry = &inner.registry;
         let msg = message_id(&inner.instance, &inner.next_msg);
+        tracing::Span::current().record("msg", msg.as_str());
         let local = match &target {
             Target::Topic(t) if registry.topic_connections(t) > 0 => {
                 registry.send_to_topic(t, &event.encode())
@@ -756,7 +771,9 @@ impl Hub {
                 // Held here: delivered directly, the bus is not involved.
                 let local = registry.send_to_connection(id, &event.encode());
                 inner.counters.record(local);
+                inner.counters.metrics.frame_from_local(started, local);
                 inner.counters.published.fetch_add(1, Ordering::Relaxed);
+                inner.counters.metrics.published();
                 return Ok(PublishReceipt {
                     id: msg,
                     delivered_locally: local.delivered,
@@ -765,15 +782,19 @@ impl Hub {
             _ => FanOut::default(),
         };
         inner.counters.record(local);
+        inner.counters.metrics.frame_from_local(started, local);
         let (channel, payload) =
             crate::publisher::bus_message(&target, &event, &inner.instance, &msg)?;
         if let Err(err) = inner.broker.publish(&channel, payload).await {
             inner.counters.bus_errors.fetch_add(1, Ordering::Relaxed);
+            inner.counters.metrics.bus_error();
             tracing::warn!(%channel, error = %err, "bus publish failed");
             return Err(err.into());
         }
         inner.counters.bus_out.fetch_add(1, Ordering::Relaxed);
         inner.counters.published.fetch_add(1, Ordering::Relaxed);
+        inner.counters.metrics.bus_out();
+        inner.counters.metrics.published();
         Ok(PublishReceipt {
             id: msg,
             delivered_locally: local.delivered,
@@ -786,6 +807,7 @@ impl Hub {
     /// streams to finish (at most the drain timeout), then unsubscribes and
     /// shuts the broker down. Idempotent; concurrent calls all wait for the
     /// same drain.
+    #[tracing::instrument(name = "sse.shutdown", skip_all, fields(node = %self.inner.node_id))]
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         if inner.shutting_down.swap(true, Ordering::AcqRel) {
@@ -855,6 +877,7 @@ impl Inner {
     fn on_bus_message(&self, channel: &Channel, payload: &[u8]) {
         let c = &self.counters;
         c.bus_in.fetch_add(1, Ordering::Relaxed);
+        c.metrics.bus_in();
         if payload.starts_with(&self.echo_prefix) {
             c.bus_echo.fetch_add(1, Ordering::Relaxed);
             return;
@@ -884,6 +907,7 @@ impl Inner {
             },
         };
         c.record(out);
+        c.metrics.frame_from_bus(envelope.ts_us, out);
     }
 
     /// Tells the streams of `channel` (all streams for `None`, a node or the
@@ -898,11 +922,13 @@ impl Inner {
         self.counters
             .gap_events
             .fetch_add(out.delivered, Ordering::Relaxed);
+        self.counters.metrics.gap_events(out.delivered);
         self.counters.record(out);
     }
 
     fn malformed(&self, channel: &Channel, err: &dyn fmt::Display) {
         let n = self.counters.bus_malformed.fetch_add(1, Ordering::Relaxed) + 1;
+        self.counters.metrics.bus_malformed();
         // Log the 1st, 2nd, 4th, 8th... so a flood cannot flood the logs.
         if n.is_power_of_two() {
             tracing::warn!(%channel, error = %err, refused_so_far = n, "refused a bus message");
@@ -926,6 +952,7 @@ impl BusSink for Inbox {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
+        inner.counters.metrics.broker_status(status);
         match status {
             BrokerStatus::Up => {
                 if inner.bus_down.swap(false, Ordering::AcqRel) {
@@ -938,6 +965,7 @@ impl BusSink for Inbox {
             _ => {
                 if !inner.bus_down.swap(true, Ordering::AcqRel) {
                     inner.counters.bus_outages.fetch_add(1, Ordering::Relaxed);
+                    inner.counters.metrics.bus_outage();
                     tracing::warn!(
                         "broker is down: events published on other nodes are not received"
                     );
@@ -972,6 +1000,7 @@ impl Drop for Registration {
             });
         }
         inner.admitted.fetch_sub(1, Ordering::AcqRel);
+        inner.counters.metrics.disconnected();
         if inner.registry.is_empty() && inner.shutting_down.load(Ordering::Acquire) {
             inner.drained.notify_waiters();
         }

@@ -137,6 +137,7 @@ pub mod hub;
 pub mod publisher;
 pub mod registry;
 pub mod stream;
+pub mod telemetry;
 pub mod wire;
 
 pub use broker::{Broker, BrokerError, BrokerStatus};

@@ -82,6 +82,7 @@ pub(crate) fn bus_message(
     let mut envelope = Envelope::from_event(event);
     envelope.origin = Some(origin.into());
     envelope.msg = Some(msg.into());
+    envelope.ts_us = Some(crate::telemetry::now_us());
     envelope.conn = conn.map(Into::into);
     Ok((channel, envelope.encode()))
 }

@@ -19,9 +19,14 @@
 //! | `conn` | string | on node channels | target connection id |
 //! | `origin` | string | no | publishing hub instance; a hub ignores its own echo |
 //! | `msg` | string | no | message id, for logs and tracing |
+//! | `ts_us` | integer | no | publish time, in microseconds since the Unix epoch; feeds the `sse_publish_to_frame_seconds{path="bus"}` histogram |
 //!
 //! Unknown fields are ignored, so later minor additions stay readable by
-//! older nodes. A different `v`, a message that is not such an object, or an
+//! older nodes (`ts_us` is such an addition: a publisher that omits it, or
+//! an older node that ignores it, loses nothing but the latency figure).
+//! `ts_us` is read against the receiving node's clock: exact between
+//! processes of one machine, as good as the clock synchronisation across
+//! machines; implausible values (negative or over an hour) are ignored. A different `v`, a message that is not such an object, or an
 //! event name or id that would break the SSE framing is refused: the hub
 //! counts it ([`HubStats::bus_malformed`](crate::HubStats::bus_malformed)),
 //! logs it, and keeps its subscription.
@@ -66,6 +71,15 @@ pub struct Envelope<'a> {
     /// The message id.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub msg: Option<Cow<'a, str>>,
+    /// When the message was published: microseconds since the Unix epoch,
+    /// on the publisher's clock. Read leniently: a value that is not a
+    /// non-negative number reads as absent rather than refusing the message.
+    #[serde(
+        default,
+        deserialize_with = "lenient_micros",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ts_us: Option<u64>,
     /// The target connection, on node channels.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub conn: Option<Cow<'a, str>>,
@@ -81,6 +95,20 @@ pub struct Envelope<'a> {
     /// The event payload.
     #[serde(borrow, default, skip_serializing_if = "str::is_empty")]
     pub data: Cow<'a, str>,
+}
+
+/// `ts_us` only feeds a histogram: a publisher that writes a float, a
+/// negative number or a string there should still have its event delivered.
+fn lenient_micros<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(match value {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64)
+                .map(|f| f as u64)
+        }),
+        _ => None,
+    })
 }
 
 impl<'a> Envelope<'a> {
@@ -212,6 +240,28 @@ mod tests {
             bad.encode_frame(),
             Err(WireError::InvalidEvent(EventError::InvalidId))
         ));
+    }
+
+    #[test]
+    fn publish_time_is_optional() {
+        let env = Envelope::decode(br#"{"v":1,"ts_us":1700000000000000,"data":"x"}"#).unwrap();
+        assert_eq!(env.ts_us, Some(1_700_000_000_000_000));
+        assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+        let old = Envelope::decode(br#"{"v":1,"data":"x"}"#).unwrap();
+        assert_eq!(old.ts_us, None);
+        assert!(!old.encode().windows(5).any(|w| w == b"ts_us"));
+        for lenient in [
+            &br#"{"v":1,"ts_us":-1}"#[..],
+            br#"{"v":1,"ts_us":"soon"}"#,
+            br#"{"v":1,"ts_us":null}"#,
+            br#"{"v":1,"ts_us":{"a":[1]}}"#,
+        ] {
+            let env = Envelope::decode(lenient).unwrap();
+            assert_eq!(env.ts_us, None, "{lenient:?}");
+            assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+        }
+        let float = Envelope::decode(br#"{"v":1,"ts_us":1.5e15}"#).unwrap();
+        assert_eq!(float.ts_us, Some(1_500_000_000_000_000));
     }
 
     #[test]

@@ -75,6 +75,53 @@ async fn demo_node_contract_and_graceful_drain() {
     }
 }
 
+/// `GET /metrics` serves the Prometheus text format with every metric of
+/// `sse_cluster::telemetry::METRICS`, and the counters follow the traffic.
+#[tokio::test]
+async fn demo_node_serves_prometheus_metrics() {
+    let mut node = NodeProcess::start(
+        &node_binary(None),
+        &["--broker", "memory", "--node-id", "prom-1"],
+    );
+    let mut client = SseClient::connect(node.addr, "/events?topic=a").await;
+    let (status, _) = post(node.addr, "/publish?topic=a", "x").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(client.next().await.expect("event").data, "x");
+
+    let (status, text) = get(node.addr, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for m in sse_cluster::telemetry::METRICS {
+        assert!(
+            text.contains(&format!("# TYPE {} ", m.name)),
+            "no {} in\n{text}",
+            m.name
+        );
+    }
+    let line = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .to_owned()
+    };
+    assert_eq!(line("sse_connections{node=\"prom-1\"}"), "1");
+    assert_eq!(line("sse_connects_total{node=\"prom-1\"}"), "1");
+    assert_eq!(line("sse_events_published_total{node=\"prom-1\"}"), "1");
+    assert_eq!(line("sse_events_delivered_total{node=\"prom-1\"}"), "1");
+    assert_eq!(line("sse_broker_up{node=\"prom-1\"}"), "1");
+    // A real histogram (buckets), not a summary.
+    assert_eq!(
+        line("sse_publish_to_frame_seconds_count{node=\"prom-1\",path=\"local\"}"),
+        "1"
+    );
+    assert!(text.contains(
+        "sse_publish_to_frame_seconds_bucket{node=\"prom-1\",path=\"local\",le=\"+Inf\"} 1"
+    ));
+
+    node.signal("TERM");
+    assert!(node.wait_exit(Duration::from_secs(3)).success());
+}
+
 #[test]
 fn bad_arguments_are_refused() {
     let out = Command::new(node_binary(None))

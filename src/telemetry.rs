@@ -1,0 +1,528 @@
+//! Metrics and tracing: what a hub reports to the `metrics` facade, and the
+//! `tracing` spans it opens.
+//!
+//! # Metrics
+//!
+//! Every hub records through the [`metrics`] facade crate, so any exporter
+//! (Prometheus, StatsD, OpenTelemetry...) sees them once the application
+//! installs a recorder. Every metric carries the label `node` (the hub's node
+//! id), so several hubs in one process stay apart.
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `sse_connections` | gauge | `node` | connections held now |
+//! | `sse_connects_total` | counter | `node` | connections accepted |
+//! | `sse_disconnects_total` | counter | `node` | connections ended (client gone, overflow, shutdown) |
+//! | `sse_events_published_total` | counter | `node` | successful [`Hub::publish`](crate::Hub::publish) calls |
+//! | `sse_events_delivered_total` | counter | `node` | frames queued to local connections (any origin) |
+//! | `sse_events_dropped_total` | counter | `node` | frames dropped by a full queue under `OverflowPolicy::DropEvents` |
+//! | `sse_queue_overflows_total` | counter | `node` | connections closed because their queue overflowed (`OverflowPolicy::Close`) |
+//! | `sse_bus_messages_in_total` | counter | `node` | event messages received from the bus, including echoes and malformed ones |
+//! | `sse_bus_messages_out_total` | counter | `node` | event messages published on the bus |
+//! | `sse_bus_malformed_total` | counter | `node` | received messages refused as malformed or of an unknown version |
+//! | `sse_bus_errors_total` | counter | `node` | bus publishes that failed (the event reached no other node) |
+//! | `sse_broker_up` | gauge | `node` | 1 while the broker reaches its server, else 0 |
+//! | `sse_bus_outages_total` | counter | `node` | times the broker went down |
+//! | `sse_gap_events_total` | counter | `node` | gap events sent to streams after a bus outage or loss |
+//! | `sse_resume_replays_total` | counter | `node` | resumes that replayed history to a reconnecting client |
+//! | `sse_resume_events_replayed_total` | counter | `node` | events replayed from history |
+//! | `sse_resume_resets_total` | counter | `node` | resumes that could not replay everything and sent the reset event |
+//! | `sse_publish_to_frame_seconds` | histogram | `node`, `path` | time from the publish to the frame queued to local connections; `path` is `local` (same node) or `bus` (another node, from the envelope's `ts_us`) |
+//! | `sse_presence_queries_total` | counter | `node` | presence queries this hub asked |
+//! | `sse_presence_incomplete_total` | counter | `node` | presence queries that timed out before every known node answered |
+//! | `sse_presence_nodes` | gauge | `node` | nodes this hub believes alive, itself included |
+//! | `sse_control_messages_in_total` | counter | `node` | presence control messages received (heartbeats, queries, answers) |
+//! | `sse_control_messages_out_total` | counter | `node` | presence control messages published |
+//! | `sse_control_malformed_total` | counter | `node` | control messages refused as malformed |
+//!
+//! The same list is in [`METRICS`]; [`describe`] hands the descriptions to
+//! the installed recorder (a hub does it when it is built).
+//!
+//! **Install the recorder before building the hub.** A hub registers its
+//! metric handles once, in [`HubBuilder::build`](crate::HubBuilder::build),
+//! so that recording is a plain atomic add with no name lookup; a recorder
+//! installed later sees nothing from a hub built before it. Without a
+//! recorder the handles are no-ops: nothing in the hot path allocates or
+//! takes a lock for metrics. Fan-outs are recorded once per fan-out (one add
+//! of the number of frames), not once per connection.
+//!
+//! `sse_publish_to_frame_seconds{path="bus"}` compares the receiving node's
+//! clock with the publishing node's `ts_us` (see [`wire`](crate::wire)):
+//! exact between processes of one machine, only as good as the clock
+//! synchronisation (NTP, PTP) across machines. Values that are negative or
+//! over an hour (skewed clocks, or a foreign publisher writing another unit)
+//! are not recorded.
+//!
+//! # Tracing spans
+//!
+//! | span | level | fields | around |
+//! |---|---|---|---|
+//! | `sse.connect` | INFO | `node`, `user`, `topics`, `conn` | [`Hub::connect`](crate::Hub::connect) |
+//! | `sse.publish` | DEBUG | `node`, `target`, `msg` | [`Hub::publish`](crate::Hub::publish) |
+//! | `sse.replay` | INFO | `node`, `conn`, `channels` | a resume replaying history ([`replay_span`]) |
+//! | `sse.shutdown` | INFO | `node` | [`Hub::shutdown`](crate::Hub::shutdown) |
+//! | `sse.presence` | DEBUG | `node`, `query` | a presence query |
+//!
+//! `sse.publish` is at DEBUG so that a production subscriber at INFO pays
+//! nothing per publish.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+
+use crate::broker::BrokerStatus;
+use crate::registry::FanOut;
+
+/// What kind of metric a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution of values.
+    Histogram,
+}
+
+/// One metric a hub records.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct MetricInfo {
+    /// The metric name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// What it counts or measures.
+    pub help: &'static str,
+}
+
+const fn info(name: &'static str, kind: MetricKind, help: &'static str) -> MetricInfo {
+    MetricInfo { name, kind, help }
+}
+
+use MetricKind::{Counter as C, Gauge as G, Histogram as H};
+
+/// Every metric a hub records (the table in the module docs).
+pub const METRICS: &[MetricInfo] = &[
+    info(CONNECTIONS, G, "Connections held now."),
+    info(CONNECTS, C, "Connections accepted."),
+    info(DISCONNECTS, C, "Connections ended."),
+    info(PUBLISHED, C, "Successful Hub::publish calls."),
+    info(DELIVERED, C, "Frames queued to local connections."),
+    info(
+        DROPPED,
+        C,
+        "Frames dropped by a full queue (OverflowPolicy::DropEvents).",
+    ),
+    info(
+        OVERFLOWS,
+        C,
+        "Connections closed because their queue overflowed.",
+    ),
+    info(BUS_IN, C, "Event messages received from the bus."),
+    info(BUS_OUT, C, "Event messages published on the bus."),
+    info(
+        BUS_MALFORMED,
+        C,
+        "Bus messages refused as malformed or of an unknown version.",
+    ),
+    info(BUS_ERRORS, C, "Bus publishes that failed."),
+    info(
+        BROKER_UP,
+        G,
+        "1 while the broker reaches its server, else 0.",
+    ),
+    info(BUS_OUTAGES, C, "Times the broker went down."),
+    info(GAP_EVENTS, C, "Gap events sent to streams."),
+    info(REPLAYS, C, "Resumes that replayed history."),
+    info(REPLAYED, C, "Events replayed from history."),
+    info(RESETS, C, "Resumes that sent the reset event."),
+    info(
+        LATENCY,
+        H,
+        "Seconds from publish to the frame queued to local connections.",
+    ),
+    info(PRESENCE_QUERIES, C, "Presence queries asked."),
+    info(
+        PRESENCE_INCOMPLETE,
+        C,
+        "Presence queries that timed out before every known node answered.",
+    ),
+    info(
+        PRESENCE_NODES,
+        G,
+        "Nodes believed alive, this one included.",
+    ),
+    info(CONTROL_IN, C, "Presence control messages received."),
+    info(CONTROL_OUT, C, "Presence control messages published."),
+    info(
+        CONTROL_MALFORMED,
+        C,
+        "Control messages refused as malformed.",
+    ),
+];
+
+const CONNECTIONS: &str = "sse_connections";
+const CONNECTS: &str = "sse_connects_total";
+const DISCONNECTS: &str = "sse_disconnects_total";
+const PUBLISHED: &str = "sse_events_published_total";
+const DELIVERED: &str = "sse_events_delivered_total";
+const DROPPED: &str = "sse_events_dropped_total";
+const OVERFLOWS: &str = "sse_queue_overflows_total";
+const BUS_IN: &str = "sse_bus_messages_in_total";
+const BUS_OUT: &str = "sse_bus_messages_out_total";
+const BUS_MALFORMED: &str = "sse_bus_malformed_total";
+const BUS_ERRORS: &str = "sse_bus_errors_total";
+const BROKER_UP: &str = "sse_broker_up";
+const BUS_OUTAGES: &str = "sse_bus_outages_total";
+const GAP_EVENTS: &str = "sse_gap_events_total";
+const REPLAYS: &str = "sse_resume_replays_total";
+const REPLAYED: &str = "sse_resume_events_replayed_total";
+const RESETS: &str = "sse_resume_resets_total";
+const LATENCY: &str = "sse_publish_to_frame_seconds";
+const PRESENCE_QUERIES: &str = "sse_presence_queries_total";
+const PRESENCE_INCOMPLETE: &str = "sse_presence_incomplete_total";
+const PRESENCE_NODES: &str = "sse_presence_nodes";
+const CONTROL_IN: &str = "sse_control_messages_in_total";
+const CONTROL_OUT: &str = "sse_control_messages_out_total";
+const CONTROL_MALFORMED: &str = "sse_control_malformed_total";
+
+/// Hands the name, kind, unit and description of every metric in
+/// [`METRICS`] to the installed recorder (Prometheus shows them as `# HELP`
+/// lines). A hub calls it when it is built; calling it again is harmless.
+pub fn describe() {
+    for m in METRICS {
+        let unit = (m.kind == MetricKind::Histogram).then_some(Unit::Seconds);
+        metrics::with_recorder(|r| {
+            let name = metrics::KeyName::from_const_str(m.name);
+            let help = metrics::SharedString::const_str(m.help);
+            match m.kind {
+                MetricKind::Counter => r.describe_counter(name, unit, help),
+                MetricKind::Gauge => r.describe_gauge(name, unit, help),
+                MetricKind::Histogram => r.describe_histogram(name, unit, help),
+            }
+        });
+    }
+}
+
+/// One hub's metric handles, registered once with the recorder installed
+/// when the hub was built. Each method is what one place in the hub records.
+#[derive(Debug)]
+#[allow(dead_code)] // the presence fields: used by the presence module, next
+pub(crate) struct HubMetrics {
+    connections: Gauge,
+    connects: Counter,
+    disconnects: Counter,
+    published: Counter,
+    delivered: Counter,
+    dropped: Counter,
+    overflows: Counter,
+    bus_in: Counter,
+    bus_out: Counter,
+    bus_malformed: Counter,
+    bus_errors: Counter,
+    broker_up: Gauge,
+    bus_outages: Counter,
+    gap_events: Counter,
+    replays: Counter,
+    replayed: Counter,
+    resets: Counter,
+    latency_local: Histogram,
+    latency_bus: Histogram,
+    presence_queries: Counter,
+    presence_incomplete: Counter,
+    presence_nodes: Gauge,
+    control_in: Counter,
+    control_out: Counter,
+    control_malformed: Counter,
+}
+
+/// No-op handles: what a hub records before (or without) registration.
+impl Default for HubMetrics {
+    fn default() -> Self {
+        Self {
+            connections: Gauge::noop(),
+            connects: Counter::noop(),
+            disconnects: Counter::noop(),
+            published: Counter::noop(),
+            delivered: Counter::noop(),
+            dropped: Counter::noop(),
+            overflows: Counter::noop(),
+            bus_in: Counter::noop(),
+            bus_out: Counter::noop(),
+            bus_malformed: Counter::noop(),
+            bus_errors: Counter::noop(),
+            broker_up: Gauge::noop(),
+            bus_outages: Counter::noop(),
+            gap_events: Counter::noop(),
+            replays: Counter::noop(),
+            replayed: Counter::noop(),
+            resets: Counter::noop(),
+            latency_local: Histogram::noop(),
+            latency_bus: Histogram::noop(),
+            presence_queries: Counter::noop(),
+            presence_incomplete: Counter::noop(),
+            presence_nodes: Gauge::noop(),
+            control_in: Counter::noop(),
+            control_out: Counter::noop(),
+            control_malformed: Counter::noop(),
+        }
+    }
+}
+
+#[allow(dead_code)]
+impl HubMetrics {
+    /// Registers the handles of node `node` with the current recorder.
+    pub(crate) fn new(node: &str) -> Self {
+        describe();
+        let node = node.to_owned();
+        let c = |name: &'static str| metrics::counter!(name, "node" => node.clone());
+        let g = |name: &'static str| metrics::gauge!(name, "node" => node.clone());
+        let h = |path: &'static str| metrics::histogram!(LATENCY, "node" => node.clone(), "path" => path);
+        Self {
+            connections: g(CONNECTIONS),
+            connects: c(CONNECTS),
+            disconnects: c(DISCONNECTS),
+            published: c(PUBLISHED),
+            delivered: c(DELIVERED),
+            dropped: c(DROPPED),
+            overflows: c(OVERFLOWS),
+            bus_in: c(BUS_IN),
+            bus_out: c(BUS_OUT),
+            bus_malformed: c(BUS_MALFORMED),
+            bus_errors: c(BUS_ERRORS),
+            broker_up: g(BROKER_UP),
+            bus_outages: c(BUS_OUTAGES),
+            gap_events: c(GAP_EVENTS),
+            replays: c(REPLAYS),
+            replayed: c(REPLAYED),
+            resets: c(RESETS),
+            latency_local: h("local"),
+            latency_bus: h("bus"),
+            presence_queries: c(PRESENCE_QUERIES),
+            presence_incomplete: c(PRESENCE_INCOMPLETE),
+            presence_nodes: g(PRESENCE_NODES),
+            control_in: c(CONTROL_IN),
+            control_out: c(CONTROL_OUT),
+            control_malformed: c(CONTROL_MALFORMED),
+        }
+    }
+
+    /// A connection was accepted.
+    pub(crate) fn connected(&self) {
+        self.connects.increment(1);
+        self.connections.increment(1.0);
+    }
+
+    /// A connection ended.
+    pub(crate) fn disconnected(&self) {
+        self.disconnects.increment(1);
+        self.connections.decrement(1.0);
+    }
+
+    /// A publish succeeded.
+    pub(crate) fn published(&self) {
+        self.published.increment(1);
+    }
+
+    /// One fan-out's outcome, recorded once for all its connections.
+    pub(crate) fn fan_out(&self, out: FanOut) {
+        if out.delivered > 0 {
+            self.delivered.increment(out.delivered);
+        }
+        if out.dropped > 0 {
+            self.dropped.increment(out.dropped);
+        }
+        if out.overflow_closed > 0 {
+            self.overflows.increment(out.overflow_closed);
+        }
+    }
+
+    /// A message arrived from the bus.
+    pub(crate) fn bus_in(&self) {
+        self.bus_in.increment(1);
+    }
+
+    /// A message went out on the bus.
+    pub(crate) fn bus_out(&self) {
+        self.bus_out.increment(1);
+    }
+
+    /// A received bus message was refused.
+    pub(crate) fn bus_malformed(&self) {
+        self.bus_malformed.increment(1);
+    }
+
+    /// A bus publish failed.
+    pub(crate) fn bus_error(&self) {
+        self.bus_errors.increment(1);
+    }
+
+    /// The broker's status is now `status`.
+    pub(crate) fn broker_status(&self, status: BrokerStatus) {
+        self.broker_up
+            .set(if status == BrokerStatus::Up { 1.0 } else { 0.0 });
+    }
+
+    /// The broker went down.
+    pub(crate) fn bus_outage(&self) {
+        self.bus_outages.increment(1);
+    }
+
+    /// `n` gap events were queued.
+    pub(crate) fn gap_events(&self, n: u64) {
+        if n > 0 {
+            self.gap_events.increment(n);
+        }
+    }
+
+    /// A resume started replaying history (issue 5: the history module
+    /// calls it, inside [`replay_span`]).
+    #[allow(dead_code)]
+    pub(crate) fn replay_started(&self) {
+        self.replays.increment(1);
+    }
+
+    /// `n` events were replayed from history to one connection.
+    #[allow(dead_code)]
+    pub(crate) fn events_replayed(&self, n: u64) {
+        if n > 0 {
+            self.replayed.increment(n);
+        }
+    }
+
+    /// A resume could not replay everything and sent the reset event.
+    #[allow(dead_code)]
+    pub(crate) fn resume_reset(&self) {
+        self.resets.increment(1);
+    }
+
+    /// A publish started at `started` reached local connections (`out`).
+    pub(crate) fn frame_from_local(&self, started: Instant, out: FanOut) {
+        if out.delivered > 0 {
+            self.latency_local.record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// A message published at `ts_us` (the origin's clock, see
+    /// [`wire`](crate::wire)) reached local connections (`out`).
+    pub(crate) fn frame_from_bus(&self, ts_us: Option<u64>, out: FanOut) {
+        if out.delivered == 0 {
+            return;
+        }
+        if let Some(age) = ts_us.and_then(age_of) {
+            self.latency_bus.record(age.as_secs_f64());
+        }
+    }
+
+    /// This hub asked a presence query.
+    pub(crate) fn presence_query(&self) {
+        self.presence_queries.increment(1);
+    }
+
+    /// A presence query ended before every known node answered.
+    pub(crate) fn presence_incomplete(&self) {
+        self.presence_incomplete.increment(1);
+    }
+
+    /// This hub now believes `n` nodes are alive.
+    pub(crate) fn presence_nodes(&self, n: usize) {
+        self.presence_nodes.set(n as f64);
+    }
+
+    /// A control message arrived.
+    pub(crate) fn control_in(&self) {
+        self.control_in.increment(1);
+    }
+
+    /// A control message went out.
+    pub(crate) fn control_out(&self) {
+        self.control_out.increment(1);
+    }
+
+    /// A control message was refused.
+    pub(crate) fn control_malformed(&self) {
+        self.control_malformed.increment(1);
+    }
+}
+
+/// Longest publish-to-frame time recorded; more means skewed clocks or a
+/// foreign publisher writing another unit.
+const MAX_PLAUSIBLE_AGE: Duration = Duration::from_secs(3600);
+
+/// Now, in microseconds since the Unix epoch (the envelope's `ts_us`).
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// How long ago `ts_us` was, if that is plausible.
+fn age_of(ts_us: u64) -> Option<Duration> {
+    let age = Duration::from_micros(now_us().checked_sub(ts_us)?);
+    (age <= MAX_PLAUSIBLE_AGE).then_some(age)
+}
+
+/// The span around a resume that replays history to connection `conn`
+/// (issue 5: the history module enters it).
+#[allow(dead_code)]
+pub(crate) fn replay_span(node: &str, conn: &str, channels: usize) -> tracing::Span {
+    tracing::info_span!("sse.replay", node, conn, channels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_prometheus_friendly() {
+        let mut names: Vec<_> = METRICS.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len());
+        for m in METRICS {
+            assert!(m.name.starts_with("sse_"), "{}", m.name);
+            assert!(
+                m.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{}",
+                m.name
+            );
+            assert_eq!(m.kind == C, m.name.ends_with("_total"), "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn every_metric_is_in_the_module_docs_and_the_readme() {
+        let docs = include_str!("telemetry.rs");
+        let readme = include_str!("../README.md");
+        for m in METRICS {
+            let row = format!("| `{}` |", m.name);
+            assert!(docs.contains(&row), "module docs lack {}", m.name);
+            assert!(readme.contains(&row), "README lacks {}", m.name);
+        }
+    }
+
+    #[test]
+    fn implausible_ages_are_not_recorded() {
+        let now = now_us();
+        assert!(age_of(now + 10_000_000).is_none(), "from the future");
+        assert!(
+            age_of(now / 1000).is_none(),
+            "milliseconds, not microseconds"
+        );
+        assert!(age_of(now - 1_500).is_some_and(|a| a >= Duration::from_micros(1_500)));
+    }
+
+    #[test]
+    fn handles_without_a_recorder_are_no_ops() {
+        let m = HubMetrics::new("n");
+        m.connected();
+        m.fan_out(FanOut::default());
+        m.frame_from_bus(Some(now_us()), FanOut::default());
+        m.replay_started();
+        m.events_replayed(3);
+        m.resume_reset();
+        let _span = replay_span("n", "n.x.1", 2);
+    }
+}
