@@ -6,6 +6,9 @@
 //! cargo run --release --features nats --example node -- --broker nats://127.0.0.1:4222 [--nats-prefix sse]
 //! ```
 //!
+//! Presence is on (`GET /presence`); `--presence-heartbeat-ms MS` sets its
+//! heartbeat (default 2000) and forgets silent peers after three of them.
+//!
 //! Routes: see `examples/common/mod.rs`, plus `GET /metrics`: every
 //! `sse_*` metric (see `sse_cluster::telemetry`) in the Prometheus text
 //! format, through `metrics-exporter-prometheus`. SIGTERM or SIGINT drains
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use axum::http::header::CONTENT_TYPE;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sse_cluster::presence::PresenceConfig;
 use sse_cluster::Hub;
 
 struct Args {
@@ -29,11 +33,13 @@ struct Args {
     redis_sharded: bool,
     nats_prefix: Option<String>,
     auth_token: Option<String>,
+    presence_heartbeat: Option<Duration>,
 }
 
 const USAGE: &str =
     "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|nats://HOST:PORT] \
-[--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] [--auth-token TOKEN]";
+[--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] [--auth-token TOKEN] \
+[--presence-heartbeat-ms MS]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -44,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         redis_sharded: false,
         nats_prefix: None,
         auth_token: None,
+        presence_heartbeat: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +69,13 @@ fn parse_args() -> Result<Args, String> {
             "--redis-sharded" => args.redis_sharded = true,
             "--nats-prefix" => args.nats_prefix = Some(value()?),
             "--auth-token" => args.auth_token = Some(value()?),
+            "--presence-heartbeat-ms" => {
+                let v = value()?;
+                let ms: u64 = v
+                    .parse()
+                    .map_err(|e| format!("--presence-heartbeat-ms {v}: {e}"))?;
+                args.presence_heartbeat = Some(Duration::from_millis(ms));
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -116,7 +130,15 @@ fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let prometheus = install_metrics()?;
-    let mut builder = Hub::builder().drain_timeout(Duration::from_millis(800));
+    // Presence on, with the default timings unless --presence-heartbeat-ms
+    // (then peers are forgotten after three silent heartbeats).
+    let mut presence = PresenceConfig::default();
+    if let Some(beat) = args.presence_heartbeat {
+        presence = presence.heartbeat(beat).forget_after(beat * 3);
+    }
+    let mut builder = Hub::builder()
+        .drain_timeout(Duration::from_millis(800))
+        .presence(presence);
     if let Some(token) = args.auth_token.clone() {
         builder = builder.authorizer(std::sync::Arc::new(common::TokenAuthorizer(token)));
     }

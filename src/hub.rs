@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::broker::memory::MemoryBus;
 use crate::broker::{Broker, BrokerError, BrokerStatus, BusSink, Channel};
 use crate::event::{retry_frame, Event};
+use crate::presence::{Presence, PresenceConfig, PresenceState};
 use crate::publisher::{check_event_size, message_id, random_tag};
 use crate::registry::{ConnectionId, ConnectionRegistry, FanOut};
 use crate::stream::{self, SseStream, StreamConfig};
@@ -183,7 +184,7 @@ struct Counters {
     bus_outages: AtomicU64,
     gap_events: AtomicU64,
     /// The same events, for the `metrics` recorder (see `telemetry`).
-    metrics: HubMetrics,
+    metrics: Arc<HubMetrics>,
 }
 
 impl Counters {
@@ -317,6 +318,7 @@ pub struct HubBuilder {
     gap_events: bool,
     limits: Limits,
     authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
+    presence: Option<PresenceConfig>,
 }
 
 /// Admission and size limits of a hub.
@@ -416,6 +418,15 @@ impl HubBuilder {
         self
     }
 
+    /// Takes part in cluster-wide presence ([`Hub::presence`]): says
+    /// `hello` on the bus every `config.heartbeat` and answers other nodes'
+    /// queries. Enable it on every node. Default: off (no presence traffic;
+    /// queries fail with `PresenceError::Disabled`).
+    pub fn presence(mut self, config: PresenceConfig) -> Self {
+        self.presence = Some(config);
+        self
+    }
+
     /// How long [`Hub::shutdown`] waits for streams to finish. Default: 1 s.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
@@ -445,7 +456,16 @@ impl HubBuilder {
         let node_channel = Channel::Node(node_id.as_str().into());
         let (subs_tx, subs_rx) = mpsc::unbounded_channel();
         let echo_prefix = format!("{{\"v\":{},\"origin\":\"{instance}\"", crate::wire::VERSION);
-        let metrics = HubMetrics::new(&node_id);
+        let metrics = Arc::new(HubMetrics::new(&node_id));
+        let registry = Arc::new(ConnectionRegistry::default());
+        let presence = PresenceState::new(
+            self.presence,
+            node_id.as_str().into(),
+            instance.clone(),
+            broker.clone(),
+            registry.clone(),
+            metrics.clone(),
+        );
         metrics.broker_status(*broker.status().borrow());
         let inner = Arc::new(Inner {
             echo_prefix: echo_prefix.into_bytes().into(),
@@ -454,7 +474,8 @@ impl HubBuilder {
             instance,
             status: broker.status(),
             broker: broker.clone(),
-            registry: Arc::new(ConnectionRegistry::default()),
+            registry,
+            presence,
             active: Arc::new(DashMap::new()),
             counters: Counters {
                 metrics,
@@ -499,6 +520,7 @@ impl HubBuilder {
             }
             .run(subs_rx),
         );
+        inner.presence.start();
         Ok(Hub { inner })
     }
 }
@@ -565,6 +587,8 @@ struct Inner {
     gap_events: bool,
     limits: Limits,
     authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
+    /// This hub's side of the presence protocol.
+    presence: Arc<PresenceState>,
     /// Connections admitted and not yet unregistered (the node limit is
     /// checked against this, not the registry, so concurrent connects
     /// cannot overshoot it).
@@ -583,6 +607,7 @@ impl Hub {
             gap_events: true,
             limits: Limits::default(),
             authorizer: None,
+            presence: None,
         }
     }
 
@@ -599,6 +624,21 @@ impl Hub {
     /// Whether the broker can reach its server now.
     pub fn broker_status(&self) -> BrokerStatus {
         *self.inner.status.borrow()
+    }
+
+    /// Cluster-wide presence: connections and users of a topic, and whether
+    /// a user is connected anywhere (see [`presence`](crate::presence)).
+    /// Needs [`HubBuilder::presence`] on every node.
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: sse_cluster::Hub) -> Result<(), sse_cluster::presence::PresenceError> {
+    /// let news = hub.presence().topic("news").await?;
+    /// let online = hub.presence().user_online("42").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn presence(&self) -> Presence {
+        Presence::new(self.inner.presence.clone())
     }
 
     /// True once [`Hub::shutdown`] has been called.
@@ -841,6 +881,7 @@ impl Hub {
             }
         }
 
+        inner.presence.leave().await;
         let (done, wait) = oneshot::channel();
         if inner.subs_tx.send(SubCommand::Stop(done)).is_ok() {
             // A broker that cannot answer (server down) must not hold the
@@ -875,6 +916,9 @@ pub(crate) fn check_target_name(name: &str) -> Result<(), PublishError> {
 
 impl Inner {
     fn on_bus_message(&self, channel: &Channel, payload: &[u8]) {
+        if crate::presence::is_control(payload) {
+            return self.presence.on_control(channel, payload);
+        }
         let c = &self.counters;
         c.bus_in.fetch_add(1, Ordering::Relaxed);
         c.metrics.bus_in();

@@ -99,6 +99,16 @@
 //! reconnects) or drops events with a gap event ([`OverflowPolicy`]). Sending
 //! never waits, so one slow client never slows the others.
 //!
+//! **Presence.** [`Hub::presence`] counts a topic's connections and distinct
+//! users across the cluster and tells whether a user is connected anywhere,
+//! by a query on the bus that every node answers; a node that dies uncleanly
+//! is forgotten within `forget_after` (6 s by default). See [`presence`].
+//!
+//! **Metrics and tracing.** Every hub records counters, gauges and a
+//! publish-to-frame latency histogram through the `metrics` facade and opens
+//! `tracing` spans for connect, publish, replay and shutdown; names in
+//! [`telemetry`].
+//!
 //! **Shutdown.** [`Hub::shutdown`] refuses new connections, sends every client
 //! a randomized `retry:` (so reconnects spread out), ends every stream so the
 //! HTTP server's graceful shutdown can complete, waits for the streams to
@@ -134,6 +144,7 @@ pub mod auth;
 pub mod broker;
 pub mod event;
 pub mod hub;
+pub mod presence;
 pub mod publisher;
 pub mod registry;
 pub mod stream;

@@ -285,6 +285,23 @@ impl ConnectionRegistry {
         }
     }
 
+    /// Connections following `topic` here, and their distinct users (in no
+    /// particular order). O(connections of the topic); for presence answers.
+    pub(crate) fn topic_presence(&self, topic: &str) -> (u64, Vec<Arc<str>>) {
+        // Copy the ids first: no lock of one map is held while reading the other.
+        let seqs: Vec<u64> = match self.by_topic.get(topic) {
+            Some(conns) => conns.keys().copied().collect(),
+            None => return (0, Vec::new()),
+        };
+        let mut users = std::collections::HashSet::new();
+        for seq in &seqs {
+            if let Some(user) = self.by_id.get(seq).and_then(|e| e.user.clone()) {
+                users.insert(user);
+            }
+        }
+        (seqs.len() as u64, users.into_iter().collect())
+    }
+
     /// Ends every stream now, dropping what is still queued.
     pub(crate) fn abort_all(&self) {
         for entry in self.by_id.iter() {

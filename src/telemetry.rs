@@ -209,7 +209,6 @@ pub fn describe() {
 /// One hub's metric handles, registered once with the recorder installed
 /// when the hub was built. Each method is what one place in the hub records.
 #[derive(Debug)]
-#[allow(dead_code)] // the presence fields: used by the presence module, next
 pub(crate) struct HubMetrics {
     connections: Gauge,
     connects: Counter,
@@ -271,7 +270,6 @@ impl Default for HubMetrics {
     }
 }
 
-#[allow(dead_code)]
 impl HubMetrics {
     /// Registers the handles of node `node` with the current recorder.
     pub(crate) fn new(node: &str) -> Self {

@@ -31,6 +31,10 @@
 //! counts it ([`HubStats::bus_malformed`](crate::HubStats::bus_malformed)),
 //! logs it, and keeps its subscription.
 //!
+//! Presence control messages share the bus but are not envelopes: they
+//! start with `{"ctl":` and have no `v` (so [`Envelope::decode`] refuses
+//! them); see [`presence`](crate::presence).
+//!
 //! The channel a message is published on says who receives it; see the crate
 //! docs ("How it works") for the channel names of each broker.
 

@@ -12,6 +12,13 @@
 //!   `max_event_size` → `413`.
 //! - `GET /healthz` → `200` when the broker is up, `503` otherwise.
 //! - `GET /stats` → JSON counters.
+//! - `GET /presence?topic=T` → `200 {"topic","connections","users",
+//!   "users_exact","nodes_answered","complete"}` across the cluster;
+//!   `GET /presence?user=U` → `200 {"user","online","connections","nodes",
+//!   "nodes_answered","complete"}`; `GET /presence` → `200 {"nodes": [...]}`
+//!   (the nodes this one believes alive). Both `topic` and `user`, or an
+//!   invalid name → `400`; presence not enabled on the hub → `501`; the bus
+//!   refused the query or the hub is shutting down → `503`.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -33,6 +40,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/publish", post(publish))
         .route("/healthz", get(healthz))
         .route("/stats", get(stats))
+        .route("/presence", get(presence))
         .with_state(hub)
 }
 
@@ -156,6 +164,42 @@ async fn stats(State(hub): State<Hub>) -> Response {
         map.insert("broker_up".into(), up.into());
     }
     Json(body).into_response()
+}
+
+async fn presence(State(hub): State<Hub>, RawQuery(query): RawQuery) -> Response {
+    use sse_cluster::presence::PresenceError;
+    let (mut topic, mut user) = (None, None);
+    for (key, value) in query_pairs(&query) {
+        match key.as_str() {
+            "topic" => topic = Some(value),
+            "user" => user = Some(value),
+            _ => {}
+        }
+    }
+    let answer = match (topic, user) {
+        (Some(topic), None) => hub.presence().topic(&topic).await.map(|p| {
+            let mut body = serde_json::to_value(p).unwrap_or_default();
+            body["topic"] = topic.into();
+            body
+        }),
+        (None, Some(user)) => hub.presence().user(&user).await.map(|p| {
+            let online = p.online();
+            let mut body = serde_json::to_value(p).unwrap_or_default();
+            body["user"] = user.into();
+            body["online"] = online.into();
+            body
+        }),
+        (None, None) => Ok(json!({ "nodes": hub.presence().nodes() })),
+        (Some(_), Some(_)) => {
+            return error(StatusCode::BAD_REQUEST, "give topic or user, not both")
+        }
+    };
+    match answer {
+        Ok(body) => Json(body).into_response(),
+        Err(err @ PresenceError::InvalidName(_)) => error(StatusCode::BAD_REQUEST, err),
+        Err(err @ PresenceError::Disabled) => error(StatusCode::NOT_IMPLEMENTED, err),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+    }
 }
 
 /// The demo node's `--auth-token`: `/events` needs `Authorization: Bearer
