@@ -59,7 +59,7 @@
 //! |---|---|---|---|
 //! | `sse.connect` | INFO | `node`, `user`, `topics`, `conn` | [`Hub::connect`](crate::Hub::connect) |
 //! | `sse.publish` | DEBUG | `node`, `target`, `msg` | [`Hub::publish`](crate::Hub::publish) |
-//! | `sse.replay` | INFO | `node`, `conn`, `channels` | a resume replaying history ([`replay_span`]) |
+//! | `sse.replay` | INFO | `node`, `conn`, `channels` | a resume replaying history |
 //! | `sse.shutdown` | INFO | `node` | [`Hub::shutdown`](crate::Hub::shutdown) |
 //! | `sse.presence` | DEBUG | `node`, `query` | a presence query |
 //!
