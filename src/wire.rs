@@ -19,6 +19,8 @@
 //! | `conn` | string | on node channels | target connection id |
 //! | `origin` | string | no | publishing hub instance; a hub ignores its own echo |
 //! | `msg` | string | no | message id, for logs and tracing |
+//! | `pos` | string | no | position in the channel's history (set by the history store) |
+//! | `epoch` | string | no | epoch of that history (set by the history store) |
 //!
 //! Unknown fields are ignored, so later minor additions stay readable by
 //! older nodes. A different `v`, a message that is not such an object, or an
@@ -81,6 +83,13 @@ pub struct Envelope<'a> {
     /// The event payload.
     #[serde(borrow, default, skip_serializing_if = "str::is_empty")]
     pub data: Cow<'a, str>,
+    /// The event's position in its channel's history (`major` or
+    /// `major-minor`), set by the history store that published it.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub pos: Option<Cow<'a, str>>,
+    /// The epoch of that history.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Cow<'a, str>>,
 }
 
 impl<'a> Envelope<'a> {
