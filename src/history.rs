@@ -547,8 +547,8 @@ impl Cursor {
         if hold {
             if let Some(held) = &mut self.held {
                 if !held.overflowed
-                    && held.events.len() < max_held.0
-                    && held.bytes + event.body.len() <= max_held.1
+                    && held.events.len() < max_held.0 / 2
+                    && held.bytes + event.body.len() <= max_held.1 / 2
                 {
                     held.bytes += event.body.len();
                     held.events.push(event.clone());

@@ -676,15 +676,21 @@ impl Hub {
     /// Like [`Hub::connect`], after asking the configured
     /// [`Authorizer`](crate::auth::Authorizer) (if any) about `request`; it
     /// may refuse ([`ConnectError::Denied`]) or rewrite the subscription.
+    /// The request's `Last-Event-ID` (header or `last_event_id` query
+    /// parameter) is used unless the subscription already has one.
     pub async fn connect_request(
         &self,
         request: &http::request::Parts,
         sub: Subscription,
     ) -> Result<Connection, ConnectError> {
-        let sub = match &self.inner.authorizer {
+        let mut sub = match &self.inner.authorizer {
             Some(authorizer) => authorizer.authorize(request, sub).await?,
             None => sub,
         };
+        if sub.last_event_id.is_none() {
+            sub.last_event_id =
+                crate::adapters::last_event_id(&request.headers, request.uri.query());
+        }
         self.connect(sub).await
     }
 
@@ -1334,7 +1340,8 @@ async fn replay(
         }
         match sender.release(Some(b"")) {
             Ok(true) | Err(_) => return,
-            // Live events overflowed the hold: they are in the history, read on.
+            // Live events overflowed the hold (or would overflow the queue):
+            // they are in the history, read on.
             Ok(false) => {}
         }
     }

@@ -343,6 +343,8 @@ impl FrameSender {
             return Err(SendError::Closed);
         }
         let limits = (shared.max_frames, shared.max_bytes);
+        let room_frames = shared.max_frames.saturating_sub(state.frames);
+        let room_bytes = shared.max_bytes.saturating_sub(state.bytes);
         let Some(cursor) = state.cursor.as_deref_mut() else {
             return Ok(true);
         };
@@ -350,6 +352,12 @@ impl FrameSender {
             return Ok(true);
         };
         if held.overflowed {
+            cursor.held = Some(Held::default());
+            return Ok(false);
+        }
+        // Released only if they all fit the queue now; otherwise the replay
+        // reads them from the history, at the pace the client reads.
+        if held.events.len() + 1 > room_frames || held.bytes + 4096 > room_bytes {
             cursor.held = Some(Held::default());
             return Ok(false);
         }
@@ -362,17 +370,12 @@ impl FrameSender {
         if let Some(body) = last {
             frames.push(cursor.frame(body));
         }
-        let mut result = Ok(true);
         for frame in frames {
-            if let Err(err) = push(shared, &mut state, frame) {
-                if err == SendError::OverflowClosed {
-                    result = Err(err);
-                    break;
-                }
-            }
+            // Fits: checked above (ids add a little; the first frame always fits).
+            let _ = push(shared, &mut state, frame);
         }
         wake(state);
-        result
+        Ok(true)
     }
 
     /// Ends the stream after the frames already queued, with `last` as the

@@ -28,7 +28,7 @@
 //! use sse_cluster::Hub;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let broker = Arc::new(RedisBroker::new(RedisConfig::new("redis://127.0.0.1:6379"))?);
+//! let broker = RedisBroker::new(RedisConfig::new("redis://127.0.0.1:6379"))?;
 //! let history = Arc::new(RedisHistory::new(broker.clone(), Retention::default()));
 //! let hub = Hub::builder().broker(broker).history(history).build().await?;
 //! # let _ = hub;
