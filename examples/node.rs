@@ -13,6 +13,11 @@
 //! `sse_*` metric (see `sse_cluster::telemetry`) in the Prometheus text
 //! format, through `metrics-exporter-prometheus`. SIGTERM or SIGINT drains
 //! the node: every stream ends within a second and the process exits 0.
+//!
+//! Resume after reconnect: `--history memory|redis|jetstream` (matching the
+//! broker) keeps each channel's recent events, `--history-max N` of them
+//! (default 1000) for at most `--history-age SECS` (default 3600; 0 keeps
+//! them until `N` pushes them out).
 
 mod common;
 
@@ -34,12 +39,15 @@ struct Args {
     nats_prefix: Option<String>,
     auth_token: Option<String>,
     presence_heartbeat: Option<Duration>,
+    history: Option<String>,
+    retention: sse_cluster::history::Retention,
 }
 
 const USAGE: &str =
     "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|nats://HOST:PORT] \
 [--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] [--auth-token TOKEN] \
-[--presence-heartbeat-ms MS]";
+[--presence-heartbeat-ms MS] \
+[--history memory|redis|jetstream] [--history-max N] [--history-age SECS]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -51,6 +59,8 @@ fn parse_args() -> Result<Args, String> {
         nats_prefix: None,
         auth_token: None,
         presence_heartbeat: None,
+        history: None,
+        retention: sse_cluster::history::Retention::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,6 +85,27 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--presence-heartbeat-ms {v}: {e}"))?;
                 args.presence_heartbeat = Some(Duration::from_millis(ms));
+            }
+            "--history" => {
+                let v = value()?;
+                if !["memory", "redis", "jetstream"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "--history {v}: use memory, redis or jetstream\n{USAGE}"
+                    ));
+                }
+                args.history = Some(v);
+            }
+            "--history-max" => {
+                let v = value()?;
+                let n: usize = v.parse().map_err(|e| format!("--history-max {v}: {e}"))?;
+                args.retention = args.retention.max_len(n);
+            }
+            "--history-age" => {
+                let v = value()?;
+                let secs: u64 = v.parse().map_err(|e| format!("--history-age {v}: {e}"))?;
+                args.retention = args
+                    .retention
+                    .max_age(Some(Duration::from_secs(secs)).filter(|d| !d.is_zero()));
             }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -149,8 +180,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         redis_prefix: args.redis_prefix.clone(),
         redis_sharded: args.redis_sharded,
         nats_prefix: args.nats_prefix.clone(),
+        history: args.history.clone(),
+        retention: args.retention,
     };
-    builder = builder.broker(common::broker(&args.broker, &options)?);
+    let (broker, history) = common::backend(&args.broker, &options).await?;
+    builder = builder.broker(broker);
+    if let Some(history) = history {
+        builder = builder.history(history);
+    }
     let hub = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);

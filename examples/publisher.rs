@@ -29,7 +29,7 @@ use sse_cluster::{BrokerStatus, Publisher};
 
 const USAGE: &str =
     "usage: publisher [--listen 127.0.0.1:4000] [--broker memory|redis://…|nats://…] \\
-[--redis-prefix P] [--redis-sharded] [--nats-prefix P]";
+[--redis-prefix P] [--redis-sharded] [--nats-prefix P] [--history redis|jetstream]";
 
 async fn publish(
     State(publisher): State<Publisher>,
@@ -73,10 +73,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--redis-prefix" => options.redis_prefix = Some(value()?),
             "--redis-sharded" => options.redis_sharded = true,
             "--nats-prefix" => options.nats_prefix = Some(value()?),
+            "--history" => options.history = Some(value()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let publisher = Publisher::new(common::broker(&url, &options)?).await?;
+    let (broker, history) = common::backend(&url, &options).await?;
+    let mut publisher = Publisher::new(broker).await?;
+    if let Some(history) = history {
+        publisher = publisher.with_history(history);
+    }
     let app = Router::new()
         .route("/publish", post(publish))
         .route("/healthz", get(healthz))

@@ -100,6 +100,14 @@ pub trait BusSink: Send + Sync + 'static {
     /// order the server delivered them. Must not block.
     fn deliver(&self, channel: &Channel, payload: Bytes);
 
+    /// Hands over a message whose history position came out of band (e.g.
+    /// a JetStream sequence header) rather than in the envelope. Default:
+    /// [`BusSink::deliver`], dropping the position.
+    fn deliver_at(&self, channel: &Channel, payload: Bytes, position: crate::history::Position) {
+        let _ = position;
+        self.deliver(channel, payload);
+    }
+
     /// Called when the backend knows it dropped messages of `channel` (or of
     /// unknown channels, `None`), e.g. a slow-consumer notice from the
     /// server or client library. The hub sends the affected streams a gap

@@ -13,10 +13,14 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::broker::memory::MemoryBus;
 use crate::broker::{Broker, BrokerError, BrokerStatus, BusSink, Channel};
 use crate::event::{retry_frame, Event};
+use crate::history::{
+    channel_key, epoch_tag, is_resumable, parse_last_id, reset_body, Cursor, History, LastId,
+    Position, Stamped,
+};
 use crate::presence::{Presence, PresenceConfig, PresenceState};
 use crate::publisher::{check_event_size, message_id, random_tag};
-use crate::registry::{ConnectionId, ConnectionRegistry, FanOut};
-use crate::stream::{self, SseStream, StreamConfig};
+use crate::registry::{resumable_channels, ConnectionId, ConnectionRegistry, FanOut};
+use crate::stream::{self, FrameSender, SseStream, StreamConfig};
 use crate::telemetry::HubMetrics;
 use crate::wire::Envelope;
 
@@ -90,6 +94,10 @@ pub enum ConnectError {
     /// The [`Authorizer`](crate::auth::Authorizer) refused the subscription.
     #[error(transparent)]
     Denied(#[from] crate::auth::Denied),
+    /// The history store could not be asked where the connection's channels
+    /// stand; the client should retry (HTTP 503).
+    #[error("history store unavailable: {0}")]
+    HistoryUnavailable(BrokerError),
 }
 
 /// Why a publish did not fully go out.
@@ -167,6 +175,13 @@ pub struct HubStats {
     pub bus_outages: u64,
     /// Gap events sent to streams after the broker came back.
     pub gap_events: u64,
+    /// Replays run (a reconnect with `Last-Event-ID`, or a bus outage ending
+    /// with history on).
+    pub replays: u64,
+    /// Events sent by replays.
+    pub replayed: u64,
+    /// Reset events sent (see [`RESET_EVENT`](crate::history::RESET_EVENT)).
+    pub resets: u64,
 }
 
 #[derive(Default)]
@@ -185,6 +200,9 @@ struct Counters {
     gap_events: AtomicU64,
     /// The same events, for the `metrics` recorder (see `telemetry`).
     metrics: Arc<HubMetrics>,
+    replays: AtomicU64,
+    replayed: AtomicU64,
+    resets: AtomicU64,
 }
 
 impl Counters {
@@ -219,6 +237,7 @@ pub struct Subscription {
     user: Option<String>,
     topics: Vec<String>,
     greeting: Option<Greeting>,
+    last_event_id: Option<String>,
 }
 
 impl fmt::Debug for Subscription {
@@ -227,6 +246,7 @@ impl fmt::Debug for Subscription {
             .field("user", &self.user)
             .field("topics", &self.topics)
             .field("greeting", &self.greeting.is_some())
+            .field("last_event_id", &self.last_event_id)
             .finish()
     }
 }
@@ -263,6 +283,21 @@ impl Subscription {
     /// from the new connection's id; e.g. to tell the client its id.
     pub fn greeting(mut self, make: impl FnOnce(&ConnectionId) -> Event + Send + 'static) -> Self {
         self.greeting = Some(Box::new(make));
+        self
+    }
+
+    /// The `Last-Event-ID` the client sent when reconnecting (see
+    /// [`adapters::last_event_id`](crate::adapters::last_event_id)). With a
+    /// history configured, the connection resumes after it; see
+    /// [`history`](crate::history). Without one it is ignored.
+    pub fn last_event_id(mut self, id: impl Into<String>) -> Self {
+        self.last_event_id = Some(id.into());
+        self
+    }
+
+    /// Like [`Subscription::last_event_id`], for an optional id.
+    pub fn resume_from(mut self, id: Option<String>) -> Self {
+        self.last_event_id = id;
         self
     }
 
@@ -319,6 +354,7 @@ pub struct HubBuilder {
     limits: Limits,
     authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
     presence: Option<PresenceConfig>,
+    history: Option<Arc<dyn History>>,
 }
 
 /// Admission and size limits of a hub.
@@ -427,6 +463,15 @@ impl HubBuilder {
         self
     }
 
+    /// Keeps event history in `store`, so that clients reconnecting with
+    /// `Last-Event-ID` to any node get what they missed (see
+    /// [`history`](crate::history)). Every hub of the cluster must use the
+    /// same store, over the same bus. Default: none (at-most-once delivery).
+    pub fn history(mut self, store: Arc<dyn History>) -> Self {
+        self.history = Some(store);
+        self
+    }
+
     /// How long [`Hub::shutdown`] waits for streams to finish. Default: 1 s.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
@@ -496,6 +541,8 @@ impl HubBuilder {
             limits: self.limits,
             authorizer: self.authorizer,
             admitted: AtomicUsize::new(0),
+            history: self.history,
+            resyncs: Arc::new(tokio::sync::Semaphore::new(RESYNC_CONCURRENCY)),
         });
         broker
             .start(Arc::new(Inbox(Arc::downgrade(&inner))))
@@ -593,6 +640,9 @@ struct Inner {
     /// checked against this, not the registry, so concurrent connects
     /// cannot overshoot it).
     admitted: AtomicUsize,
+    history: Option<Arc<dyn History>>,
+    /// Bounds the replays run at once after a bus outage.
+    resyncs: Arc<tokio::sync::Semaphore>,
 }
 
 impl Hub {
@@ -608,6 +658,7 @@ impl Hub {
             limits: Limits::default(),
             authorizer: None,
             presence: None,
+            history: None,
         }
     }
 
@@ -665,21 +716,30 @@ impl Hub {
             subscriptions: self.inner.active.len() as u64,
             bus_outages: get(&c.bus_outages),
             gap_events: get(&c.gap_events),
+            replays: get(&c.replays),
+            replayed: get(&c.replayed),
+            resets: get(&c.resets),
         }
     }
 
     /// Like [`Hub::connect`], after asking the configured
     /// [`Authorizer`](crate::auth::Authorizer) (if any) about `request`; it
     /// may refuse ([`ConnectError::Denied`]) or rewrite the subscription.
+    /// The request's `Last-Event-ID` (header or `last_event_id` query
+    /// parameter) is used unless the subscription already has one.
     pub async fn connect_request(
         &self,
         request: &http::request::Parts,
         sub: Subscription,
     ) -> Result<Connection, ConnectError> {
-        let sub = match &self.inner.authorizer {
+        let mut sub = match &self.inner.authorizer {
             Some(authorizer) => authorizer.authorize(request, sub).await?,
             None => sub,
         };
+        if sub.last_event_id.is_none() {
+            sub.last_event_id =
+                crate::adapters::last_event_id(&request.headers, request.uri.query());
+        }
         self.connect(sub).await
     }
 
@@ -734,6 +794,13 @@ impl Hub {
         }
         let mut channels: Vec<Channel> = topics.iter().cloned().map(Channel::Topic).collect();
         channels.extend(user.clone().map(Channel::User));
+        let resumable = inner.history.as_ref().map(|_| {
+            let resumable = resumable_channels(user.as_ref(), &topics);
+            let keys: Vec<u32> = resumable.iter().map(channel_key).collect();
+            // Holds live events back until the resume below decides.
+            sender.install_cursor(Cursor::new(&keys));
+            (resumable, sender.clone())
+        });
         let fresh = inner
             .registry
             .register(id.clone(), user, topics.into(), sender);
@@ -775,6 +842,12 @@ impl Hub {
         if self.is_shutting_down() {
             return Err(ConnectError::ShuttingDown);
         }
+        if let (Some(history), Some((channels, sender))) = (&inner.history, resumable) {
+            let from = sub.last_event_id.as_deref().map(parse_last_id);
+            resume(inner, history, sender, channels, from, id.as_str())
+                .await
+                .map_err(ConnectError::HistoryUnavailable)?;
+        }
         Ok(Connection { id, stream })
     }
 
@@ -799,6 +872,29 @@ impl Hub {
         let registry = &inner.registry;
         let msg = message_id(&inner.instance, &inner.next_msg);
         tracing::Span::current().record("msg", msg.as_str());
+        if let Some(history) = &inner.history {
+            if !matches!(target, Target::Connection(_)) {
+                // Stored and published in one step; local connections get it
+                // from the bus like every node, so each channel reaches them
+                // in position order.
+                let (channel, payload) =
+                    crate::publisher::bus_message(&target, &event, &inner.instance, &msg)?;
+                if let Err(err) = history.append(&channel, payload).await {
+                    inner.counters.bus_errors.fetch_add(1, Ordering::Relaxed);
+                    inner.counters.metrics.bus_error();
+                    tracing::warn!(%channel, error = %err, "history append failed");
+                    return Err(err.into());
+                }
+                inner.counters.bus_out.fetch_add(1, Ordering::Relaxed);
+                inner.counters.published.fetch_add(1, Ordering::Relaxed);
+                inner.counters.metrics.bus_out();
+                inner.counters.metrics.published();
+                return Ok(PublishReceipt {
+                    id: msg,
+                    delivered_locally: 0,
+                });
+            }
+        }
         let local = match &target {
             Target::Topic(t) if registry.topic_connections(t) > 0 => {
                 registry.send_to_topic(t, &event.encode())
@@ -915,21 +1011,49 @@ pub(crate) fn check_target_name(name: &str) -> Result<(), PublishError> {
 }
 
 impl Inner {
-    fn on_bus_message(&self, channel: &Channel, payload: &[u8]) {
+    fn on_bus_message(&self, channel: &Channel, payload: &[u8], position: Option<Position>) {
         if crate::presence::is_control(payload) {
             return self.presence.on_control(channel, payload);
         }
         let c = &self.counters;
         c.bus_in.fetch_add(1, Ordering::Relaxed);
         c.metrics.bus_in();
-        if payload.starts_with(&self.echo_prefix) {
+        // With history, this hub's own events reach its connections through
+        // the bus (in position order), so the echo is not skipped.
+        let history = self.history.as_ref().filter(|_| is_resumable(channel));
+        if history.is_none() && payload.starts_with(&self.echo_prefix) {
             c.bus_echo.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let envelope = match Envelope::decode(payload) {
+        let mut envelope = match Envelope::decode(payload) {
             Ok(env) => env,
             Err(err) => return self.malformed(channel, &err),
         };
+        if let Some(history) = history {
+            // The hub owns event ids on resumable channels.
+            envelope.id = None;
+            let position = position.or_else(|| envelope.pos.as_deref().and_then(Position::parse));
+            let epoch = match &envelope.epoch {
+                Some(e) => Some(epoch_tag(e)),
+                None => history.live_epoch(channel).map(|e| epoch_tag(&e)),
+            };
+            if let (Some(position), Some(epoch)) = (position, epoch) {
+                let body = match envelope.encode_frame() {
+                    Ok(frame) => frame,
+                    Err(err) => return self.malformed(channel, &err),
+                };
+                let event = Stamped {
+                    key: channel_key(channel),
+                    epoch,
+                    position,
+                    body,
+                };
+                let out = self.registry.send_stamped(channel, &event);
+                c.record(out);
+                c.metrics.frame_from_bus(envelope.ts_us, out);
+                return;
+            }
+        }
         if envelope.origin.as_deref() == Some(&*self.instance) {
             c.bus_echo.fetch_add(1, Ordering::Relaxed);
             return;
@@ -988,7 +1112,13 @@ struct Inbox(Weak<Inner>);
 impl BusSink for Inbox {
     fn deliver(&self, channel: &Channel, payload: Bytes) {
         if let Some(inner) = self.0.upgrade() {
-            inner.on_bus_message(channel, &payload);
+            inner.on_bus_message(channel, &payload, None);
+        }
+    }
+
+    fn deliver_at(&self, channel: &Channel, payload: Bytes, position: Position) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.on_bus_message(channel, &payload, Some(position));
         }
     }
 
@@ -1001,7 +1131,9 @@ impl BusSink for Inbox {
             BrokerStatus::Up => {
                 if inner.bus_down.swap(false, Ordering::AcqRel) {
                     tracing::info!("broker is back");
-                    if inner.gap_events {
+                    if inner.history.is_some() {
+                        resync(&inner, None);
+                    } else if inner.gap_events {
                         inner.signal_gap(None);
                     }
                 }
@@ -1021,7 +1153,9 @@ impl BusSink for Inbox {
     fn messages_lost(&self, channel: Option<&Channel>) {
         if let Some(inner) = self.0.upgrade() {
             tracing::warn!(channel = ?channel, "the broker dropped messages");
-            if inner.gap_events {
+            if inner.history.is_some() {
+                resync(&inner, channel);
+            } else if inner.gap_events {
                 inner.signal_gap(channel);
             }
         }
@@ -1135,5 +1269,208 @@ impl SubscriptionManager {
             }
             self.active.remove(&channel);
         }
+    }
+}
+
+/// Most replays run at once after a bus outage.
+const RESYNC_CONCURRENCY: usize = 32;
+
+/// Events read from the history per request during a replay.
+const REPLAY_BATCH: usize = 256;
+
+/// Read-and-release rounds a replay tries before giving up on catching up
+/// with live traffic (the stream is then closed; the client resumes again).
+const REPLAY_PASSES: usize = 8;
+
+/// Places a connection's cursor and starts its replay: `from` is what the
+/// client's `Last-Event-ID` said (`None`: a new client, nothing to replay).
+/// Returns once the positions are known; the replay runs on its own task.
+async fn resume(
+    inner: &Arc<Inner>,
+    history: &Arc<dyn History>,
+    sender: FrameSender,
+    channels: Vec<Channel>,
+    from: Option<LastId>,
+    conn: &str,
+) -> Result<(), BrokerError> {
+    let span = crate::telemetry::replay_span(&inner.node_id, conn, channels.len());
+    let keys: Vec<u32> = channels.iter().map(channel_key).collect();
+    let marks: Vec<Option<crate::history::Mark>> = match &from {
+        Some(LastId::Marks(marks)) => keys
+            .iter()
+            .map(|k| marks.iter().find(|m| m.key == *k).copied())
+            .collect(),
+        _ => vec![None; keys.len()],
+    };
+    let asks: Vec<(Channel, Option<Position>)> = channels
+        .iter()
+        .zip(&marks)
+        .map(|(c, m)| (c.clone(), m.map(|m| m.position)))
+        .collect();
+    let heads = history.heads(&asks).await?;
+    let mut reset = match &from {
+        None | Some(LastId::Marks(_)) => None,
+        Some(LastId::Invalid) => Some("invalid-id"),
+        Some(LastId::NotResumable) => Some("not-resumable"),
+    };
+    for (mark, head) in marks.iter().zip(&heads) {
+        if let (Some(mark), None) = (mark, reset) {
+            if mark.epoch != epoch_tag(&head.epoch) {
+                reset = Some("epoch");
+            } else if !head.retained || mark.position > head.last {
+                reset = Some("expired");
+            }
+        }
+    }
+    let mut plan = Vec::with_capacity(channels.len());
+    sender.with_cursor(|cursor| {
+        for (((channel, key), mark), head) in channels.into_iter().zip(keys).zip(marks).zip(heads) {
+            let epoch = epoch_tag(&head.epoch);
+            match mark {
+                Some(mark) if reset.is_none() => cursor.set(key, mark.epoch, mark.position),
+                _ => cursor.set(key, epoch, head.last),
+            }
+            plan.push((channel, key, epoch));
+        }
+    });
+    let counters = &inner.counters;
+    if let Some(reason) = reset {
+        counters.resets.fetch_add(1, Ordering::Relaxed);
+        counters.metrics.resume_reset();
+        tracing::debug!(parent: &span, reason, "resume: reset");
+    }
+    if matches!(from, Some(LastId::Marks(_))) && reset.is_none() {
+        counters.replays.fetch_add(1, Ordering::Relaxed);
+        counters.metrics.replay_started();
+    }
+    tokio::spawn(tracing::Instrument::instrument(
+        replay(inner.clone(), history.clone(), sender, plan, reset),
+        span,
+    ));
+    Ok(())
+}
+
+/// Sends a connection what its channels' histories hold after its cursor,
+/// then the live events held back meanwhile (skipping what was replayed),
+/// then goes live. With `reset`, sends the reset event first and replays
+/// nothing older than the cursor (which then stands at the heads).
+async fn replay(
+    inner: Arc<Inner>,
+    history: Arc<dyn History>,
+    sender: FrameSender,
+    plan: Vec<(Channel, u32, u32)>,
+    reset: Option<&'static str>,
+) {
+    if let Some(reason) = reset {
+        let body = reset_body(reason);
+        let frame = Stamped {
+            key: 0,
+            epoch: 0,
+            position: Position::ZERO,
+            body: body.clone(),
+        };
+        // Key 0 is no channel's: the cursor sends it with its current id.
+        if sender.send_replayed(&frame).await.is_err() {
+            return;
+        }
+    }
+    for _ in 0..REPLAY_PASSES {
+        for (channel, key, epoch) in &plan {
+            let Some(mut after) = sender.with_cursor(|c| c.position(*key)).flatten() else {
+                continue;
+            };
+            loop {
+                let entries = match history.read(channel, after, REPLAY_BATCH).await {
+                    Ok(entries) => entries,
+                    Err(err) => {
+                        // Better a reconnect (which resumes) than a silent gap.
+                        tracing::warn!(%channel, error = %err, "history read failed; closing the stream");
+                        sender.close();
+                        return;
+                    }
+                };
+                let full = entries.len() == REPLAY_BATCH;
+                for entry in entries {
+                    after = entry.position;
+                    let mut envelope = match Envelope::decode(&entry.payload) {
+                        Ok(env) => env,
+                        Err(err) => {
+                            inner.malformed(channel, &err);
+                            continue;
+                        }
+                    };
+                    envelope.id = None;
+                    let body = match envelope.encode_frame() {
+                        Ok(frame) => frame,
+                        Err(err) => {
+                            inner.malformed(channel, &err);
+                            continue;
+                        }
+                    };
+                    let event = Stamped {
+                        key: *key,
+                        epoch: *epoch,
+                        position: entry.position,
+                        body,
+                    };
+                    if sender.send_replayed(&event).await.is_err() {
+                        return;
+                    }
+                    inner.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    inner.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    inner.counters.metrics.events_replayed(1);
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        match sender.release(Some(b"")) {
+            Ok(true) | Err(_) => return,
+            // Live events overflowed the hold (or would overflow the queue):
+            // they are in the history, read on.
+            Ok(false) => {}
+        }
+    }
+    tracing::warn!("replay could not catch up with live traffic; closing the stream");
+    sender.close();
+}
+
+/// After a bus outage (or lost messages) with history on: every affected
+/// connection holds live events back and replays what it missed from its
+/// cursor, or gets the reset event if that left the window.
+fn resync(inner: &Arc<Inner>, channel: Option<&Channel>) {
+    let Some(history) = inner.history.clone() else {
+        return;
+    };
+    for (sender, channels) in inner.registry.resumable_connections() {
+        if channel.is_some_and(|c| !channels.contains(c)) {
+            continue;
+        }
+        sender.hold();
+        let Some(marks) = sender.with_cursor(|c| c.marks().to_vec()) else {
+            continue;
+        };
+        let inner = inner.clone();
+        let history = history.clone();
+        let permits = inner.resyncs.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            if let Err(err) = resume(
+                &inner,
+                &history,
+                sender.clone(),
+                channels,
+                Some(LastId::Marks(marks)),
+                "resync",
+            )
+            .await
+            {
+                tracing::warn!(error = %err, "history unavailable after the outage; closing the stream");
+                sender.close();
+            }
+        });
     }
 }

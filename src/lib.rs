@@ -143,6 +143,7 @@ pub mod adapters;
 pub mod auth;
 pub mod broker;
 pub mod event;
+pub mod history;
 pub mod hub;
 pub mod presence;
 pub mod publisher;

@@ -98,6 +98,7 @@ struct Inner {
     status: watch::Receiver<BrokerStatus>,
     origin: Arc<str>,
     next_msg: AtomicU64,
+    history: Option<Arc<dyn crate::history::History>>,
 }
 
 impl fmt::Debug for Publisher {
@@ -128,8 +129,25 @@ impl Publisher {
                 broker,
                 origin: format!("publisher.{}", random_tag(6)).into(),
                 next_msg: AtomicU64::new(1),
+                history: None,
             }),
         })
+    }
+
+    /// Appends events to `store` as it publishes them, like a hub with
+    /// [`HubBuilder::history`](crate::HubBuilder::history): the gateways'
+    /// clients can then resume them. Use the store the gateways use.
+    pub fn with_history(self, store: Arc<dyn crate::history::History>) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                broker: inner.broker.clone(),
+                status: inner.status.clone(),
+                origin: inner.origin.clone(),
+                next_msg: AtomicU64::new(inner.next_msg.load(Ordering::Relaxed)),
+                history: Some(store),
+            }),
+        }
     }
 
     /// Publishes `event` to `target` on every node that holds receivers.
@@ -144,7 +162,12 @@ impl Publisher {
         check_event_size(&event, DEFAULT_MAX_EVENT_SIZE)?;
         let msg = message_id(&inner.origin, &inner.next_msg);
         let (channel, payload) = bus_message(&target, &event, &inner.origin, &msg)?;
-        inner.broker.publish(&channel, payload).await?;
+        match &inner.history {
+            Some(history) if crate::history::is_resumable(&channel) => {
+                history.append(&channel, payload).await?;
+            }
+            _ => inner.broker.publish(&channel, payload).await?,
+        }
         Ok(PublishReceipt {
             id: msg,
             delivered_locally: 0,

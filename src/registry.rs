@@ -15,6 +15,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::broker::Channel;
+use crate::history::Stamped;
 use crate::stream::{FrameSender, SendError};
 
 /// A connection id, unique across the cluster.
@@ -277,6 +278,38 @@ impl ConnectionRegistry {
         out
     }
 
+    /// Delivers a positioned event of a resumable channel to the connections
+    /// following it; each connection's cursor gives it that connection's id.
+    pub(crate) fn send_stamped(&self, channel: &Channel, event: &Stamped) -> FanOut {
+        let send = |sender: &FrameSender| sender.send_stamped(event);
+        match channel {
+            Channel::Topic(t) => fan_out_with(self.by_topic.get(t).as_deref(), send),
+            Channel::User(u) => fan_out_with(self.by_user.get(u).as_deref(), send),
+            Channel::Broadcast => {
+                let mut out = FanOut::default();
+                for entry in self.by_id.iter() {
+                    out.record(send(&entry.sender));
+                }
+                out
+            }
+            Channel::Node(_) => FanOut::default(),
+        }
+    }
+
+    /// Every connection's sender and resumable channels (for a replay after
+    /// a bus outage).
+    pub(crate) fn resumable_connections(&self) -> Vec<(FrameSender, Vec<Channel>)> {
+        self.by_id
+            .iter()
+            .map(|e| {
+                (
+                    e.sender.clone(),
+                    resumable_channels(e.user.as_ref(), &e.topics),
+                )
+            })
+            .collect()
+    }
+
     /// Closes every stream after its queued frames, each with its own final
     /// frame from `last`.
     pub(crate) fn close_all(&self, mut last: impl FnMut() -> Option<Bytes>) {
@@ -311,11 +344,28 @@ impl ConnectionRegistry {
 }
 
 fn fan_out(conns: Option<&SeqMap<FrameSender>>, frame: &Bytes) -> FanOut {
+    fan_out_with(conns, |sender| sender.send(frame.clone()))
+}
+
+fn fan_out_with(
+    conns: Option<&SeqMap<FrameSender>>,
+    send: impl Fn(&FrameSender) -> Result<(), SendError>,
+) -> FanOut {
     let mut out = FanOut::default();
     for sender in conns.into_iter().flat_map(|m| m.values()) {
-        out.record(sender.send(frame.clone()));
+        out.record(send(sender));
     }
     out
+}
+
+/// A connection's resumable channels in their canonical order (the order of
+/// the entries in its event ids): everyone, its user, its topics (sorted).
+pub(crate) fn resumable_channels(user: Option<&Arc<str>>, topics: &[Arc<str>]) -> Vec<Channel> {
+    let mut channels = Vec::with_capacity(topics.len() + 2);
+    channels.push(Channel::Broadcast);
+    channels.extend(user.cloned().map(Channel::User));
+    channels.extend(topics.iter().cloned().map(Channel::Topic));
+    channels
 }
 
 /// Removes `seq` from `key`'s set; drops the set and returns true when it

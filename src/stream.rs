@@ -25,7 +25,10 @@ use bytes::Bytes;
 use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 
+use tokio::sync::Notify;
+
 use crate::event::{retry_frame, Event};
+use crate::history::{Admit, Cursor, Held, Stamped};
 
 /// Name of the event that tells a client it may have missed events, so the
 /// app can refetch its state. Its data is a JSON object with a `reason`:
@@ -148,6 +151,10 @@ struct State {
     phase: Phase,
     dropped: u64,
     waker: Option<Waker>,
+    /// Resume state, with history on.
+    cursor: Option<Box<Cursor>>,
+    /// A replay waits for the client to read.
+    want_space: bool,
 }
 
 impl State {
@@ -162,6 +169,8 @@ impl State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Signalled when a replay waiting for queue space may go on.
+    space: Notify,
     max_frames: usize,
     max_bytes: usize,
     overflow: OverflowPolicy,
@@ -186,7 +195,10 @@ pub fn channel(config: &StreamConfig) -> (FrameSender, SseStream) {
             phase: Phase::Open,
             dropped: 0,
             waker: None,
+            cursor: None,
+            want_space: false,
         }),
+        space: Notify::new(),
         max_frames: config.max_queued_frames.max(1),
         max_bytes: config.max_queued_bytes.max(1),
         overflow: config.overflow,
@@ -236,32 +248,134 @@ impl FrameSender {
         if state.phase != Phase::Open {
             return Err(SendError::Closed);
         }
-        let fits = state.frames < shared.max_frames
-            && (state.bytes + frame.len() <= shared.max_bytes || state.frames == 0);
-        let result = if fits {
-            state.frames += 1;
-            state.bytes += frame.len();
-            state.items.push_back(Item::Frame(frame));
-            Ok(())
-        } else {
-            match shared.overflow {
-                OverflowPolicy::Close => {
-                    state.end_now();
-                    Err(SendError::OverflowClosed)
-                }
-                OverflowPolicy::DropEvents => {
-                    state.dropped += 1;
-                    match state.items.back_mut() {
-                        Some(Item::Gap(n)) => *n += 1,
-                        _ => state.items.push_back(Item::Gap(1)),
-                    }
-                    // Nothing new to read: no need to wake the stream.
-                    return Err(SendError::Dropped);
-                }
-            }
-        };
-        wake(state);
+        let result = push(shared, &mut state, frame);
+        if result != Err(SendError::Dropped) {
+            wake(state);
+        }
         result
+    }
+
+    /// Queues a live event on a resumable channel: the connection's cursor
+    /// skips what it already sent, holds it back during a replay, or gives
+    /// it the connection's id line.
+    pub(crate) fn send_stamped(&self, event: &Stamped) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.phase != Phase::Open {
+            return Err(SendError::Closed);
+        }
+        let limits = (shared.max_frames, shared.max_bytes);
+        let frame = match state.cursor.as_mut() {
+            Some(cursor) => match cursor.admit(event, true, limits) {
+                Admit::Frame(frame) => frame,
+                Admit::Duplicate | Admit::Held => return Ok(()),
+            },
+            None => event.body.clone(),
+        };
+        let result = push(shared, &mut state, frame);
+        if result != Err(SendError::Dropped) {
+            wake(state);
+        }
+        result
+    }
+
+    /// Queues a replayed event, waiting (never dropping) while the queue is
+    /// full. Fails only when the stream has ended.
+    pub(crate) async fn send_replayed(&self, event: &Stamped) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        loop {
+            {
+                let mut state = shared.lock();
+                if state.phase != Phase::Open {
+                    return Err(SendError::Closed);
+                }
+                let fits = state.frames < shared.max_frames
+                    && (state.bytes + event.body.len() + 64 <= shared.max_bytes
+                        || state.frames == 0);
+                if fits {
+                    let limits = (shared.max_frames, shared.max_bytes);
+                    let frame = match state.cursor.as_mut() {
+                        Some(cursor) => match cursor.admit(event, false, limits) {
+                            Admit::Frame(frame) => frame,
+                            Admit::Duplicate | Admit::Held => return Ok(()),
+                        },
+                        None => event.body.clone(),
+                    };
+                    state.frames += 1;
+                    state.bytes += frame.len();
+                    state.items.push_back(Item::Frame(frame));
+                    wake(state);
+                    return Ok(());
+                }
+                state.want_space = true;
+            }
+            // Re-checked at least this often: the stream may end without a read.
+            let _ = tokio::time::timeout(Duration::from_millis(250), shared.space.notified()).await;
+        }
+    }
+
+    /// Runs `f` on the connection's cursor, if it has one.
+    pub(crate) fn with_cursor<R>(&self, f: impl FnOnce(&mut Cursor) -> R) -> Option<R> {
+        self.shared.lock().cursor.as_deref_mut().map(f)
+    }
+
+    /// Gives the connection a resume cursor.
+    pub(crate) fn install_cursor(&self, cursor: Cursor) {
+        self.shared.lock().cursor = Some(Box::new(cursor));
+    }
+
+    /// Starts holding live events back (a replay is about to run).
+    pub(crate) fn hold(&self) {
+        if let Some(cursor) = self.shared.lock().cursor.as_deref_mut() {
+            cursor.held.get_or_insert_with(Held::default);
+        }
+    }
+
+    /// Ends a replay: queues the held-back live events the replay did not
+    /// already send, then `last` with the cursor's id (e.g. a reset event,
+    /// or an empty body for an id-only frame), and goes live. Returns
+    /// `Ok(false)` instead when live events overflowed the hold: they are in
+    /// the history, so the replay must read on (live events stay held).
+    pub(crate) fn release(&self, last: Option<&[u8]>) -> Result<bool, SendError> {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.phase != Phase::Open {
+            return Err(SendError::Closed);
+        }
+        let limits = (shared.max_frames, shared.max_bytes);
+        let room_frames = shared.max_frames.saturating_sub(state.frames);
+        let room_bytes = shared.max_bytes.saturating_sub(state.bytes);
+        let Some(cursor) = state.cursor.as_deref_mut() else {
+            return Ok(true);
+        };
+        let Some(held) = cursor.held.take() else {
+            return Ok(true);
+        };
+        if held.overflowed {
+            cursor.held = Some(Held::default());
+            return Ok(false);
+        }
+        // Released only if they all fit the queue now; otherwise the replay
+        // reads them from the history, at the pace the client reads.
+        if held.events.len() + 1 > room_frames || held.bytes + 4096 > room_bytes {
+            cursor.held = Some(Held::default());
+            return Ok(false);
+        }
+        let mut frames = Vec::with_capacity(held.events.len() + 1);
+        for event in &held.events {
+            if let Admit::Frame(frame) = cursor.admit(event, false, limits) {
+                frames.push(frame);
+            }
+        }
+        if let Some(body) = last {
+            frames.push(cursor.frame(body));
+        }
+        for frame in frames {
+            // Fits: checked above (ids add a little; the first frame always fits).
+            let _ = push(shared, &mut state, frame);
+        }
+        wake(state);
+        Ok(true)
     }
 
     /// Ends the stream after the frames already queued, with `last` as the
@@ -396,6 +510,32 @@ fn wake(mut state: MutexGuard<'_, State>) {
     }
 }
 
+/// Queues `frame` within the bounds, or applies the overflow policy.
+fn push(shared: &Shared, state: &mut State, frame: Bytes) -> Result<(), SendError> {
+    let fits = state.frames < shared.max_frames
+        && (state.bytes + frame.len() <= shared.max_bytes || state.frames == 0);
+    if fits {
+        state.frames += 1;
+        state.bytes += frame.len();
+        state.items.push_back(Item::Frame(frame));
+        return Ok(());
+    }
+    match shared.overflow {
+        OverflowPolicy::Close => {
+            state.end_now();
+            Err(SendError::OverflowClosed)
+        }
+        OverflowPolicy::DropEvents => {
+            state.dropped += 1;
+            match state.items.back_mut() {
+                Some(Item::Gap(n)) => *n += 1,
+                _ => state.items.push_back(Item::Gap(1)),
+            }
+            Err(SendError::Dropped)
+        }
+    }
+}
+
 /// The [`GAP_EVENT`] sent when the broker lost messages for this node.
 pub(crate) const GAP_BUS_FRAME: &[u8] = b"event: sse-cluster.gap\ndata: {\"reason\":\"bus\"}\n\n";
 
@@ -426,6 +566,10 @@ impl Stream for SseStream {
                 Some(Item::Frame(frame)) => {
                     state.frames -= 1;
                     state.bytes -= frame.len();
+                    if state.want_space {
+                        state.want_space = false;
+                        this.shared.space.notify_one();
+                    }
                     Some(frame)
                 }
                 Some(Item::Gap(n)) => Some(gap_frame(n)),

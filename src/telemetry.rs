@@ -375,15 +375,12 @@ impl HubMetrics {
         }
     }
 
-    /// A resume started replaying history (issue 5: the history module
-    /// calls it, inside [`replay_span`]).
-    #[allow(dead_code)]
+    /// A resume started replaying history (inside [`replay_span`]).
     pub(crate) fn replay_started(&self) {
         self.replays.increment(1);
     }
 
     /// `n` events were replayed from history to one connection.
-    #[allow(dead_code)]
     pub(crate) fn events_replayed(&self, n: u64) {
         if n > 0 {
             self.replayed.increment(n);
@@ -391,7 +388,6 @@ impl HubMetrics {
     }
 
     /// A resume could not replay everything and sent the reset event.
-    #[allow(dead_code)]
     pub(crate) fn resume_reset(&self) {
         self.resets.increment(1);
     }
@@ -462,9 +458,7 @@ fn age_of(ts_us: u64) -> Option<Duration> {
     (age <= MAX_PLAUSIBLE_AGE).then_some(age)
 }
 
-/// The span around a resume that replays history to connection `conn`
-/// (issue 5: the history module enters it).
-#[allow(dead_code)]
+/// The span around a resume that replays history to connection `conn`.
 pub(crate) fn replay_span(node: &str, conn: &str, channels: usize) -> tracing::Span {
     tracing::info_span!("sse.replay", node, conn, channels)
 }

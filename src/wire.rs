@@ -20,6 +20,8 @@
 //! | `origin` | string | no | publishing hub instance; a hub ignores its own echo |
 //! | `msg` | string | no | message id, for logs and tracing |
 //! | `ts_us` | integer | no | publish time, in microseconds since the Unix epoch; feeds the `sse_publish_to_frame_seconds{path="bus"}` histogram |
+//! | `pos` | string | no | position in the channel's history (set by the history store) |
+//! | `epoch` | string | no | epoch of that history (set by the history store) |
 //!
 //! Unknown fields are ignored, so later minor additions stay readable by
 //! older nodes (`ts_us` is such an addition: a publisher that omits it, or
@@ -99,6 +101,13 @@ pub struct Envelope<'a> {
     /// The event payload.
     #[serde(borrow, default, skip_serializing_if = "str::is_empty")]
     pub data: Cow<'a, str>,
+    /// The event's position in its channel's history (`major` or
+    /// `major-minor`), set by the history store that published it.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub pos: Option<Cow<'a, str>>,
+    /// The epoch of that history.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Cow<'a, str>>,
 }
 
 /// `ts_us` only feeds a histogram: a publisher that writes a float, a

@@ -103,3 +103,45 @@ async fn sharded_pubsub_across_a_three_node_cluster() {
         "node b holds no client: it hears only its own broadcast"
     );
 }
+
+/// Resume with Redis Streams history on the cluster: each channel's stream
+/// and epoch share the slot of its sharded channel (hash tag), so the append
+/// script may `SPUBLISH` from the shard that owns them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_with_stream_history_across_shards() {
+    use sse_cluster::history::{redis::RedisHistory, Retention};
+    use std::sync::Arc;
+
+    let Some(cluster) = support::redis_cluster::start("resume_with_stream_history_across_shards")
+    else {
+        return;
+    };
+    let urls = cluster.urls();
+    // A prefix that puts the scenario's channels on more than one shard.
+    let spread = |prefix: &str| -> usize {
+        ["topic:a", "topic:b", "user:u1", "all"]
+            .iter()
+            .map(|c| cluster.owner_port(&format!("{prefix}{c}")))
+            .collect::<std::collections::HashSet<u16>>()
+            .len()
+    };
+    let prefix = (0..100)
+        .map(|_| format!("rh{}:", fastrand::u32(..)))
+        .find(|p| spread(p) >= 2)
+        .expect("a prefix spreading over shards");
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        let broker = RedisBroker::new(RedisConfig::cluster(urls.iter().cloned()).prefix(&prefix))
+            .expect("config");
+        let history = Arc::new(RedisHistory::new(broker.clone(), Retention::default()));
+        let hub = Hub::builder()
+            .node_id(id)
+            .broker(broker)
+            .history(history)
+            .build()
+            .await
+            .expect("hub");
+        nodes.push(support::Node::serve(hub).await);
+    }
+    support::resume::replays_missed_events_on_another_node(&nodes, 20).await;
+}

@@ -57,10 +57,10 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 async fn events(
     State(hub): State<Hub>,
     RawQuery(query): RawQuery,
-    LastEventId(_last_event_id): LastEventId,
+    LastEventId(last_event_id): LastEventId,
     parts: axum::http::request::Parts,
 ) -> Response {
-    let mut sub = Subscription::new();
+    let mut sub = Subscription::new().resume_from(last_event_id);
     for (key, value) in query_pairs(&query) {
         match key.as_str() {
             "topic" => sub = sub.topic(value),
@@ -90,6 +90,14 @@ async fn events(
             error(StatusCode::UNAUTHORIZED, denied)
         }
         Err(ConnectError::Denied(denied)) => error(StatusCode::FORBIDDEN, denied),
+        Err(err @ ConnectError::HistoryUnavailable(_)) => {
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, err);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(1),
+            );
+            response
+        }
         Err(err) => error(StatusCode::BAD_REQUEST, err),
     }
 }
@@ -234,62 +242,115 @@ pub struct BrokerOptions {
     pub redis_prefix: Option<String>,
     pub redis_sharded: bool,
     pub nats_prefix: Option<String>,
+    /// `--history memory|redis|jetstream`.
+    pub history: Option<String>,
+    /// `--history-max N` and `--history-age SECS`.
+    pub retention: sse_cluster::history::Retention,
 }
 
+type Backend = (
+    std::sync::Arc<dyn sse_cluster::Broker>,
+    Option<std::sync::Arc<dyn sse_cluster::history::History>>,
+);
+
 /// The broker for `--broker memory|redis://…|rediss://…|nats://…|tls://…`.
-pub fn broker(
+pub async fn broker(
     url: &str,
     options: &BrokerOptions,
 ) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+    Ok(backend(url, options).await?.0)
+}
+
+/// The broker for `--broker …` and the history store for `--history …`
+/// (which must match the broker: memory, redis or jetstream over NATS).
+pub async fn backend(
+    url: &str,
+    options: &BrokerOptions,
+) -> Result<Backend, Box<dyn std::error::Error>> {
+    let history = options.history.as_deref();
     match url {
-        "memory" => Ok(sse_cluster::broker::memory::MemoryBus::new().broker()),
-        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
-            redis_broker(url, options)
+        "memory" => {
+            let bus = sse_cluster::broker::memory::MemoryBus::new();
+            let store: Option<std::sync::Arc<dyn sse_cluster::history::History>> = match history {
+                None => None,
+                Some("memory") => Some(std::sync::Arc::new(
+                    sse_cluster::history::memory::MemoryHistory::new(&bus, options.retention),
+                )),
+                Some(other) => {
+                    return Err(format!("--history {other} needs a matching --broker").into())
+                }
+            };
+            Ok((bus.broker(), store))
         }
-        url if url.starts_with("nats://") || url.starts_with("tls://") => nats_broker(url, options),
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            redis_backend(url, options)
+        }
+        url if url.starts_with("nats://") || url.starts_with("tls://") => {
+            nats_backend(url, options).await
+        }
         other => Err(format!("unsupported --broker {other:?}").into()),
     }
 }
 
 #[cfg(feature = "redis")]
-fn redis_broker(
+fn redis_backend(
     url: &str,
     options: &BrokerOptions,
-) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+) -> Result<Backend, Box<dyn std::error::Error>> {
     use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
     let mut config = RedisConfig::new(url).sharded(options.redis_sharded);
     if let Some(prefix) = &options.redis_prefix {
         config = config.prefix(prefix.clone());
     }
-    Ok(RedisBroker::new(config)?)
+    let broker = RedisBroker::new(config)?;
+    let store: Option<std::sync::Arc<dyn sse_cluster::history::History>> = match options
+        .history
+        .as_deref()
+    {
+        None => None,
+        Some("redis") => Some(std::sync::Arc::new(
+            sse_cluster::history::redis::RedisHistory::new(broker.clone(), options.retention),
+        )),
+        Some(other) => return Err(format!("--history {other} needs a matching --broker").into()),
+    };
+    Ok((broker, store))
 }
 
 #[cfg(not(feature = "redis"))]
-fn redis_broker(
+fn redis_backend(
     _url: &str,
     _options: &BrokerOptions,
-) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+) -> Result<Backend, Box<dyn std::error::Error>> {
     Err("this build has no Redis support: rebuild with `--features redis`".into())
 }
 
 #[cfg(feature = "nats")]
-fn nats_broker(
+async fn nats_backend(
     url: &str,
     options: &BrokerOptions,
-) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+) -> Result<Backend, Box<dyn std::error::Error>> {
     use sse_cluster::broker::nats::{NatsBroker, NatsConfig};
     let mut config = NatsConfig::new(url);
     if let Some(prefix) = &options.nats_prefix {
         config = config.prefix(prefix.clone());
     }
-    Ok(NatsBroker::new(config)?)
+    let broker = NatsBroker::new(config)?;
+    let store: Option<std::sync::Arc<dyn sse_cluster::history::History>> = match options
+        .history
+        .as_deref()
+    {
+        None => None,
+        Some("jetstream") => return Err("--history jetstream is not wired yet".into()),
+        Some(other) => return Err(format!("--history {other} needs a matching --broker").into()),
+    };
+    Ok((broker, store))
 }
 
 #[cfg(not(feature = "nats"))]
-fn nats_broker(
+async fn nats_backend(
     _url: &str,
     _options: &BrokerOptions,
-) -> Result<std::sync::Arc<dyn sse_cluster::Broker>, Box<dyn std::error::Error>> {
+) -> Result<Backend, Box<dyn std::error::Error>> {
     Err("this build has no NATS support: rebuild with `--features nats`".into())
 }
 

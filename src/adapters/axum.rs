@@ -11,9 +11,9 @@
 //! async fn events(
 //!     State(hub): State<Hub>,
 //!     Query(p): Query<Params>,
-//!     LastEventId(_last): LastEventId,
+//!     LastEventId(last): LastEventId,
 //! ) -> Result<Connection, axum::http::StatusCode> {
-//!     hub.connect(Subscription::new().topic(p.topic))
+//!     hub.connect(Subscription::new().topic(p.topic).resume_from(last))
 //!         .await
 //!         .map_err(|_| axum::http::StatusCode::SERVICE_UNAVAILABLE)
 //! }
@@ -45,8 +45,9 @@ impl IntoResponse for Connection {
 }
 
 /// The client's `Last-Event-ID` (header, or `last_event_id` query parameter);
-/// `None` for a new client or a value that is unusable (see
-/// [`last_event_id`](super::last_event_id)). Never rejects a request.
+/// `None` for a new client, an empty string for an unusable value (see
+/// [`last_event_id`](super::last_event_id)). Never rejects a request. Pass
+/// it on with [`Subscription::resume_from`](crate::Subscription::resume_from).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LastEventId(pub Option<String>);
 

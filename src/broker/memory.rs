@@ -51,6 +51,19 @@ impl BusInner {
     fn lock(&self) -> MutexGuard<'_, BusState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The sinks of the connected members subscribed to `channel`.
+    fn sinks(&self, channel: &Channel) -> Vec<Arc<dyn BusSink>> {
+        let state = self.lock();
+        let Some(ids) = state.channels.get(channel) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| state.members.get(id))
+            .filter(|m| m.connected)
+            .filter_map(|m| m.sink.clone())
+            .collect()
+    }
 }
 
 /// The shared in-process bus. Cheap to clone; clones are the same bus.
@@ -95,6 +108,16 @@ impl MemoryBus {
     /// Messages published on this bus so far, by all members.
     pub fn published(&self) -> u64 {
         self.inner.published.load(Ordering::Relaxed)
+    }
+
+    /// Hands `payload` to every connected member subscribed to `channel`,
+    /// in the caller's thread (the memory history publishes this way while
+    /// holding its own lock, which keeps each channel in position order).
+    pub(crate) fn deliver(&self, channel: &Channel, payload: &Bytes) {
+        for sink in self.inner.sinks(channel) {
+            sink.deliver(channel, payload.clone());
+        }
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Brokers subscribed to `channel` right now.
@@ -179,19 +202,8 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<(), BrokerError> {
-        let sinks: Vec<Arc<dyn BusSink>> = {
-            let state = self.bus.lock();
-            self.check_connected(&state)?;
-            let Some(ids) = state.channels.get(channel) else {
-                self.bus.published.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            };
-            ids.iter()
-                .filter_map(|id| state.members.get(id))
-                .filter(|m| m.connected)
-                .filter_map(|m| m.sink.clone())
-                .collect()
-        };
+        self.check_connected(&self.bus.lock())?;
+        let sinks = self.bus.sinks(channel);
         self.bus.published.fetch_add(1, Ordering::Relaxed);
         // Delivered outside the bus lock: a sink may publish in turn.
         for sink in sinks {

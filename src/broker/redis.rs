@@ -402,6 +402,63 @@ impl RedisBroker {
     pub fn channel_name(&self, channel: &Channel) -> String {
         self.shared.name(channel)
     }
+
+    /// Whether the broker uses sharded pub/sub.
+    pub(crate) fn is_sharded(&self) -> bool {
+        self.shared.config.sharded
+    }
+
+    /// Runs a script on the publish connection (the history store's
+    /// appends and reads share it, pipelined with publishes).
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, BrokerError> {
+        let (generation, mut conn) = self.ready_connection().await?;
+        let result = match &mut conn {
+            Conn::Single(c) => invocation.invoke_async(c).await,
+            Conn::Cluster(c) => invocation.invoke_async(c).await,
+        };
+        result.map_err(|err| self.command_failed(generation, err))
+    }
+
+    /// Runs a command on the publish connection.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, BrokerError> {
+        let (generation, mut conn) = self.ready_connection().await?;
+        let result = match &mut conn {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        };
+        result.map_err(|err| self.command_failed(generation, err))
+    }
+
+    async fn ready_connection(&self) -> Result<(u64, Conn), BrokerError> {
+        let shared = &self.shared;
+        if shared.stopped() {
+            return Err(BrokerError::Closed);
+        }
+        if !shared.pub_up.load(Ordering::SeqCst) {
+            return Err(unavailable("redis publish connection is down"));
+        }
+        shared
+            .publish_connection()
+            .await
+            .ok_or_else(|| unavailable("redis publish connection is reconnecting"))
+    }
+
+    fn command_failed(&self, generation: u64, err: redis::RedisError) -> BrokerError {
+        if err.is_io_error() || err.is_connection_dropped() {
+            self.shared.report_broken(generation);
+            return unavailable(err);
+        }
+        BrokerError::Backend {
+            transient: err.is_timeout(),
+            source: Box::new(err),
+        }
+    }
 }
 
 /// Parses `url` into connection settings that speak RESP3 (needed for push

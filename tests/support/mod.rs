@@ -13,6 +13,7 @@ pub mod process;
 pub mod redis_cluster;
 #[cfg(feature = "redis")]
 pub mod redis_server;
+pub mod resume;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -110,11 +111,23 @@ impl SseClient {
         path_and_query: &str,
         headers: &[(&str, &str)],
     ) -> SseClient {
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        Self::open_bytes(addr, path_and_query, &headers).await
+    }
+
+    /// Like [`SseClient::open`], with header values as raw bytes (which
+    /// need not be UTF-8).
+    pub async fn open_bytes(
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &[u8])],
+    ) -> SseClient {
         let mut request = Request::builder()
             .uri(path_and_query)
             .header("host", addr.to_string());
         for (k, v) in headers {
-            request = request.header(*k, *v);
+            let value = hyper::header::HeaderValue::from_bytes(v).expect("header value");
+            request = request.header(*k, value);
         }
         let request = request.body(Full::new(Bytes::new())).expect("request");
         let response = send(addr, request).await;

@@ -1,0 +1,323 @@
+//! History in Redis Streams, beside the Redis bus.
+//!
+//! Each resumable channel has a stream (`XADD`, trimmed with `MAXLEN ~` and
+//! `MINID ~`) and an epoch key. One Lua script appends the event, trims, and
+//! publishes it stamped with its stream id, so Redis runs the three as one
+//! step: no subscriber sees an event the stream lacks, and every subscriber
+//! sees a channel's events in stream order, whoever published them.
+//!
+//! | key | holds |
+//! |---|---|
+//! | `{<channel name>}:h` | the stream (field `m`: the bus envelope) |
+//! | `{<channel name>}:e` | the epoch: random, created with `SET NX` semantics by the first append or connect |
+//!
+//! `<channel name>` is the Redis channel of the bus (e.g. `sse:topic:news`),
+//! wrapped in a hash tag so that in a Redis Cluster both keys live in the
+//! channel's slot (needed for `SPUBLISH` from the script). A name that
+//! already contains a hash tag keeps its own (`name:h`, `name:e`).
+//!
+//! A Redis that restarts without persistence loses streams and epochs: the
+//! next connect or append creates a new epoch, and clients holding ids of
+//! the old one get the reset event. With [`Retention::max_age`], both keys
+//! expire after that long without appends.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
+//! use sse_cluster::history::{redis::RedisHistory, Retention};
+//! use sse_cluster::Hub;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = RedisBroker::new(RedisConfig::new("redis://127.0.0.1:6379"))?;
+//! let history = Arc::new(RedisHistory::new(broker.clone(), Retention::default()));
+//! let hub = Hub::builder().broker(broker).history(history).build().await?;
+//! # let _ = hub;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::{Script, Value};
+
+use super::{Entry, Head, History, Position, Retention};
+use crate::broker::redis::RedisBroker;
+use crate::broker::{BrokerError, Channel};
+
+/// Appends, trims, refreshes the TTL and publishes the stamped envelope.
+///
+/// KEYS: stream, epoch. ARGV: bus channel, envelope, max_len, trim mode
+/// (`~` or `=`), max age ms (0: none), ttl ms (0: none), a new epoch,
+/// publish command.
+const APPEND: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('SET', KEYS[2], epoch)
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], ARGV[3], '*', 'm', ARGV[2])
+if ARGV[5] ~= '0' then
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[5])
+  if ms > 0 then
+    redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', ms))
+  end
+end
+if ARGV[6] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+local body = string.sub(ARGV[2], 1, -2)
+redis.call(ARGV[8], ARGV[1], body .. ',"pos":"' .. id .. '","epoch":"' .. epoch .. '"}')
+return id
+"#;
+
+/// The epoch (created if missing), the last id, and whether everything after
+/// ARGV[3] (empty: not asked) is still in the stream.
+///
+/// KEYS: stream, epoch. ARGV: a new epoch, ttl ms (0: none), position.
+const HEAD: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  if ARGV[2] ~= '0' then
+    redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
+  else
+    redis.call('SET', KEYS[2], epoch)
+  end
+end
+local last = '0-0'
+local retained = 1
+local asked = ARGV[3]
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  local added, length = 0, 0
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1]
+    elseif info[i] == 'entries-added' then added = info[i + 1]
+    elseif info[i] == 'length' then length = info[i + 1] end
+  end
+  if asked == '0-0' then
+    if added ~= length then retained = 0 end
+  elseif asked ~= '' then
+    if #redis.call('XRANGE', KEYS[1], asked, asked) == 0 then retained = 0 end
+  end
+elseif asked ~= '' and asked ~= '0-0' then
+  retained = 0
+end
+return {epoch, last, retained}
+"#;
+
+/// History in Redis Streams, sharing the [`RedisBroker`]'s connection.
+pub struct RedisHistory {
+    broker: Arc<RedisBroker>,
+    retention: Retention,
+    append: Script,
+    head: Script,
+}
+
+impl fmt::Debug for RedisHistory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisHistory")
+            .field("broker", &self.broker)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisHistory {
+    /// History next to `broker`'s bus (the hubs must use that broker too).
+    pub fn new(broker: Arc<RedisBroker>, retention: Retention) -> Self {
+        Self {
+            broker,
+            retention,
+            append: Script::new(APPEND),
+            head: Script::new(HEAD),
+        }
+    }
+
+    /// The stream and epoch keys of `channel`.
+    pub fn keys(&self, channel: &Channel) -> (String, String) {
+        let name = self.broker.channel_name(channel);
+        if has_hash_tag(&name) {
+            (format!("{name}:h"), format!("{name}:e"))
+        } else {
+            (format!("{{{name}}}:h"), format!("{{{name}}}:e"))
+        }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.retention.max_age.map_or(0, |a| {
+            u64::try_from(a.as_millis()).unwrap_or(u64::MAX).max(1)
+        })
+    }
+}
+
+/// True when Redis Cluster would hash `key` by a `{...}` part of it.
+fn has_hash_tag(key: &str) -> bool {
+    key.find('{')
+        .and_then(|open| key[open + 1..].find('}'))
+        .is_some_and(|len| len > 0)
+}
+
+fn parse_id(value: &Value) -> Option<Position> {
+    let text = match value {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?,
+        Value::SimpleString(s) => s.as_str(),
+        _ => return None,
+    };
+    Position::parse(text)
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn bad_reply(what: &str) -> BrokerError {
+    BrokerError::Backend {
+        source: format!("unexpected redis reply to {what}").into(),
+        transient: false,
+    }
+}
+
+#[async_trait]
+impl History for RedisHistory {
+    async fn append(&self, channel: &Channel, payload: Bytes) -> Result<Position, BrokerError> {
+        let (stream, epoch) = self.keys(channel);
+        let max_len = self.retention.max_len;
+        // `~` trims whole internal nodes (cheap) and so keeps up to ~100
+        // more; small windows are kept exactly.
+        let mode = if max_len >= 100 { "~" } else { "=" };
+        let command = if self.broker.is_sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let max_age = self
+            .retention
+            .max_age
+            .map_or(0, |a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX));
+        let reply: Value = self
+            .broker
+            .invoke(
+                self.append
+                    .key(stream)
+                    .key(epoch)
+                    .arg(self.broker.channel_name(channel))
+                    .arg(payload.as_ref())
+                    .arg(max_len)
+                    .arg(mode)
+                    .arg(max_age)
+                    .arg(self.ttl_ms())
+                    .arg(crate::publisher::random_tag(12))
+                    .arg(command),
+            )
+            .await?;
+        parse_id(&reply).ok_or_else(|| bad_reply("the append script"))
+    }
+
+    async fn heads(
+        &self,
+        channels: &[(Channel, Option<Position>)],
+    ) -> Result<Vec<Head>, BrokerError> {
+        // One script per channel (a cluster keeps channels on different
+        // slots), sent together: the connection pipelines them.
+        let calls = channels.iter().map(|(channel, after)| async move {
+            let (stream, epoch) = self.keys(channel);
+            let reply: Vec<Value> = self
+                .broker
+                .invoke(
+                    self.head
+                        .key(stream)
+                        .key(epoch)
+                        .arg(crate::publisher::random_tag(12))
+                        .arg(self.ttl_ms())
+                        .arg(after.map_or(String::new(), |p| p.to_string())),
+                )
+                .await?;
+            match reply.as_slice() {
+                [epoch, last, retained] => {
+                    let epoch = text(epoch).ok_or_else(|| bad_reply("the head script"))?;
+                    let last = parse_id(last).ok_or_else(|| bad_reply("the head script"))?;
+                    let retained = matches!(retained, Value::Int(1));
+                    Ok(Head::new(epoch.into(), last, retained))
+                }
+                _ => Err(bad_reply("the head script")),
+            }
+        });
+        futures_util::future::try_join_all(calls).await
+    }
+
+    async fn read(
+        &self,
+        channel: &Channel,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<Entry>, BrokerError> {
+        let (stream, _) = self.keys(channel);
+        let reply: Value = self
+            .broker
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit),
+            )
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(bad_reply("XRANGE"));
+        };
+        let mut entries = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::Array(parts) = item else {
+                return Err(bad_reply("XRANGE"));
+            };
+            let [id, fields] = parts.as_slice() else {
+                return Err(bad_reply("XRANGE"));
+            };
+            let position = parse_id(id).ok_or_else(|| bad_reply("XRANGE"))?;
+            let payload = match fields {
+                Value::Array(kv) => kv
+                    .chunks(2)
+                    .find(|pair| matches!(&pair[0], Value::BulkString(k) if k == b"m"))
+                    .and_then(|pair| match pair.get(1) {
+                        Some(Value::BulkString(v)) => Some(Bytes::from(v.clone())),
+                        _ => None,
+                    }),
+                Value::Map(kv) => kv.iter().find_map(|(k, v)| match (k, v) {
+                    (Value::BulkString(k), Value::BulkString(v)) if k == b"m" => {
+                        Some(Bytes::from(v.clone()))
+                    }
+                    _ => None,
+                }),
+                _ => None,
+            };
+            // An entry written by something else than this store: skipped,
+            // but its position still counts as read.
+            entries.push(Entry::new(position, payload.unwrap_or_default()));
+        }
+        Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags() {
+        assert!(has_hash_tag("a{b}c"));
+        assert!(!has_hash_tag("a{}c"));
+        assert!(!has_hash_tag("abc"));
+        assert!(!has_hash_tag("a}b{c"));
+    }
+}

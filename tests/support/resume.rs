@@ -1,0 +1,312 @@
+//! Resume scenarios shared by every history store's tests: each runs against
+//! nodes served over real TCP, read by the real SSE parser, with
+//! `Last-Event-ID` sent as the HTTP header a browser sends.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Event as SseEvent;
+use hyper::StatusCode;
+
+use super::{post, Node, SseClient, WAIT};
+
+/// The reset event's name.
+pub const RESET: &str = "sse-cluster.reset";
+
+/// Publishes `data` to `target` (`topic=a`, `user=u`) through `node`.
+pub async fn publish(node: &Node, target: &str, data: &str) {
+    let (status, body) = post(node.addr, &format!("/publish?{target}"), data.to_owned()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "publish {target}: {body}");
+}
+
+/// Opens `/events?{query}` on `node`, resuming after `last_id` if given,
+/// and reads the `connected` greeting.
+pub async fn open(node: &Node, query: &str, last_id: Option<&str>) -> SseClient {
+    let path = format!("/events?{query}");
+    let headers: Vec<(&str, &str)> = last_id
+        .map(|id| ("last-event-id", id))
+        .into_iter()
+        .collect();
+    let mut client = SseClient::open(node.addr, &path, &headers).await;
+    assert_eq!(client.status, StatusCode::OK, "GET {path}");
+    let hello = client.next().await.expect("connected event");
+    assert_eq!(hello.event, "connected", "{hello:?}");
+    client.connection_id = hello.data;
+    client
+}
+
+/// Reads `n` events (panics on a stream that ends or stalls first).
+pub async fn read_n(client: &mut SseClient, n: usize) -> Vec<SseEvent> {
+    let mut events = Vec::with_capacity(n);
+    while events.len() < n {
+        match client.next().await {
+            Some(event) => events.push(event),
+            None => {
+                let raw = client.raw();
+                let tail = &raw[raw.len().saturating_sub(300)..];
+                panic!(
+                    "stream ended or stalled after {} of {n} events: {:?}; stream tail: {tail:?}",
+                    events.len(),
+                    events.last()
+                )
+            }
+        }
+    }
+    events
+}
+
+fn data(events: &[SseEvent]) -> Vec<String> {
+    events.iter().map(|e| e.data.clone()).collect()
+}
+
+/// The query of the scenario's client: two topics and a user.
+pub const FOLLOW: &str = "user=u1&topic=a&topic=b";
+
+/// Publishes `a:i`, `b:i`, `u1:i` for `i` in `range`, interleaved.
+async fn publish_round(node: &Node, range: std::ops::Range<usize>) -> Vec<String> {
+    let mut sent = Vec::new();
+    for i in range {
+        for (target, name) in [("topic=a", "a"), ("topic=b", "b"), ("user=u1", "u1")] {
+            let data = format!("{name}:{i}");
+            publish(node, target, &data).await;
+            sent.push(data);
+        }
+    }
+    sent
+}
+
+/// Per channel (the part before `:`), the sequence numbers in arrival order.
+fn by_channel(received: &[String]) -> HashMap<String, Vec<usize>> {
+    let mut out: HashMap<String, Vec<usize>> = HashMap::new();
+    for d in received {
+        if let Some((name, n)) = d.split_once(':') {
+            out.entry(name.to_owned())
+                .or_default()
+                .push(n.parse().expect("sequence number"));
+        }
+    }
+    out
+}
+
+/// A client follows two topics and its user on `nodes[0]`, disconnects,
+/// `missed` events per channel are published through `nodes[1]`, and it
+/// reconnects to `nodes[2]` (or the last node) with the last id it saw: it
+/// gets exactly the missed events, each once, in order per channel, then
+/// live ones.
+pub async fn replays_missed_events_on_another_node(nodes: &[Node], missed: usize) {
+    let (first, publisher, other) = (&nodes[0], &nodes[1 % nodes.len()], &nodes[nodes.len() - 1]);
+    let mut client = open(first, FOLLOW, None).await;
+    let sent = publish_round(publisher, 0..2).await;
+    let seen = read_n(&mut client, sent.len()).await;
+    let mut got = data(&seen);
+    got.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(got, want, "live events before the disconnect");
+    let last_id = seen.last().map(|e| e.id.clone()).expect("an id");
+    assert!(last_id.starts_with("r1."), "hub-assigned id: {last_id:?}");
+    drop(client);
+
+    let missed_sent = publish_round(publisher, 2..2 + missed).await;
+    let mut client = open(other, FOLLOW, Some(&last_id)).await;
+    let replayed = read_n(&mut client, missed_sent.len()).await;
+    assert!(
+        replayed.iter().all(|e| e.event == "message"),
+        "no reset or gap: {:?}",
+        replayed.iter().find(|e| e.event != "message")
+    );
+    let got = by_channel(&data(&replayed));
+    for name in ["a", "b", "u1"] {
+        let want: Vec<usize> = (2..2 + missed).collect();
+        assert_eq!(
+            got.get(name),
+            Some(&want),
+            "channel {name}: each missed event once, in order"
+        );
+    }
+    // Then live, with nothing replayed twice.
+    publish(publisher, "topic=b", "b:live").await;
+    let live = read_n(&mut client, 1).await;
+    assert_eq!(data(&live), ["b:live"]);
+    client.expect_quiet().await;
+}
+
+/// Events are published continuously while one client reconnects `rounds`
+/// times, each time to the next node with its last id, reading a few events
+/// in between: every event published after its first connect arrives
+/// exactly once (checked by sets of data), and per channel in order.
+pub async fn seam_race(nodes: &[Node], rounds: usize) {
+    let mut client = open(&nodes[0], FOLLOW, None).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher_node = nodes[1 % nodes.len()].addr;
+    let stop_flag = stop.clone();
+    let publisher = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut i = 0usize;
+        while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            let (target, name) = [("topic=a", "a"), ("topic=b", "b"), ("user=u1", "u1")][i % 3];
+            let data = format!("{name}:{i}");
+            let (status, body) =
+                post(publisher_node, &format!("/publish?{target}"), data.clone()).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            sent.push(data);
+            i += 1;
+            // Slower than the reader reads, so that its backlog stays small
+            // and the race is at the seam, not in catching up.
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        sent
+    });
+
+    let mut received: Vec<String> = Vec::new();
+    let mut last_id = String::new();
+    for round in 0..rounds {
+        let want = 1 + round % 4;
+        for event in read_n(&mut client, want).await {
+            assert_eq!(event.event, "message", "round {round}: {event:?}");
+            received.push(event.data);
+            last_id = event.id;
+        }
+        drop(client);
+        let node = &nodes[(round + 1) % nodes.len()];
+        client = open(node, FOLLOW, Some(&last_id)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = publisher.await.expect("publisher");
+    // Catch up with what is still in flight.
+    let deadline = Instant::now() + WAIT * 4;
+    while received.len() < sent.len() && Instant::now() < deadline {
+        match client.next().await {
+            Some(event) => {
+                assert_eq!(event.event, "message", "{event:?}");
+                received.push(event.data);
+            }
+            None => break,
+        }
+    }
+    let mut unique = received.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        received.len(),
+        "duplicates among {} received",
+        received.len()
+    );
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(
+        unique,
+        want,
+        "lost events: sent {}, received {}",
+        sent.len(),
+        received.len()
+    );
+    for (name, seqs) in by_channel(&received) {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "channel {name} out of order"
+        );
+    }
+    assert!(
+        sent.len() > rounds,
+        "the publisher kept publishing ({} events)",
+        sent.len()
+    );
+}
+
+/// The client's position leaves the retained window (`retained` events per
+/// channel are kept; more are published while it is away): it gets the reset
+/// event first, then only live events.
+pub async fn reset_beyond_window(nodes: &[Node], retained: usize) {
+    let mut client = open(&nodes[0], FOLLOW, None).await;
+    publish(&nodes[0], "topic=a", "a:0").await;
+    let last_id = read_n(&mut client, 1).await[0].id.clone();
+    drop(client);
+    for i in 1..=retained * 3 {
+        publish(&nodes[1 % nodes.len()], "topic=a", &format!("a:{i}")).await;
+    }
+    expect_reset(&nodes[nodes.len() - 1], &last_id, "expired").await;
+}
+
+/// The history was wiped (or rebuilt) by `wipe` while the client was away:
+/// reset, then live.
+pub async fn reset_after_wipe<F: Future<Output = ()>>(nodes: &[Node], wipe: impl FnOnce() -> F) {
+    let mut client = open(&nodes[0], FOLLOW, None).await;
+    publish(&nodes[0], "user=u1", "u1:0").await;
+    let last_id = read_n(&mut client, 1).await[0].id.clone();
+    drop(client);
+    wipe().await;
+    publish(&nodes[1 % nodes.len()], "user=u1", "u1:1").await;
+    expect_reset(&nodes[nodes.len() - 1], &last_id, "epoch").await;
+}
+
+/// Unusable `Last-Event-ID` values: each gets the reset event, then live
+/// events; nothing fails.
+pub async fn reset_on_garbage_ids(nodes: &[Node]) {
+    let long = "r1.".repeat(3400);
+    let other_epoch = {
+        // A well-formed id whose epochs are no store's.
+        let mut client = open(&nodes[0], FOLLOW, None).await;
+        publish(&nodes[0], "topic=a", "a:0").await;
+        let id = read_n(&mut client, 1).await[0].id.clone();
+        flip_epochs(&id)
+    };
+    for (value, reason) in [
+        ("", "invalid-id"),
+        ("42", "invalid-id"),
+        ("r1.????????", "invalid-id"),
+        (long.as_str(), "invalid-id"),
+        ("r1", "not-resumable"),
+        (other_epoch.as_str(), "epoch"),
+    ] {
+        expect_reset(&nodes[0], value, reason).await;
+    }
+    // Bytes that are not UTF-8.
+    let mut client = SseClient::open_bytes(
+        nodes[0].addr,
+        &format!("/events?{FOLLOW}"),
+        &[("last-event-id", b"r1.\xff\xfe\x80")],
+    )
+    .await;
+    assert_eq!(client.status, StatusCode::OK);
+    let events = read_n(&mut client, 2).await;
+    assert_eq!(events[1].event, RESET, "{events:?}");
+}
+
+/// Changes every epoch tag of a hub id (the 4 characters after each key).
+fn flip_epochs(id: &str) -> String {
+    let mut parts = id.split('.');
+    let mut out = String::from(parts.next().unwrap_or_default());
+    for entry in parts {
+        out.push('.');
+        let (key, rest) = entry.split_at(4);
+        let (epoch, pos) = rest.split_at(4);
+        let flipped: String = epoch
+            .chars()
+            .map(|c| if c == 'A' { 'B' } else { 'A' })
+            .collect();
+        out.push_str(key);
+        out.push_str(&flipped);
+        out.push_str(pos);
+    }
+    out
+}
+
+/// Connects to `node` with `last_id`: the first event after the greeting is
+/// the reset event with `reason`, and the stream is live after it.
+pub async fn expect_reset(node: &Node, last_id: &str, reason: &str) {
+    let mut client = open(node, FOLLOW, Some(last_id)).await;
+    let first = read_n(&mut client, 1).await.remove(0);
+    assert_eq!(first.event, RESET, "after {:.40}: {first:?}", last_id);
+    assert_eq!(first.data, format!("{{\"reason\":\"{reason}\"}}"));
+    assert!(
+        first.id.starts_with("r1"),
+        "the reset event carries an id: {first:?}"
+    );
+    client.expect_quiet().await;
+    publish(node, "topic=b", "b:after-reset").await;
+    assert_eq!(data(&read_n(&mut client, 1).await), ["b:after-reset"]);
+}
