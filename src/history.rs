@@ -16,7 +16,7 @@
 //! |---|---|---|---|
 //! | [`memory::MemoryHistory`] | always | a counter per channel | random, per store |
 //! | [`redis::RedisHistory`](crate::history) | `redis` | Redis Stream entry ids | random, stored beside each stream (`SET NX`) |
-//! | `jetstream::JetStreamHistory` | `nats` | JetStream sequence numbers | the stream's creation time |
+//! | [`jetstream::JetStreamHistory`](crate::history) | `nats` | JetStream stream sequences | the stream's creation time (changes when it is deleted and recreated) |
 //!
 //! Retention ([`Retention`]) is by count and by age, per hub.
 //!
@@ -72,6 +72,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::broker::{BrokerError, Channel};
 
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod jetstream;
 pub mod memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -360,6 +360,22 @@ impl NatsBroker {
         }
     }
 
+    /// The subject prefix.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.config.prefix
+    }
+
+    /// The client, once [`Broker::start`] has connected it (it reconnects by
+    /// itself; the same client serves throughout).
+    pub(crate) fn client(&self) -> Option<Client> {
+        self.shared.client.get().cloned()
+    }
+
+    /// Whether the broker is connected and its subscriptions confirmed.
+    pub(crate) fn is_up(&self) -> bool {
+        *self.shared.status.borrow() == BrokerStatus::Up
+    }
+
     fn subscriptions(&self) -> MutexGuard<'_, HashMap<String, Wanted>> {
         self.shared.subscriptions()
     }
@@ -431,6 +447,17 @@ async fn round_trip(client: &Client, prefix: &str, limit: Duration) -> Result<()
     }
 }
 
+/// The `Nats-Sequence` header JetStream puts on the messages a stream
+/// republishes (see [`history::jetstream`](crate::history::jetstream)).
+fn jetstream_sequence(message: &async_nats::Message) -> Option<u64> {
+    let value = message.headers.as_ref()?.get("Nats-Sequence")?;
+    let text = value.as_str();
+    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 impl Shared {
     /// Reports Up once a round trip succeeds on the (re)connected client,
     /// retrying while it stays connected.
@@ -493,7 +520,16 @@ impl Shared {
                 };
                 shared.counters.received.fetch_add(1, Ordering::Relaxed);
                 if let Some(sink) = shared.sink.get() {
-                    sink.deliver(&forward_channel, message.payload);
+                    // Republished by a JetStream history stream: the stream
+                    // sequence is the message's position.
+                    match jetstream_sequence(&message) {
+                        Some(seq) => sink.deliver_at(
+                            &forward_channel,
+                            message.payload,
+                            crate::history::Position::new(seq, 0),
+                        ),
+                        None => sink.deliver(&forward_channel, message.payload),
+                    }
                 }
             }
         });

@@ -1,0 +1,736 @@
+//! History in a NATS JetStream stream, beside the NATS bus.
+//!
+//! One stream per cluster holds every resumable channel's history, one
+//! subject per channel. The stream *republishes* each message it stores onto
+//! the channel's ordinary bus subject, with the headers `Nats-Stream` and
+//! `Nats-Sequence`: the server stores and republishes as one step, in
+//! sequence order, so no live subscriber sees an event the stream lacks and
+//! every subscriber sees a channel's events in position order, whoever
+//! published them. The [`NatsBroker`] hands such messages to the hub with
+//! their sequence as the position ([`BusSink::deliver_at`](crate::broker::BusSink::deliver_at));
+//! the store supplies the epoch ([`History::live_epoch`]).
+//!
+//! | what | name |
+//! |---|---|
+//! | the stream | [`JetStreamConfig::stream`], default `{PREFIX}_HISTORY` (the prefix upper-cased, `.` as `_`) |
+//! | its subjects | `{prefix}_h.>` |
+//! | a channel's history subject | `{prefix}_h.` + the channel's subject after `{prefix}.`, e.g. `sse_h.topic.news` |
+//! | republished to | `{prefix}.>` (the stream's `republish`: `{prefix}_h.>` → `{prefix}.>`), e.g. `sse.topic.news` |
+//! | a position | the message's stream sequence, `(seq, 0)` |
+//! | the epoch | the stream's creation time (nanoseconds since 1970, decimal) |
+//!
+//! The history subjects are not under `{prefix}.` because JetStream refuses
+//! a republish destination that overlaps the stream's own subjects (a
+//! cycle). The NATS user needs, besides what the bus needs, publish
+//! permission on `{prefix}_h.>` and access to the JetStream API
+//! (`$JS.API.>`), and subscribe permission on `$JS.EVENT.ADVISORY.>` to hear
+//! about the stream being recreated at once.
+//!
+//! Needs nats-server 2.9 or later (republish, direct get). Caveat, seen
+//! with nats-server 2.9.10: messages that *concurrent* publishers append to
+//! one channel are now and then republished with two adjacent sequences
+//! swapped. A live connection then skips the older one (its cursor has
+//! passed it), and a resume does not bring it back. Appends from one node
+//! one after the other are not affected; newer servers are not known to do
+//! this (the test suite checks order strictly on them).
+//!
+//! # The stream
+//!
+//! It is created or updated the first time the store is used (the broker
+//! must be started, which building a hub does): subjects `{prefix}_h.>`,
+//! limits retention with `max_msgs_per_subject` = [`Retention::max_len`] and
+//! `max_age` = [`Retention::max_age`], discard old, direct gets allowed,
+//! [`JetStreamConfig::storage`] (file by default) and
+//! [`JetStreamConfig::replicas`]. Every node updates it with its own
+//! settings: give all nodes the same. The storage type of an existing stream
+//! cannot change (the update fails with a configuration error).
+//!
+//! # Epoch
+//!
+//! The stream's `created` time, which JetStream keeps with the stream (also
+//! across restarts, for file storage). A stream deleted and created again (by
+//! this store, on the next append or connect, or by an operator) has another
+//! creation time, so clients holding ids of the old one get the reset event.
+//! The store caches the epoch for [`History::live_epoch`] and refreshes it on
+//! every connect's [`History::heads`], when it (re)creates the stream, when a
+//! JetStream advisory says the stream was created or deleted, and when the
+//! broker reconnects. Between a recreation and the refresh (the time it takes
+//! the advisory to arrive) a node may stamp live events of the new stream with
+//! the old epoch: a client connected meanwhile skips those whose position is
+//! not above the last one it saw, and gets the reset event when it next
+//! resumes.
+//!
+//! # Retained
+//!
+//! [`History::heads`] says a client's position `p` is still resumable only
+//! when no message of its channel after `p` can have been removed. JetStream
+//! removes a subject's messages oldest first (per-subject limit, age, purges),
+//! so that holds when
+//!
+//! - `p` is at or after the channel's last message; or
+//! - the channel's oldest stored message is at or before `p + 1`; or
+//! - nothing after `p` was removed from the front of the stream (its first
+//!   sequence is at most `p + 1`), and either the stream has no holes (no
+//!   message removed from the middle) or the channel holds fewer messages
+//!   than the per-subject limit (so that limit has not removed any).
+//!
+//! Otherwise it answers false, which sends the client the reset event also in
+//! some cases where nothing was lost: a client standing at an empty channel's
+//! head (see below) after the front of the stream moved past it, or a channel
+//! holding exactly the limit in a stream with holes.
+//! Messages deleted one by one by an operator are not noticed: a replay skips
+//! them.
+//!
+//! A channel without messages reports as its newest position the stream's
+//! last sequence (not zero): a client connecting to it then stands at a
+//! position that the rules above can vouch for later.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use sse_cluster::broker::nats::{NatsBroker, NatsConfig};
+//! use sse_cluster::history::jetstream::{JetStreamConfig, JetStreamHistory};
+//! use sse_cluster::history::Retention;
+//! use sse_cluster::Hub;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = NatsBroker::new(NatsConfig::new("nats://127.0.0.1:4222"))?;
+//! let history = Arc::new(JetStreamHistory::new(
+//!     broker.clone(),
+//!     JetStreamConfig::new(Retention::default()),
+//! )?);
+//! let hub = Hub::builder().broker(broker).history(history.clone()).build().await?;
+//! // Optional: create the stream now rather than on first use.
+//! history.ensure_stream().await?;
+//! # let _ = hub;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, context, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+
+use super::{Entry, Head, History, Position, Retention};
+use crate::broker::nats::NatsBroker;
+use crate::broker::{Broker, BrokerError, BrokerStatus, Channel};
+
+/// Where the stream keeps its messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Storage {
+    /// On disk: survives server restarts. The default.
+    #[default]
+    File,
+    /// In memory: faster, lost when the server restarts (clients then get
+    /// the reset event).
+    Memory,
+}
+
+/// Settings of a [`JetStreamHistory`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JetStreamConfig {
+    /// The stream's name; `None`: `{PREFIX}_HISTORY` from the broker's
+    /// prefix, upper-cased, with `.` as `_`.
+    pub stream: Option<String>,
+    /// How much history to keep per channel.
+    pub retention: Retention,
+    /// Where the stream keeps its messages. Default: file.
+    pub storage: Storage,
+    /// Replicas of the stream (in a JetStream cluster). Default: 1.
+    pub replicas: usize,
+    /// How long a JetStream request (publish ack, get, consumer) may take.
+    /// Default: 5 s.
+    pub timeout: Duration,
+}
+
+impl JetStreamConfig {
+    /// Defaults, keeping `retention`.
+    pub fn new(retention: Retention) -> Self {
+        Self {
+            stream: None,
+            retention,
+            storage: Storage::File,
+            replicas: 1,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets [`JetStreamConfig::stream`].
+    pub fn stream(mut self, name: impl Into<String>) -> Self {
+        self.stream = Some(name.into());
+        self
+    }
+
+    /// Sets [`JetStreamConfig::storage`].
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Sets [`JetStreamConfig::replicas`] (at least 1).
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// Sets [`JetStreamConfig::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(10));
+        self
+    }
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        Self::new(Retention::default())
+    }
+}
+
+/// A JetStream context and the stream, once set up.
+#[derive(Clone)]
+struct Ready {
+    context: jetstream::Context,
+    stream: stream::Stream<()>,
+}
+
+struct Inner {
+    broker: Arc<NatsBroker>,
+    config: JetStreamConfig,
+    name: String,
+    prefix: String,
+    ready: Mutex<Option<Ready>>,
+    /// One setup at a time.
+    setup: tokio::sync::Mutex<()>,
+    epoch: Mutex<Option<Arc<str>>>,
+    /// Follows advisories and reconnects (refreshes the epoch).
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// History in a JetStream stream, publishing through its republish. See the
+/// [module docs](self).
+pub struct JetStreamHistory {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for JetStreamHistory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamHistory")
+            .field("stream", &self.inner.name)
+            .field("epoch", &*lock(&self.inner.epoch))
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for JetStreamHistory {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.inner.watcher).take() {
+            task.abort();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unavailable(what: &str, err: impl fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("jetstream {what}: {err}"))
+}
+
+fn backend(what: &str, err: impl fmt::Display) -> BrokerError {
+    BrokerError::Backend {
+        source: format!("jetstream {what}: {err}").into(),
+        transient: false,
+    }
+}
+
+/// The default stream name for `prefix`.
+fn default_stream_name(prefix: &str) -> String {
+    let mut name: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    name.push_str("_HISTORY");
+    name
+}
+
+fn valid_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+}
+
+/// The epoch of a stream created at `created`.
+fn epoch_of(info: &stream::Info) -> Arc<str> {
+    info.created.unix_timestamp_nanos().to_string().into()
+}
+
+impl JetStreamHistory {
+    /// History in a stream next to `broker`'s bus (the hubs must use that
+    /// broker too). Checks the configuration only: the stream is created or
+    /// updated on first use, once the broker is started (building the hub
+    /// starts it), or by [`JetStreamHistory::ensure_stream`].
+    pub fn new(broker: Arc<NatsBroker>, config: JetStreamConfig) -> Result<Self, BrokerError> {
+        let prefix = broker.prefix().to_owned();
+        let name = config
+            .stream
+            .clone()
+            .unwrap_or_else(|| default_stream_name(&prefix));
+        if !valid_stream_name(&name) {
+            return Err(BrokerError::Config(format!(
+                "invalid JetStream stream name {name:?}"
+            )));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                broker,
+                config,
+                name,
+                prefix,
+                ready: Mutex::new(None),
+                setup: tokio::sync::Mutex::new(()),
+                epoch: Mutex::new(None),
+                watcher: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The stream's name.
+    pub fn stream_name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The subject `channel`'s history is stored under.
+    pub fn history_subject(&self, channel: &Channel) -> String {
+        self.inner.history_subject(channel)
+    }
+
+    /// Creates the stream or updates its settings now (otherwise done on
+    /// first use); the broker must be started. Returns the epoch.
+    pub async fn ensure_stream(&self) -> Result<Arc<str>, BrokerError> {
+        let (_, info) = self.inner.setup().await?;
+        Ok(epoch_of(&info))
+    }
+}
+
+impl Inner {
+    fn history_subject(&self, channel: &Channel) -> String {
+        let subject = self.broker.subject(channel);
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|s| s.strip_prefix('.'))
+            .unwrap_or(&subject);
+        format!("{}_h.{rest}", self.prefix)
+    }
+
+    fn stream_config(&self) -> stream::Config {
+        let retention = &self.config.retention;
+        stream::Config {
+            name: self.name.clone(),
+            description: Some(format!("sse-cluster event history of {}.>", self.prefix)),
+            subjects: vec![format!("{}_h.>", self.prefix)],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_messages_per_subject: i64::try_from(retention.max_len.max(1)).unwrap_or(i64::MAX),
+            max_age: retention.max_age.unwrap_or(Duration::ZERO),
+            storage: match self.config.storage {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: self.config.replicas.max(1),
+            allow_direct: true,
+            republish: Some(stream::Republish {
+                source: format!("{}_h.>", self.prefix),
+                destination: format!("{}.>", self.prefix),
+                headers_only: false,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn set_epoch(&self, info: &stream::Info) {
+        let epoch = epoch_of(info);
+        let mut current = lock(&self.epoch);
+        if current.as_deref() != Some(&*epoch) {
+            if current.is_some() {
+                tracing::info!(stream = %self.name, %epoch, "jetstream history stream was recreated: new epoch");
+            }
+            *current = Some(epoch);
+        }
+    }
+
+    fn context(&self) -> Result<jetstream::Context, BrokerError> {
+        let client = self.broker.client().ok_or_else(|| {
+            BrokerError::Unavailable(
+                "the NATS broker is not started yet (build the hub first)".into(),
+            )
+        })?;
+        Ok(jetstream::ContextBuilder::new()
+            .timeout(self.config.timeout)
+            .build(client))
+    }
+
+    /// The set-up stream (setting it up if needed).
+    async fn ready(self: &Arc<Self>) -> Result<Ready, BrokerError> {
+        if let Some(ready) = lock(&self.ready).clone() {
+            return Ok(ready);
+        }
+        Ok(self.setup().await?.0)
+    }
+
+    /// Creates or updates the stream, refreshes the epoch, starts the
+    /// watcher.
+    async fn setup(self: &Arc<Self>) -> Result<(Ready, stream::Info), BrokerError> {
+        let _one = self.setup.lock().await;
+        let context = self.context()?;
+        let info = context
+            .create_or_update_stream(self.stream_config())
+            .await
+            .map_err(|err| match err.kind() {
+                context::CreateStreamErrorKind::JetStream(_)
+                | context::CreateStreamErrorKind::InvalidStreamName
+                | context::CreateStreamErrorKind::EmptyStreamName
+                | context::CreateStreamErrorKind::DomainAndExternalSet => {
+                    BrokerError::Config(format!("jetstream stream {}: {err}", self.name))
+                }
+                _ => unavailable("stream setup", err),
+            })?;
+        let stream = context
+            .get_stream_no_info(&self.name)
+            .await
+            .map_err(|e| unavailable("stream", e))?;
+        self.set_epoch(&info);
+        let ready = Ready { context, stream };
+        *lock(&self.ready) = Some(ready.clone());
+        self.watch(&ready);
+        Ok((ready, info))
+    }
+
+    /// The stream's current info; recreates a stream that is gone.
+    async fn info(self: &Arc<Self>) -> Result<(Ready, stream::Info), BrokerError> {
+        let ready = self.ready().await?;
+        match ready.stream.get_info().await {
+            Ok(info) => {
+                self.set_epoch(&info);
+                Ok((ready, info))
+            }
+            Err(err) if is_stream_not_found(&err) => self.setup().await,
+            Err(err) => Err(unavailable("stream info", err)),
+        }
+    }
+
+    /// Follows the stream's create/delete advisories and the broker's
+    /// reconnects, refreshing the epoch (started once).
+    fn watch(self: &Arc<Self>, ready: &Ready) {
+        let mut watcher = lock(&self.watcher);
+        if watcher.is_some() {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        let client = ready.context.client();
+        let mut status = self.broker.status();
+        let name = self.name.clone();
+        *watcher = Some(tokio::spawn(async move {
+            let subject = format!("$JS.EVENT.ADVISORY.STREAM.*.{name}");
+            let mut advisories = match client.subscribe(subject).await {
+                Ok(sub) => Some(sub),
+                Err(err) => {
+                    tracing::debug!(error = %err, "jetstream advisories unavailable; the epoch refreshes on connects");
+                    None
+                }
+            };
+            loop {
+                let refresh = tokio::select! {
+                    message = async {
+                        match advisories.as_mut() {
+                            Some(sub) => sub.next().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if message.is_none() {
+                            advisories = None;
+                        }
+                        message.is_some()
+                    }
+                    changed = status.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let up = *status.borrow_and_update() == BrokerStatus::Up;
+                        up
+                    }
+                };
+                if !refresh {
+                    continue;
+                }
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                match inner.info().await {
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::debug!(error = %err, "jetstream epoch refresh failed")
+                    }
+                }
+            }
+        }));
+    }
+}
+
+fn is_stream_not_found(err: &stream::InfoError) -> bool {
+    // The server answers 404 with JetStream error code 10059.
+    let text = err.to_string();
+    text.contains("10059") || text.contains("stream not found")
+}
+
+#[async_trait]
+impl History for JetStreamHistory {
+    async fn append(&self, channel: &Channel, payload: Bytes) -> Result<Position, BrokerError> {
+        let inner = &self.inner;
+        if !inner.broker.is_up() {
+            return Err(BrokerError::Unavailable("nats is disconnected".into()));
+        }
+        let subject = inner.history_subject(channel);
+        let mut ready = inner.ready().await?;
+        let mut recreated = false;
+        loop {
+            let result = match ready
+                .context
+                .publish(subject.clone(), payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(ack) => return Ok(Position::new(ack.sequence, 0)),
+                Err(err)
+                    if !recreated && err.kind() == context::PublishErrorKind::StreamNotFound =>
+                {
+                    // No stream captures the subject (deleted): create it
+                    // again (a new epoch) and retry once.
+                    recreated = true;
+                    ready = inner.setup().await?.0;
+                }
+                Err(err) => return Err(unavailable("publish", err)),
+            }
+        }
+    }
+
+    async fn heads(
+        &self,
+        channels: &[(Channel, Option<Position>)],
+    ) -> Result<Vec<Head>, BrokerError> {
+        let inner = &self.inner;
+        let (ready, info) = inner.info().await?;
+        let epoch = epoch_of(&info);
+        let first = info.state.first_sequence;
+        let newest = info.state.last_sequence;
+        let limit = u64::try_from(info.config.max_messages_per_subject).ok();
+        // Every sequence from the first to the last is stored: no message
+        // was removed from the middle.
+        let no_holes = info.state.messages
+            == newest
+                .saturating_add(1)
+                .saturating_sub(first.min(newest.saturating_add(1)));
+        let calls = channels.iter().map(|(channel, asked)| {
+            let stream = &ready.stream;
+            let epoch = epoch.clone();
+            async move {
+                let subject = inner.history_subject(channel);
+                let last = match stream.direct_get_last_for_subject(subject.clone()).await {
+                    Ok(message) => message.sequence,
+                    Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => 0,
+                    Err(err) => return Err(unavailable("get last", err)),
+                };
+                let retained = match asked {
+                    None => true,
+                    Some(p) => {
+                        retained(stream, &subject, p.major(), last, first, limit, no_holes).await?
+                    }
+                };
+                // An empty channel stands at the stream's last sequence.
+                let head = if last == 0 { newest } else { last };
+                Ok(Head::new(epoch, Position::new(head, 0), retained))
+            }
+        });
+        futures_util::future::try_join_all(calls).await
+    }
+
+    async fn read(
+        &self,
+        channel: &Channel,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<Entry>, BrokerError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let ready = inner.ready().await?;
+        let subject = inner.history_subject(channel);
+        let start = after.major().saturating_add(1);
+        // One ephemeral consumer on the channel's subject, read in one batch.
+        let consumer = ready
+            .stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("create consumer", e))?;
+        let name = consumer.cached_info().name.clone();
+        let pending = consumer.cached_info().num_pending;
+        let mut entries = Vec::new();
+        let wanted = usize::try_from(pending).unwrap_or(usize::MAX).min(limit);
+        let result = async {
+            if wanted == 0 {
+                return Ok(());
+            }
+            let mut batch = consumer
+                .fetch()
+                .max_messages(wanted)
+                .expires(inner.config.timeout)
+                .messages()
+                .await
+                .map_err(|e| unavailable("fetch", e))?;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| unavailable("fetch", e))?;
+                let seq = message
+                    .info()
+                    .map_err(|e| backend("message info", e))?
+                    .stream_sequence;
+                entries.push(Entry::new(Position::new(seq, 0), message.payload.clone()));
+                if entries.len() == wanted {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        // The server would drop it after its inactivity threshold anyway.
+        let stream = ready.stream.clone();
+        tokio::spawn(async move {
+            let _ = stream.delete_consumer(&name).await;
+        });
+        result.map(|()| entries)
+    }
+
+    fn live_epoch(&self, _channel: &Channel) -> Option<Arc<str>> {
+        lock(&self.inner.epoch).clone()
+    }
+}
+
+/// Whether no message of `subject` after `p` can have been removed; see the
+/// module docs. `last`: the subject's last sequence (0: none); `first`: the
+/// stream's first sequence; `limit`: the per-subject limit; `no_holes`:
+/// the stream has no interior deletes.
+async fn retained(
+    stream: &stream::Stream<()>,
+    subject: &str,
+    p: u64,
+    last: u64,
+    first: u64,
+    limit: Option<u64>,
+    no_holes: bool,
+) -> Result<bool, BrokerError> {
+    if last != 0 && p >= last {
+        return Ok(true);
+    }
+    if last != 0 {
+        let oldest = match stream.direct_get_first_for_subject(subject).await {
+            Ok(message) => message.sequence,
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => u64::MAX,
+            Err(err) => return Err(unavailable("get first", err)),
+        };
+        // A stored message at or before `p`, or the next one right after
+        // it: nothing of the channel after `p` is missing.
+        if oldest <= p.saturating_add(1) {
+            return Ok(true);
+        }
+    }
+    if first > p.saturating_add(1) {
+        return Ok(false);
+    }
+    // Nothing after `p` left from the front of the stream; per-subject
+    // trimming (or purges) left holes only if the stream has any.
+    let Some(limit) = limit.filter(|l| *l > 0) else {
+        return Ok(true);
+    };
+    if last == 0 || no_holes {
+        return Ok(true);
+    }
+    let mut subjects = stream
+        .info_builder()
+        .subjects(subject)
+        .fetch()
+        .await
+        .map_err(|e| unavailable("stream info", e))?;
+    let mut count = 0u64;
+    while let Some(item) = subjects.next().await {
+        let (name, n) = item.map_err(|e| unavailable("stream info", e))?;
+        if name == subject {
+            count = u64::try_from(n).unwrap_or(u64::MAX);
+        }
+    }
+    Ok(count < limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::nats::NatsConfig;
+
+    #[test]
+    fn names_and_subjects() {
+        assert_eq!(default_stream_name("sse"), "SSE_HISTORY");
+        assert_eq!(default_stream_name("app.sse-1"), "APP_SSE-1_HISTORY");
+        let broker = NatsBroker::new(NatsConfig::new("nats://127.0.0.1:1").prefix("app.sse"))
+            .expect("broker");
+        let history =
+            JetStreamHistory::new(broker.clone(), JetStreamConfig::default()).expect("history");
+        assert_eq!(history.stream_name(), "APP_SSE_HISTORY");
+        assert_eq!(
+            history.history_subject(&Channel::Topic("a.b".into())),
+            "app.sse_h.topic.a%2Eb"
+        );
+        assert_eq!(
+            history.history_subject(&Channel::Broadcast),
+            "app.sse_h.all"
+        );
+        assert_eq!(
+            history.history_subject(&Channel::User("u".into())),
+            "app.sse_h.user.u"
+        );
+        for bad in ["", "a.b", "a b", "x*", "y>"] {
+            assert!(
+                JetStreamHistory::new(broker.clone(), JetStreamConfig::default().stream(bad))
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}
