@@ -15,8 +15,8 @@
 //! | store | feature | positions | epoch (changes when the history is rebuilt) |
 //! |---|---|---|---|
 //! | [`memory::MemoryHistory`] | always | a counter per channel | random, per store |
-//! | [`redis::RedisHistory`](crate::history) | `redis` | Redis Stream entry ids | random, stored beside each stream (`SET NX`) |
-//! | [`jetstream::JetStreamHistory`](crate::history) | `nats` | JetStream stream sequences | the stream's creation time (changes when it is deleted and recreated) |
+//! | `redis::RedisHistory` | `redis` | Redis Stream entry ids | random, stored beside each stream (`SET NX`) |
+//! | `jetstream::JetStreamHistory` | `nats` | JetStream stream sequences | the stream's creation time (changes when it is deleted and recreated) |
 //!
 //! Retention ([`Retention`]) is by count and by age, per hub.
 //!
@@ -197,7 +197,9 @@ pub struct Head {
     /// The channel history's epoch; a store creates it if the channel has
     /// none yet.
     pub epoch: Arc<str>,
-    /// The position of the newest event ([`Position::ZERO`] if none).
+    /// The position of the newest event of the channel, or any position at
+    /// or before the next one it will get ([`Position::ZERO`] for an empty
+    /// memory or Redis channel; the stream's last sequence on JetStream).
     pub last: Position,
     /// Whether every event after the position asked about is still
     /// retained (true when no position was asked about).

@@ -340,7 +340,15 @@ async fn nats_backend(
         .as_deref()
     {
         None => None,
-        Some("jetstream") => return Err("--history jetstream is not wired yet".into()),
+        // The stream is created (or updated) on first use, once the hub has
+        // started the broker.
+        Some("jetstream") => {
+            use sse_cluster::history::jetstream::{JetStreamConfig, JetStreamHistory};
+            Some(std::sync::Arc::new(JetStreamHistory::new(
+                broker.clone(),
+                JetStreamConfig::new(options.retention),
+            )?))
+        }
         Some(other) => return Err(format!("--history {other} needs a matching --broker").into()),
     };
     Ok((broker, store))
