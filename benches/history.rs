@@ -113,25 +113,28 @@ async fn publish_latency(variants: &mut [Variant], total: u64, block: u64) {
 fn report(title: &str, variants: &mut [Variant]) {
     println!("\n{title}");
     println!(
-        "{:<28} {:>8} {:>10} {:>10} {:>10} {:>10}",
-        "variant", "n", "mean ms", "p50 ms", "p99 ms", "ratio p50"
+        "{:<30} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "variant", "n", "mean ms", "p50 ms", "p90 ms", "p99 ms", "x mean", "x p99"
     );
-    let mut base_p50 = None;
+    let mut base = None;
     for v in variants.iter_mut() {
         v.samples.sort_unstable();
         let n = v.samples.len().max(1) as u64;
         let mean = v.samples.iter().sum::<u64>() / n;
-        let p50 = common::pct(&v.samples, 50.0);
-        let p99 = common::pct(&v.samples, 99.0);
-        let base = *base_p50.get_or_insert(p50);
+        let p50 = common::pct(&v.samples, 0.50);
+        let p90 = common::pct(&v.samples, 0.90);
+        let p99 = common::pct(&v.samples, 0.99);
+        let (base_mean, base_p99) = *base.get_or_insert((mean.max(1), p99.max(1)));
         println!(
-            "{:<28} {:>8} {:>10.4} {:>10.4} {:>10.4} {:>9.2}x",
+            "{:<30} {:>7} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>7.2}x {:>7.2}x",
             v.name,
             v.samples.len(),
             common::ms(mean),
             common::ms(p50),
+            common::ms(p90),
             common::ms(p99),
-            p50 as f64 / base.max(1) as f64
+            mean as f64 / base_mean as f64,
+            p99 as f64 / base_p99 as f64,
         );
     }
 }
@@ -224,6 +227,8 @@ async fn main() {
 
     #[cfg(feature = "redis")]
     redis_benches(total).await;
+    #[cfg(feature = "nats")]
+    nats_benches(total, replay_n).await;
 
     println!("\nreplay throughput (one client, read from the SSE body)");
     let bus = MemoryBus::new();
@@ -324,4 +329,76 @@ fn cleanup(store: &sse_cluster::history::redis::RedisHistory, url: &str) {
 #[cfg(feature = "redis")]
 fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
     redis::Client::open(url)
+}
+
+/// Core NATS publish vs JetStream append (stored, then republished to the bus
+/// subject by the server), and JetStream replay throughput.
+#[cfg(feature = "nats")]
+async fn nats_benches(total: u64, replay_n: u64) {
+    use sse_cluster::broker::nats::{NatsBroker, NatsConfig};
+    use sse_cluster::history::jetstream::{JetStreamConfig, JetStreamHistory, Storage};
+    let url =
+        std::env::var("SSE_HISTORY_BENCH_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let prefix = format!("benchh{}", fastrand::u32(..));
+    let mut variants = Vec::new();
+    let mut streams = Vec::new();
+    for (name, with_history) in [
+        ("nats, history off", false),
+        ("jetstream (file), history on", true),
+    ] {
+        let broker = NatsBroker::new(NatsConfig::new(&url).prefix(&prefix)).expect("nats");
+        let store = with_history.then(|| {
+            Arc::new(
+                JetStreamHistory::new(
+                    broker.clone(),
+                    JetStreamConfig::new(Retention::default().max_len(replay_n as usize * 2))
+                        .storage(Storage::File),
+                )
+                .expect("jetstream"),
+            )
+        });
+        let id = if with_history { "n-on" } else { "n-off" };
+        let hub = hub(id, broker, store.clone().map(|s| s as Arc<dyn History>)).await;
+        if let Some(store) = &store {
+            store.ensure_stream().await.expect("stream");
+            streams.push(store.stream_name().to_owned());
+        }
+        let stream = hub
+            .connect(Subscription::new().topic("bench"))
+            .await
+            .expect("connect")
+            .into_stream();
+        variants.push((
+            Variant {
+                name,
+                hub,
+                stream,
+                samples: Vec::new(),
+            },
+            store,
+        ));
+    }
+    let (mut list, stores): (Vec<Variant>, Vec<_>) = variants.into_iter().unzip();
+    publish_latency(&mut list, total, 500).await;
+    report(
+        "publish latency, NATS (awaited one at a time; one subscriber each)",
+        &mut list,
+    );
+    println!("\nreplay throughput, JetStream");
+    if let Some(on) = list
+        .iter()
+        .zip(&stores)
+        .find_map(|(v, s)| s.as_ref().map(|_| v.hub.clone()))
+    {
+        replay_throughput("jetstream (file)", &on, replay_n).await;
+    }
+    for v in list {
+        v.hub.shutdown().await;
+    }
+    if let Ok(client) = async_nats::connect(url.as_str()).await {
+        let js = async_nats::jetstream::new(client);
+        for name in streams {
+            let _ = js.delete_stream(&name).await;
+        }
+    }
 }
