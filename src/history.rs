@@ -440,6 +440,24 @@ pub(crate) fn parse_last_id(text: &str) -> LastId {
     LastId::Marks(marks)
 }
 
+/// For the fuzz targets only: parses `text` as a `Last-Event-ID` and, when
+/// it parses into positions, writes them back and checks the round trip.
+/// Returns how many channel entries it held.
+#[doc(hidden)]
+pub fn fuzz_last_id(text: &str) -> usize {
+    match parse_last_id(text) {
+        LastId::Marks(marks) => {
+            let mut out = Vec::new();
+            write_id(&mut out, marks.iter().copied(), true);
+            assert!(out.len() <= MAX_EVENT_ID_LEN);
+            let again = std::str::from_utf8(&out).map(parse_last_id);
+            assert_eq!(again, Ok(LastId::Marks(marks.clone())));
+            marks.len()
+        }
+        LastId::NotResumable | LastId::Invalid => 0,
+    }
+}
+
 /// Writes an event id for `marks`.
 pub(crate) fn write_id(out: &mut Vec<u8>, marks: impl Iterator<Item = Mark>, resumable: bool) {
     out.extend_from_slice(b"r1");

@@ -135,3 +135,118 @@ fn bad_arguments_are_refused() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--history` on the demo node, for every store this build has: a client
+/// that reconnects with its last id gets what it missed; a garbage id gets
+/// the reset event.
+#[tokio::test]
+async fn demo_node_resumes_with_each_history_flag() {
+    let mut setups: Vec<(Option<&str>, Vec<String>)> = vec![(
+        None,
+        [
+            "--broker",
+            "memory",
+            "--history",
+            "memory",
+            "--history-max",
+            "100",
+            "--history-age",
+            "60",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )];
+    #[cfg(feature = "redis")]
+    if let Some(url) =
+        support::redis_server::machine_redis("demo_node_resumes_with_each_history_flag")
+    {
+        let prefix = support::redis_server::unique_prefix("demo-history");
+        setups.push((
+            Some("redis"),
+            [
+                "--broker",
+                &url,
+                "--redis-prefix",
+                &prefix,
+                "--history",
+                "redis",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ));
+    }
+    #[cfg(feature = "nats")]
+    let mut streams = Vec::new();
+    #[cfg(feature = "nats")]
+    if let Some(url) = support::nats_server::machine_nats() {
+        let prefix = format!("demohist{}", fastrand::u32(..));
+        streams.push((url.clone(), format!("{}_HISTORY", prefix.to_uppercase())));
+        setups.push((
+            Some("nats"),
+            [
+                "--broker",
+                &url,
+                "--nats-prefix",
+                &prefix,
+                "--history",
+                "jetstream",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ));
+    }
+    for (feature, args) in setups {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = NodeProcess::start(&node_binary(feature), &args);
+        let mut client = SseClient::connect(node.addr, "/events?topic=t&user=u").await;
+        assert_eq!(
+            post(node.addr, "/publish?topic=t", "e1").await.0,
+            StatusCode::ACCEPTED
+        );
+        let first = client.next().await.expect("e1");
+        assert_eq!(first.data, "e1", "{args:?}");
+        assert!(first.id.starts_with("r1."), "{args:?}: {first:?}");
+        drop(client);
+        for data in ["e2", "e3"] {
+            assert_eq!(
+                post(node.addr, "/publish?topic=t", data).await.0,
+                StatusCode::ACCEPTED
+            );
+        }
+        let mut again = SseClient::open(
+            node.addr,
+            "/events?topic=t&user=u",
+            &[("last-event-id", first.id.as_str())],
+        )
+        .await;
+        assert_eq!(again.next().await.expect("greeting").event, "connected");
+        for want in ["e2", "e3"] {
+            let event = again.next().await.expect("replayed");
+            assert_eq!(
+                (event.event.as_str(), event.data.as_str()),
+                ("message", want),
+                "{args:?}"
+            );
+        }
+        let mut reset = SseClient::open(
+            node.addr,
+            "/events?topic=t",
+            &[("last-event-id", "garbage")],
+        )
+        .await;
+        assert_eq!(reset.next().await.expect("greeting").event, "connected");
+        assert_eq!(
+            reset.next().await.expect("reset").event,
+            "sse-cluster.reset",
+            "{args:?}"
+        );
+    }
+    #[cfg(feature = "nats")]
+    for (url, stream) in streams {
+        if let Ok(client) = async_nats::connect(url.as_str()).await {
+            let _ = async_nats::jetstream::new(client)
+                .delete_stream(&stream)
+                .await;
+        }
+    }
+}
