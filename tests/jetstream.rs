@@ -419,10 +419,12 @@ async fn live_events_continue_after_the_stream_is_recreated() {
     assert_eq!(read_n(&mut client, 5).await.len(), 5);
     let js =
         async_nats::jetstream::new(async_nats::connect(c.url.as_str()).await.expect("connect"));
+    // Read before the delete: node 0 may hear the delete advisory and
+    // recreate the stream before the next line runs.
+    let old_epoch = c.histories[0].live_epoch(&topic("a"));
     js.delete_stream(c.histories[0].stream_name())
         .await
         .expect("delete");
-    let old_epoch = c.histories[0].live_epoch(&topic("a"));
     // Recreated by the next append, through the other node. The first
     // events of the new stream may race the advisory that tells node 0 (see
     // the module docs): only those after it learnt the epoch are asserted.
