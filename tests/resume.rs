@@ -2,6 +2,8 @@
 //! shared scenarios of `support::resume` over real TCP, plus what is specific
 //! to each store (wiping it, a bus outage healed by replay).
 
+#![cfg(feature = "axum")]
+
 mod support;
 
 use std::sync::Arc;
