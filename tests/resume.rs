@@ -250,3 +250,19 @@ mod redis_store {
         delete_keys(&history);
     }
 }
+
+/// Age-based retention: an event missed while away that aged out of the
+/// window means a reset, not a partial replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_reset_when_missed_events_aged_out() {
+    let retention = Retention::default().max_age(Some(Duration::from_millis(200)));
+    let (_bus, _h, nodes) = memory_nodes(2, retention).await;
+    let mut client = open(&nodes[0], resume::FOLLOW, None).await;
+    publish(&nodes[0], "topic=a", "a:0").await;
+    let last_id = read_n(&mut client, 1).await[0].id.clone();
+    drop(client);
+    publish(&nodes[1], "topic=a", "a:1").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    publish(&nodes[1], "topic=a", "a:2").await;
+    resume::expect_reset(&nodes[1], &last_id, "expired").await;
+}

@@ -48,6 +48,8 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::{BrokerError, Channel};
 
 /// Appends, trims, refreshes the TTL and publishes the stamped envelope.
+/// The entry id's time (the server's clock, as `XADD *` assigns it) dates
+/// the age trim.
 ///
 /// KEYS: stream, epoch. ARGV: bus channel, envelope, max_len, trim mode
 /// (`~` or `=`), max age ms (0: none), ttl ms (0: none), a new epoch,
@@ -59,16 +61,20 @@ if not epoch then
   redis.call('SET', KEYS[2], epoch)
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], ARGV[3], '*', 'm', ARGV[2])
-if ARGV[5] ~= '0' then
-  local now = redis.call('TIME')
-  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[5])
-  if ms > 0 then
-    redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', ms))
+-- Age trim and TTL refresh once per millisecond of appends (the first entry
+-- of a millisecond has sequence 0), not on every append of a burst.
+local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+if seq == '0' then
+  if ARGV[5] ~= '0' then
+    local oldest = tonumber(ms) - tonumber(ARGV[5])
+    if oldest > 0 then
+      redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', oldest))
+    end
   end
-end
-if ARGV[6] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  if ARGV[6] ~= '0' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[6])
+    redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  end
 end
 local body = string.sub(ARGV[2], 1, -2)
 redis.call(ARGV[8], ARGV[1], body .. ',"pos":"' .. id .. '","epoch":"' .. epoch .. '"}')
