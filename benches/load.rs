@@ -375,7 +375,9 @@ impl Server {
             origin.abort();
         }
         if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
+            if std::env::var_os("SSE_LOAD_KEEP").is_none() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 }

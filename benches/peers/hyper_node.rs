@@ -88,10 +88,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("--listen", Some(v)) => listen = v.parse()?,
             ("--broker", Some(v)) => broker = v,
             ("--node-id", Some(v)) => node_id = Some(v),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "usage: bench_hyper_node [--listen ADDR] [--broker URL] [--node-id ID] ({flag}?)"
             )
-            .into()),
+                .into())
+            }
         }
     }
     let mut builder = Hub::builder().broker(common::broker(&broker, &Default::default())?);
