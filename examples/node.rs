@@ -138,6 +138,10 @@ async fn serve(
                         continue;
                     }
                 };
+                // Events are small writes that must leave at once; Nagle
+                // would hold one back until the client acknowledges the
+                // previous one (a delayed ACK: up to 40 ms).
+                let _ = tcp.set_nodelay(true);
                 let service = TowerToHyperService::new(app.clone());
                 let conn = http.serve_connection(TokioIo::new(tcp), service);
                 tokio::spawn(graceful.watch(conn));

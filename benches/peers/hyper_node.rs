@@ -110,6 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
+                let _ = tcp.set_nodelay(true);
                 let hub = hub.clone();
                 let conn = http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service_fn(move |req| handle(hub.clone(), req)));
