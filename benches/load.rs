@@ -74,6 +74,12 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// Bytes of event data in every measured event.
 const DATA_SIZE: usize = 100;
+/// `--client-parser`: `lean` (default) or `eventsource-stream`.
+static CLIENT_PARSER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Alternating slices per variant in a latency measurement.
+const LAT_SLICES: u64 = 5;
+
 /// Connections a client opens at once.
 const OPEN_IN_FLIGHT: usize = 256;
 
@@ -191,6 +197,9 @@ impl Options {
             match a.as_str() {
                 "--quick" => {}
                 "--install-pushpin" => o.install_pushpin = true,
+                "--client-parser" => {
+                    let _ = CLIENT_PARSER.set(it.next().cloned().unwrap_or_default());
+                }
                 "--parts" => o.parts = list(it.next()),
                 "--targets" => o.targets = list(it.next()),
                 "--json" => o.json = it.next().map(PathBuf::from).unwrap_or(o.json),
@@ -472,6 +481,31 @@ Grip-Hold: stream\r\nGrip-Channel: t\r\nCache-Control: no-cache\r\nContent-Lengt
         }
     }
 
+    /// True if a GET on `addr` is answered with `200` headers within 2 s.
+    async fn probe_stream(addr: SocketAddr) -> bool {
+        let attempt = async {
+            let mut tcp = TcpStream::connect(addr).await.ok()?;
+            tcp.write_all(b"GET /events HTTP/1.1\r\nHost: probe\r\n\r\n")
+                .await
+                .ok()?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Some(buf.starts_with(b"HTTP/1.1 200"))
+        };
+        tokio::time::timeout(Duration::from_secs(2), attempt)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    }
+
     pub(super) async fn start(install: bool) -> Result<Server, String> {
         if !on_path("pushpin") || !on_path("zurl") {
             if !install {
@@ -583,8 +617,17 @@ stats_report_interval=10\nstats_format=tnetstring\n"
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // The proxy and handler connect their sockets after the ports open.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The proxy, handler and zurl connect their sockets after the ports
+        // open: wait until a stream is actually held.
+        while !probe_stream(addr).await {
+            if Instant::now() > deadline {
+                server.stop().await;
+                return Err(format!(
+                    "pushpin did not hold a stream in 20 s (logs in {d}/log)"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         Ok(server)
     }
 }
@@ -676,6 +719,9 @@ impl ClientProc {
         if latency {
             cmd.arg("--latency");
         }
+        if let Some(parser) = CLIENT_PARSER.get() {
+            cmd.arg("--parser").arg(parser);
+        }
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -750,6 +796,14 @@ async fn open_many(client: &mut ClientProc, n: usize, path: &str, label: &str) -
         opened += client.open(chunk, path).await;
         left -= chunk;
         progress(&format!("{label}: {opened}/{n} connections open"));
+    }
+    if (opened as usize) < n {
+        let (_, v) = client.stats().await;
+        say(&format!(
+            "{label}: {} of {n} connections failed: connect {}, status {} (last {}), closed before the head {}",
+            n - opened as usize,
+            v["failed_connect"], v["failed_status"], v["last_bad_status"], v["failed_closed_early"]
+        ));
     }
     (opened, start.elapsed())
 }
@@ -847,7 +901,9 @@ async fn single_node(target: &str, opts: &Options, report: &mut BTreeMap<String,
                 &format!("{target} idle"),
             )
             .await;
-            open = client.stats().await.0.open as usize;
+            let (stats, cv) = client.stats().await;
+            open = stats.open as usize;
+            let retries = cv["retries"].as_u64().unwrap_or(0);
             let rss = settled_rss(&pids).await;
             let client_rss = rss_kib(&client.pid());
             let per = (rss.saturating_sub(base) * 1024) as f64 / open.max(1) as f64;
@@ -862,7 +918,7 @@ async fn single_node(target: &str, opts: &Options, report: &mut BTreeMap<String,
             rows.push(json!({"n": n, "open": open, "rss_before_kib": base, "rss_kib": rss,
                 "bytes_per_conn": per, "client_rss_kib": client_rss,
                 "client_bytes_per_conn": (client_rss.saturating_sub(client_base) * 1024) as f64 / open.max(1) as f64,
-                "open_secs": took.as_secs_f64()}));
+                "open_secs": took.as_secs_f64(), "client_retries": retries}));
         }
         out["idle"] = Value::Array(rows);
     }
@@ -1213,32 +1269,75 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
         let mut rows = Vec::new();
         let mut seq = 0u64;
         for &rate in &opts.rates {
-            let count = (rate as f64 * opts.lat_secs) as u64;
+            let slice = (rate as f64 * opts.lat_secs / LAT_SLICES as f64) as u64;
+            let count = slice * LAT_SLICES;
             let warm = rate / 2;
+            let acks: Samples = Arc::default();
             // ours: POST /publish on B → bus → A → SSE client.
-            let http_b = b.publish.clone();
-            let fire: Arc<dyn Fn(u64) + Send + Sync> = {
+            let ours_fire: Arc<dyn Fn(u64) + Send + Sync> = {
                 let handle = tokio::runtime::Handle::current();
+                let (http_b, acks) = (b.publish.clone(), acks.clone());
                 Arc::new(move |s| {
-                    let http = http_b.clone();
+                    let (http, acks) = (http_b.clone(), acks.clone());
                     handle.spawn(async move {
-                        let data = payload(s, wall_ns(), DATA_SIZE);
+                        let t = wall_ns();
+                        let data = payload(s, t, DATA_SIZE);
                         http.post("/publish?topic=lat", Bytes::from(data)).await;
+                        if let Ok(mut acks) = acks.lock() {
+                            acks.push(wall_ns().saturating_sub(t));
+                        }
                     });
                 })
             };
-            progress(&format!("latency {broker} ours at {rate}/s: warm-up"));
-            pace(rate, seq, warm, fire.clone()).await;
+            // raw: the broker's own client, publish → subscriber here.
+            let raw_fire: Option<Arc<dyn Fn(u64) + Send + Sync>> = raw.as_ref().map(|(raw, _)| {
+                let handle = tokio::runtime::Handle::current();
+                let raw = raw.clone();
+                Arc::new(move |s| {
+                    let raw = raw.clone();
+                    handle.spawn(async move {
+                        raw.publish(payload(s, wall_ns(), DATA_SIZE)).await;
+                    });
+                }) as Arc<dyn Fn(u64) + Send + Sync>
+            });
+            progress(&format!("latency {broker} at {rate}/s: warm-up"));
+            pace(rate, seq, warm, ours_fire.clone()).await;
             seq += warm;
+            if let Some(fire) = &raw_fire {
+                pace(rate, seq, warm, fire.clone()).await;
+                seq += warm;
+            }
             tokio::time::sleep(Duration::from_millis(300)).await;
             client.cmd("reset").await;
+            for list in [&samples, &acks] {
+                if let Ok(mut s) = list.lock() {
+                    s.clear();
+                }
+            }
             let before = client.stats().await.0.events;
-            progress(&format!(
-                "latency {broker} ours at {rate}/s: {count} events"
-            ));
             let cpu0 = (a.cpu_secs() + b.cpu_secs(), cpu_secs(&client.pid()));
-            let lag = pace(rate, seq, count, fire).await;
-            seq += count;
+            // Slices of ours and raw alternate (and which goes first too), so
+            // the machine's noise hits both alike.
+            let (mut ours_lag, mut raw_lag) = (Duration::ZERO, Duration::ZERO);
+            for round in 0..LAT_SLICES {
+                progress(&format!(
+                    "latency {broker} at {rate}/s: slice {}/{LAT_SLICES}",
+                    round + 1
+                ));
+                for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
+                    match (side, &raw_fire) {
+                        (0, _) => {
+                            ours_lag = ours_lag.max(pace(rate, seq, slice, ours_fire.clone()).await)
+                        }
+                        (_, Some(fire)) => {
+                            raw_lag = raw_lag.max(pace(rate, seq, slice, fire.clone()).await)
+                        }
+                        _ => continue,
+                    }
+                    seq += slice;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
             wait_events(
                 &mut [&mut client],
                 before,
@@ -1251,31 +1350,14 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
             let (_, v) = client.stats().await;
             let mut ours = v["lat"].clone();
             ours["lost"] = json!(count.saturating_sub(v["lat"]["n"].as_u64().unwrap_or(0)));
-            ours["pacer_max_lag_ms"] = json!(lag.as_secs_f64() * 1e3);
+            ours["pacer_max_lag_ms"] = json!(ours_lag.as_secs_f64() * 1e3);
             ours["server_cpu_secs"] = json!(a.cpu_secs() + b.cpu_secs() - cpu0.0);
             ours["client_cpu_secs"] = json!(cpu_secs(&client.pid()) - cpu0.1);
-            // raw: the broker's own client, publish → subscriber here.
+            let mut ack_sorted = acks.lock().map(|s| s.clone()).unwrap_or_default();
+            ack_sorted.sort_unstable();
+            ours["publish_call"] = lat_summary(&ack_sorted);
             let mut raw_row = Value::Null;
-            if let Some((raw, _)) = &raw {
-                let fire: Arc<dyn Fn(u64) + Send + Sync> = {
-                    let handle = tokio::runtime::Handle::current();
-                    let raw = raw.clone();
-                    Arc::new(move |s| {
-                        let raw = raw.clone();
-                        handle.spawn(async move {
-                            raw.publish(payload(s, wall_ns(), DATA_SIZE)).await;
-                        });
-                    })
-                };
-                progress(&format!("latency {broker} raw at {rate}/s"));
-                pace(rate, seq, warm, fire.clone()).await;
-                seq += warm;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                if let Ok(mut s) = samples.lock() {
-                    s.clear();
-                }
-                let lag = pace(rate, seq, count, fire).await;
-                seq += count;
+            if raw_fire.is_some() {
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while samples
                     .lock()
@@ -1285,12 +1367,11 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
                 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
                 let mut sorted = samples.lock().map(|s| s.clone()).unwrap_or_default();
                 sorted.sort_unstable();
                 raw_row = lat_summary(&sorted);
                 raw_row["lost"] = json!(count.saturating_sub(sorted.len() as u64));
-                raw_row["pacer_max_lag_ms"] = json!(lag.as_secs_f64() * 1e3);
+                raw_row["pacer_max_lag_ms"] = json!(raw_lag.as_secs_f64() * 1e3);
             }
             say(&format!(
                 "latency {broker} at {rate}/s: ours p50/p90/p99/max {:.3}/{:.3}/{:.3}/{:.3} ms (lost {}); raw {:.3}/{:.3}/{:.3}/{:.3} ms (lost {})",
@@ -1590,8 +1671,14 @@ fn print_tables(doc: &Value, opts: &Options) {
         }
     }
     println!("\n## Fan-out\n");
-    println!("| target | conns | single publish ms | sequential deliveries/s | server CPU s | client CPU s | lost | burst deliveries/s (median) | burst server CPU s | lost |");
+    println!("| target | conns | single publish ms | sequential deliveries/s | server CPU µs/delivery | client CPU µs/delivery | lost | burst deliveries/s (median) | burst server CPU µs/delivery | lost |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // CPU seconds per delivery of one run.
+    let per = |r: &Value, key: &str| f(&r[key]) / r["delivered"].as_f64().unwrap_or(0.0).max(1.0);
+    let burst_per = |v: &Value, key: &str| {
+        let b = v["bursts"].as_array().cloned().unwrap_or_default();
+        b.iter().map(|r| per(r, key)).sum::<f64>() / b.len().max(1) as f64
+    };
     for t in &targets {
         let v = &doc[t.as_str()]["fanout"];
         if v.is_null() {
@@ -1599,46 +1686,49 @@ fn print_tables(doc: &Value, opts: &Options) {
         }
         let s = &v["sequential"];
         let b = v["bursts"].as_array().cloned().unwrap_or_default();
-        let burst_cpu: f64 =
-            b.iter().map(|r| f(&r["server_cpu_secs"])).sum::<f64>() / b.len().max(1) as f64;
         let burst_lost: u64 = b.iter().map(|r| r["lost"].as_u64().unwrap_or(0)).sum();
         println!(
-            "| {t} | {} | {:.1} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {} |",
+            "| {t} | {} | {:.1} | {:.0} | {:.3} | {:.3} | {} | {:.0} | {:.3} | {} |",
             s["connections"],
             f(&v["single_ms_median"]),
             f(&s["deliveries_per_sec"]),
-            f(&s["server_cpu_secs"]),
-            f(&s["client_cpu_secs"]),
+            per(s, "server_cpu_secs") * 1e6,
+            per(s, "client_cpu_secs") * 1e6,
             s["lost"],
             f(&v["burst_deliveries_per_sec_median"]),
-            burst_cpu,
+            burst_per(v, "server_cpu_secs") * 1e6,
             burst_lost
         );
     }
     let get = |t: &str, p: &str| -> f64 {
+        let v = &doc[t]["fanout"];
         match p {
             "mem" => doc[t]["idle"]
                 .as_array()
                 .and_then(|a| a.last())
                 .map(|r| f(&r["bytes_per_conn"]))
                 .unwrap_or(f64::NAN),
-            "seq" => f(&doc[t]["fanout"]["sequential"]["deliveries_per_sec"]),
-            _ => f(&doc[t]["fanout"]["burst_deliveries_per_sec_median"]),
+            "seq" => f(&v["sequential"]["deliveries_per_sec"]),
+            "seq_cpu" => per(&v["sequential"], "server_cpu_secs"),
+            "burst_cpu" => burst_per(v, "server_cpu_secs"),
+            _ => f(&v["burst_deliveries_per_sec_median"]),
         }
     };
-    println!("\n## Ratios (ours / peer; memory: lower is better, fan-out: higher is better)\n");
-    println!("| ours | peer | idle bytes/conn (largest N) | sequential fan-out | burst fan-out |");
-    println!("|---|---|---:|---:|---:|");
+    println!("\n## Ratios, ours / peer (memory: lower is better; deliveries/s and CPU efficiency: higher is better)\n");
+    println!("| ours | peer | idle bytes/conn (largest N) | sequential deliveries/s | burst deliveries/s | sequential CPU efficiency (peer µs / ours µs) | burst CPU efficiency |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     for ours in ["ours-axum", "ours-hyper"] {
         for peer in ["axum-broadcast", "pushpin"] {
             if doc.get(ours).is_none() || doc.get(peer).is_none() {
                 continue;
             }
             println!(
-                "| {ours} | {peer} | {:.2} | {:.2} | {:.2} |",
+                "| {ours} | {peer} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 get(ours, "mem") / get(peer, "mem"),
                 get(ours, "seq") / get(peer, "seq"),
-                get(ours, "burst") / get(peer, "burst")
+                get(ours, "burst") / get(peer, "burst"),
+                get(peer, "seq_cpu") / get(ours, "seq_cpu"),
+                get(peer, "burst_cpu") / get(ours, "burst_cpu")
             );
         }
     }
@@ -1718,15 +1808,15 @@ mod client {
         stray: AtomicU64,
         last_ns: AtomicU64,
         latency: Option<Mutex<Vec<u64>>>,
+        failures: Failures,
     }
 
     impl Shared {
-        fn on_event(&self, ev: &eventsource_stream::Event) {
-            if ev.event != "message" {
+        fn on_event(&self, event: &[u8], data: &[u8]) {
+            if event != b"message" {
                 return;
             }
             let now = wall_ns();
-            let data = ev.data.as_bytes();
             match (field(data, b's'), field(data, b't')) {
                 (Some(_), Some(t)) => {
                     self.events.fetch_add(1, Ordering::Relaxed);
@@ -1742,6 +1832,268 @@ mod client {
                 }
             }
         }
+    }
+
+    /// Why connections failed, for the `stats` reply.
+    #[derive(Default)]
+    struct Failures {
+        connect: AtomicU64,
+        status: AtomicU64,
+        last_status: AtomicU64,
+        closed_early: AtomicU64,
+        retries: AtomicU64,
+    }
+
+    /// Attempts per connection (the first and the retries).
+    const CONNECT_ATTEMPTS: usize = 5;
+
+    /// The WHATWG `text/event-stream` interpretation, incremental and
+    /// allocation-free per event: lines end at CRLF, LF or CR; `data` lines
+    /// are joined with LF; an empty line dispatches; comments and unknown
+    /// fields are ignored; one leading space of a value is dropped; a
+    /// leading BOM is skipped.
+    #[derive(Default)]
+    pub(super) struct SseParser {
+        line: Vec<u8>,
+        after_cr: bool,
+        started: bool,
+        event: Vec<u8>,
+        data: Vec<u8>,
+        has_data: bool,
+    }
+
+    impl SseParser {
+        pub(super) fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(&[u8], &[u8])) {
+            if !self.started {
+                if self.line.len() + input.len() < 3
+                    && b"\xEF\xBB\xBF".starts_with(&[&self.line[..], input].concat())
+                {
+                    self.line.extend_from_slice(input);
+                    return;
+                }
+                self.started = true;
+                let pending = std::mem::take(&mut self.line);
+                let mut joined = pending;
+                joined.extend_from_slice(input);
+                let body = joined
+                    .strip_prefix(b"\xEF\xBB\xBF")
+                    .unwrap_or(&joined)
+                    .to_vec();
+                return self.feed(&body, on_event);
+            }
+            while !input.is_empty() {
+                if self.after_cr {
+                    self.after_cr = false;
+                    if input[0] == b'\n' {
+                        input = &input[1..];
+                        continue;
+                    }
+                }
+                match memchr::memchr2(b'\n', b'\r', input) {
+                    Some(end) => {
+                        if self.line.is_empty() {
+                            self.line_done(&input[..end], on_event);
+                        } else {
+                            let mut line = std::mem::take(&mut self.line);
+                            line.extend_from_slice(&input[..end]);
+                            self.line_done(&line, on_event);
+                            line.clear();
+                            self.line = line;
+                        }
+                        self.after_cr = input[end] == b'\r';
+                        input = &input[end + 1..];
+                    }
+                    None => {
+                        self.line.extend_from_slice(input);
+                        return;
+                    }
+                }
+            }
+        }
+
+        fn line_done(&mut self, line: &[u8], on_event: &mut impl FnMut(&[u8], &[u8])) {
+            if line.is_empty() {
+                if self.has_data {
+                    let data = self.data.strip_suffix(b"\n").unwrap_or(&self.data);
+                    let event: &[u8] = if self.event.is_empty() {
+                        b"message"
+                    } else {
+                        &self.event
+                    };
+                    on_event(event, data);
+                }
+                self.data.clear();
+                self.event.clear();
+                self.has_data = false;
+                return;
+            }
+            if line[0] == b':' {
+                return;
+            }
+            let (name, value) = match memchr::memchr(b':', line) {
+                Some(colon) => {
+                    let value = &line[colon + 1..];
+                    (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+                }
+                None => (line, &b""[..]),
+            };
+            match name {
+                b"data" => {
+                    self.data.extend_from_slice(value);
+                    self.data.push(b'\n');
+                    self.has_data = true;
+                }
+                b"event" => {
+                    self.event.clear();
+                    self.event.extend_from_slice(value);
+                }
+                // `id` and `retry` do not matter to the counts.
+                _ => {}
+            }
+        }
+    }
+
+    /// HTTP/1.1 chunked transfer decoding, incremental.
+    enum Chunked {
+        Size { n: u64, ext: bool },
+        Data(u64),
+        DataEnd,
+        Done,
+    }
+
+    impl Chunked {
+        fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(&[u8])) {
+            while !input.is_empty() {
+                match self {
+                    Chunked::Size { n, ext } => {
+                        let b = input[0];
+                        input = &input[1..];
+                        match b {
+                            b'\n' if *n == 0 => *self = Chunked::Done,
+                            b'\n' => *self = Chunked::Data(*n),
+                            b';' => *ext = true,
+                            _ if *ext => {}
+                            b'0'..=b'9' => *n = *n * 16 + u64::from(b - b'0'),
+                            b'a'..=b'f' => *n = *n * 16 + u64::from(b - b'a' + 10),
+                            b'A'..=b'F' => *n = *n * 16 + u64::from(b - b'A' + 10),
+                            _ => {}
+                        }
+                    }
+                    Chunked::Data(left) => {
+                        let take = (*left).min(input.len() as u64) as usize;
+                        out(&input[..take]);
+                        input = &input[take..];
+                        *left -= take as u64;
+                        if *left == 0 {
+                            *self = Chunked::DataEnd;
+                        }
+                    }
+                    Chunked::DataEnd => {
+                        let b = input[0];
+                        input = &input[1..];
+                        if b == b'\n' {
+                            *self = Chunked::Size { n: 0, ext: false };
+                        }
+                    }
+                    Chunked::Done => return,
+                }
+            }
+        }
+    }
+
+    /// One SSE connection read with a plain socket: the HTTP/1.1 request
+    /// and response head by hand, chunked decoding, and [`SseParser`]. One
+    /// task, one read buffer, no allocation per event: the client is the
+    /// same for every target and must cost as little CPU as possible.
+    async fn lean_connection(
+        addr: SocketAddr,
+        path: String,
+        shared: Arc<Shared>,
+        ready: tokio::sync::oneshot::Sender<bool>,
+    ) {
+        // A refused stream is retried, as an EventSource would: some peers
+        // refuse a share of a burst of new connections.
+        let mut ready = Some(ready);
+        for attempt in 0..CONNECT_ATTEMPTS {
+            if attempt > 0 {
+                shared.failures.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+            }
+            if lean_attempt(addr, &path, &shared, &mut ready).await {
+                return;
+            }
+        }
+        if let Some(ready) = ready {
+            let _ = ready.send(false);
+        }
+    }
+
+    /// One attempt; false if it failed before the stream started.
+    async fn lean_attempt(
+        addr: SocketAddr,
+        path: &str,
+        shared: &Shared,
+        ready: &mut Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> bool {
+        let fail = |counter: &AtomicU64| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            false
+        };
+        let Ok(mut tcp) = TcpStream::connect(addr).await else {
+            return fail(&shared.failures.connect);
+        };
+        let _ = tcp.set_nodelay(true);
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        if tcp.write_all(request.as_bytes()).await.is_err() {
+            return fail(&shared.failures.connect);
+        }
+        let mut buf = vec![0u8; 4096];
+        let mut have = 0;
+        let head_end = loop {
+            if let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            if have == buf.len() {
+                return fail(&shared.failures.status);
+            }
+            match tcp.read(&mut buf[have..]).await {
+                Ok(0) | Err(_) => return fail(&shared.failures.closed_early),
+                Ok(n) => have += n,
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let status: u64 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if status != 200 {
+            shared.failures.last_status.store(status, Ordering::Relaxed);
+            return fail(&shared.failures.status);
+        }
+        let chunked = head.contains("\r\ntransfer-encoding: chunked");
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(true);
+        }
+        let mut parser = SseParser::default();
+        let mut decoder = chunked.then_some(Chunked::Size { n: 0, ext: false });
+        let mut on_event = |event: &[u8], data: &[u8]| shared.on_event(event, data);
+        let mut start = head_end;
+        loop {
+            let bytes = &buf[start..have];
+            match &mut decoder {
+                Some(d) => d.feed(bytes, &mut |body| parser.feed(body, &mut on_event)),
+                None => parser.feed(bytes, &mut on_event),
+            }
+            if matches!(decoder, Some(Chunked::Done)) {
+                break;
+            }
+            start = 0;
+            have = match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+        }
+        shared.open.fetch_sub(1, Ordering::Relaxed);
+        true
     }
 
     /// One SSE connection: HTTP/1.1 GET, then every event through the
@@ -1786,7 +2138,7 @@ mod client {
         loop {
             tokio::select! {
                 ev = events.next() => match ev {
-                    Some(Ok(ev)) => shared.on_event(&ev),
+                    Some(Ok(ev)) => shared.on_event(ev.event.as_bytes(), ev.data.as_bytes()),
                     _ => break,
                 },
                 _ = &mut conn => break,
@@ -1799,6 +2151,7 @@ mod client {
     pub(super) async fn run(args: &[String]) {
         let mut addrs: Vec<SocketAddr> = Vec::new();
         let mut latency = false;
+        let mut lean = true;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
@@ -1809,6 +2162,7 @@ mod client {
                         .unwrap_or_default()
                 }
                 "--latency" => latency = true,
+                "--parser" => lean = it.next().is_none_or(|p| p != "eventsource-stream"),
                 _ => {}
             }
         }
@@ -1835,7 +2189,11 @@ mod client {
                             break;
                         };
                         let shared = shared.clone();
-                        conns.push(tokio::spawn(connection(addr, path, shared, tx)));
+                        conns.push(if lean {
+                            tokio::spawn(lean_connection(addr, path, shared, tx))
+                        } else {
+                            tokio::spawn(connection(addr, path, shared, tx))
+                        });
                         waits.push(tokio::spawn(async move {
                             let ok = tokio::time::timeout(Duration::from_secs(30), rx)
                                 .await
@@ -1869,6 +2227,11 @@ mod client {
                         "events": shared.events.load(Ordering::Relaxed),
                         "stray": shared.stray.load(Ordering::Relaxed),
                         "last_ns": shared.last_ns.load(Ordering::Relaxed),
+                        "failed_connect": shared.failures.connect.load(Ordering::Relaxed),
+                        "failed_status": shared.failures.status.load(Ordering::Relaxed),
+                        "last_bad_status": shared.failures.last_status.load(Ordering::Relaxed),
+                        "failed_closed_early": shared.failures.closed_early.load(Ordering::Relaxed),
+                        "retries": shared.failures.retries.load(Ordering::Relaxed),
                     });
                     if let Some(lat) = &shared.latency {
                         let mut sorted = lat.lock().map(|l| l.clone()).unwrap_or_default();
