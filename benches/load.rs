@@ -1844,6 +1844,23 @@ mod client {
         retries: AtomicU64,
     }
 
+    /// Counts an open stream until dropped, also when its task is aborted
+    /// (`close N`).
+    struct OpenGuard<'a>(&'a AtomicU64);
+
+    impl<'a> OpenGuard<'a> {
+        fn new(open: &'a AtomicU64) -> Self {
+            open.fetch_add(1, Ordering::Relaxed);
+            OpenGuard(open)
+        }
+    }
+
+    impl Drop for OpenGuard<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Attempts per connection (the first and the retries).
     const CONNECT_ATTEMPTS: usize = 5;
 
@@ -2069,7 +2086,7 @@ mod client {
             return fail(&shared.failures.status);
         }
         let chunked = head.contains("\r\ntransfer-encoding: chunked");
-        shared.open.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenGuard::new(&shared.open);
         if let Some(ready) = ready.take() {
             let _ = ready.send(true);
         }
@@ -2092,7 +2109,6 @@ mod client {
                 Ok(n) => n,
             };
         }
-        shared.open.fetch_sub(1, Ordering::Relaxed);
         true
     }
 
@@ -2132,7 +2148,7 @@ mod client {
             let _ = ready.send(false);
             return;
         };
-        shared.open.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenGuard::new(&shared.open);
         let _ = ready.send(true);
         let mut events = resp.into_body().into_data_stream().eventsource();
         loop {
@@ -2145,7 +2161,6 @@ mod client {
             }
         }
         drop(sender);
-        shared.open.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(super) async fn run(args: &[String]) {
