@@ -77,6 +77,12 @@ const DATA_SIZE: usize = 100;
 /// `--client-parser`: `lean` (default) or `eventsource-stream`.
 static CLIENT_PARSER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// Longest an HTTP call of the harness (publish, `/stats`) may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to answer a command (`open 1000` included:
+/// each connection gives up after 30 s).
+const CLIENT_REPLY_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// Alternating slices per variant in a latency measurement.
 const LAT_SLICES: u64 = 5;
 
@@ -673,9 +679,15 @@ impl Http {
             .header(hyper::header::HOST, self.addr.to_string())
             .body(Full::new(body))
             .ok()?;
-        let resp = sender.send_request(req).await.ok()?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        // Bounded: a server that stops answering fails the call, it does
+        // not hang the run.
+        let exchange = async {
+            let resp = sender.send_request(req).await.ok()?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            Some((status, body))
+        };
+        let (status, body) = tokio::time::timeout(HTTP_TIMEOUT, exchange).await.ok()??;
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(sender);
         }
@@ -751,8 +763,8 @@ impl ClientProc {
         {
             return Value::Null;
         }
-        match self.stdout.next_line().await {
-            Ok(Some(reply)) => serde_json::from_str(&reply).unwrap_or(Value::Null),
+        match tokio::time::timeout(CLIENT_REPLY_TIMEOUT, self.stdout.next_line()).await {
+            Ok(Ok(Some(reply))) => serde_json::from_str(&reply).unwrap_or(Value::Null),
             _ => Value::Null,
         }
     }
@@ -1268,6 +1280,7 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
         };
         let mut rows = Vec::new();
         let mut seq = 0u64;
+        let mut reopened = 0u64;
         for &rate in &opts.rates {
             let slice = (rate as f64 * opts.lat_secs / LAT_SLICES as f64) as u64;
             let count = slice * LAT_SLICES;
@@ -1308,6 +1321,15 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
                 seq += warm;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
+            // A stream the node closed (a full queue under the default
+            // `OverflowPolicy::Close`) is reopened, and counted.
+            if client.stats().await.0.open == 0 {
+                reopened += 1;
+                client.open(1, "/events?topic=lat").await;
+            }
+            let closed0 = a.publish.get_json("/stats").await["overflow_closed"]
+                .as_u64()
+                .unwrap_or(0);
             client.cmd("reset").await;
             for list in [&samples, &acks] {
                 if let Ok(mut s) = list.lock() {
@@ -1356,6 +1378,12 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
             let mut ack_sorted = acks.lock().map(|s| s.clone()).unwrap_or_default();
             ack_sorted.sort_unstable();
             ours["publish_call"] = lat_summary(&ack_sorted);
+            ours["overflow_closed"] = json!(a.publish.get_json("/stats").await["overflow_closed"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(closed0));
+            ours["stream_open_at_end"] = json!(client.stats().await.0.open);
+            ours["streams_reopened_so_far"] = json!(reopened);
             let mut raw_row = Value::Null;
             if raw_fire.is_some() {
                 let deadline = Instant::now() + Duration::from_secs(5);
@@ -1644,16 +1672,12 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
-fn print_tables(doc: &Value, opts: &Options) {
-    let targets: Vec<&String> = opts
-        .targets
-        .iter()
-        .filter(|t| doc.get(t.as_str()).is_some())
-        .collect();
+/// The idle-memory, fan-out and ratio tables.
+fn print_single_node(doc: &Value, targets: &[&String]) {
     println!("\n## Idle memory (server RSS, whole process tree)\n");
     println!("| target | N | RSS before KiB | RSS after KiB | bytes/conn | client bytes/conn |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for t in &targets {
+    for t in targets {
         let v = &doc[t.as_str()];
         if let Some(err) = v.get("absent") {
             println!("| {t} | absent: {} | | | | |", err.as_str().unwrap_or(""));
@@ -1679,7 +1703,7 @@ fn print_tables(doc: &Value, opts: &Options) {
         let b = v["bursts"].as_array().cloned().unwrap_or_default();
         b.iter().map(|r| per(r, key)).sum::<f64>() / b.len().max(1) as f64
     };
-    for t in &targets {
+    for t in targets {
         let v = &doc[t.as_str()]["fanout"];
         if v.is_null() {
             continue;
@@ -1732,18 +1756,31 @@ fn print_tables(doc: &Value, opts: &Options) {
             );
         }
     }
+}
+
+fn print_tables(doc: &Value, opts: &Options) {
+    let targets: Vec<&String> = opts
+        .targets
+        .iter()
+        .filter(|t| doc.get(t.as_str()).is_some())
+        .collect();
+    if !targets.is_empty() {
+        print_single_node(doc, &targets);
+    }
     if let Some(lat) = doc.get("latency") {
         println!("\n## Cross-node latency (publish on B over HTTP → SSE client on A), ms\n");
-        println!("| broker | rate/s | ours p50 | p90 | p99 | max | lost | raw p50 | p90 | p99 | max | lost | p99 ours − raw |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| broker | rate/s | ours p50 | p90 | p99 | max | lost | raw p50 | p90 | p99 | max | lost | p99 ours − raw | B's publish call p50 / p99 |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for broker in ["redis", "nats"] {
             for row in lat[broker].as_array().into_iter().flatten() {
                 let (o, r) = (&row["ours"], &row["raw"]);
                 println!(
-                    "| {broker} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:+.3} |",
+                    "| {broker} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:+.3} | {:.3} / {:.3} |",
                     row["rate"], f(&o["p50_ms"]), f(&o["p90_ms"]), f(&o["p99_ms"]), f(&o["max_ms"]), o["lost"],
                     f(&r["p50_ms"]), f(&r["p90_ms"]), f(&r["p99_ms"]), f(&r["max_ms"]), r["lost"],
-                    f(&o["p99_ms"]) - f(&r["p99_ms"])
+                    f(&o["p99_ms"]) - f(&r["p99_ms"]),
+                    f(&o["publish_call"]["p50_ms"]),
+                    f(&o["publish_call"]["p99_ms"])
                 );
             }
         }
