@@ -934,24 +934,6 @@ async fn single_node(target: &str, opts: &Options, report: &mut BTreeMap<String,
         }
         out["idle"] = Value::Array(rows);
     }
-    if opts.parts.iter().any(|p| p == "fanout") {
-        let open = client.stats().await.0.open as usize;
-        if open > opts.fanout_conns {
-            client
-                .cmd(&format!("close {}", open - opts.fanout_conns))
-                .await;
-        } else {
-            open_many(
-                &mut client,
-                opts.fanout_conns - open,
-                path,
-                &format!("{target} fan-out"),
-            )
-            .await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        out["fanout"] = fanout(&server, &mut client, opts).await;
-    }
     client.quit().await;
     server.stop().await;
     report.insert(target.into(), out);
@@ -1014,81 +996,82 @@ async fn fanout_run(
         "server_cpu_secs": cpu_s, "client_cpu_secs": cpu_c})
 }
 
-async fn fanout(server: &Server, client: &mut ClientProc, opts: &Options) -> Value {
-    let name = server.name.clone();
+/// The fan-out part: every target up at once with `fanout_conns`
+/// connections from its own client, then rounds in which each target in
+/// turn gets one single publish, one sequential run and one burst (the
+/// order rotating every round), so that the neighbours' load hits every
+/// target alike. Medians over the rounds.
+async fn fanout_all(opts: &Options, report: &mut BTreeMap<String, Value>) {
+    let mut live: Vec<(Server, ClientProc)> = Vec::new();
+    for target in &opts.targets {
+        match start_target(target, opts).await {
+            Ok(server) => {
+                let mut client = ClientProc::spawn(&[server.addr], false).await;
+                let label = format!("{target} fan-out");
+                open_many(&mut client, opts.fanout_conns, events_path(target), &label).await;
+                live.push((server, client));
+            }
+            Err(err) => {
+                say(&format!("{target}: fan-out skipped: {err}"));
+                report.entry(target.clone()).or_insert_with(|| json!({}))["absent"] = json!(err);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rounds = opts.bursts.max(1);
+    let mut runs: Vec<[Vec<Value>; 3]> = (0..live.len()).map(|_| Default::default()).collect();
     let mut seq = 0u64;
-    // One publish to every connection (median of 5).
-    let mut singles = Vec::new();
-    for _ in 0..5 {
-        singles.push(
-            fanout_run(
-                server,
-                client,
-                1,
-                false,
-                seq,
-                &format!("{name} fan-out single"),
-            )
-            .await,
-        );
-        seq += 1;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    for round in 0..rounds {
+        for k in 0..live.len() {
+            let i = (k + round) % live.len();
+            let (server, client) = &mut live[i];
+            let name = format!("{} round {}/{rounds}", server.name, round + 1);
+            for (kind, publishes, concurrent) in [
+                (0, 1, false),
+                (1, opts.fanout_events, false),
+                (2, opts.burst, true),
+            ] {
+                let label = format!("{name} {}", ["single", "sequential", "burst"][kind]);
+                runs[i][kind]
+                    .push(fanout_run(server, client, publishes, concurrent, seq, &label).await);
+                seq += publishes as u64;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
     }
-    let mut single_ms: Vec<f64> = singles
-        .iter()
-        .map(|v| v["secs"].as_f64().unwrap_or(0.0) * 1e3)
-        .collect();
-    single_ms.sort_by(f64::total_cmp);
-    let sequential = fanout_run(
-        server,
-        client,
-        opts.fanout_events,
-        false,
-        seq,
-        &format!("{name} fan-out sequential"),
-    )
-    .await;
-    seq += opts.fanout_events as u64;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut bursts = Vec::new();
-    for b in 0..opts.bursts {
-        bursts.push(
-            fanout_run(
-                server,
-                client,
-                opts.burst,
-                true,
-                seq,
-                &format!("{name} fan-out burst {}", b + 1),
-            )
-            .await,
-        );
-        seq += opts.burst as u64;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    for ((server, client), [singles, sequentials, bursts]) in live.into_iter().zip(runs) {
+        let rate = |v: &Value| v["deliveries_per_sec"].as_f64().unwrap_or(0.0);
+        let mut single_ms: Vec<f64> = singles
+            .iter()
+            .map(|v| v["secs"].as_f64().unwrap_or(0.0) * 1e3)
+            .collect();
+        single_ms.sort_by(f64::total_cmp);
+        let mut by_rate = sequentials.clone();
+        by_rate.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+        let sequential = by_rate
+            .get(by_rate.len() / 2)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let mut burst_rates: Vec<f64> = bursts.iter().map(rate).collect();
+        burst_rates.sort_by(f64::total_cmp);
+        let median_burst = burst_rates
+            .get(burst_rates.len() / 2)
+            .copied()
+            .unwrap_or(0.0);
+        let single_median = single_ms.get(single_ms.len() / 2).copied().unwrap_or(0.0);
+        say(&format!(
+            "{}: fan-out to {} connections, medians of {rounds} rounds: single publish {single_median:.1} ms; {} sequential publishes {:.0} deliveries/s; bursts of {} {median_burst:.0} deliveries/s",
+            server.name, sequential["connections"], opts.fanout_events, rate(&sequential), opts.burst
+        ));
+        report
+            .entry(server.name.clone())
+            .or_insert_with(|| json!({}))["fanout"] = json!({
+            "rounds": rounds, "single_ms_median": single_median, "single": singles,
+            "sequential": sequential, "sequential_runs": sequentials,
+            "bursts": bursts, "burst_deliveries_per_sec_median": median_burst});
+        client.quit().await;
+        server.stop().await;
     }
-    let mut burst_rates: Vec<f64> = bursts
-        .iter()
-        .map(|v| v["deliveries_per_sec"].as_f64().unwrap_or(0.0))
-        .collect();
-    burst_rates.sort_by(f64::total_cmp);
-    let median_burst = burst_rates
-        .get(burst_rates.len() / 2)
-        .copied()
-        .unwrap_or(0.0);
-    say(&format!(
-        "{name}: fan-out to {} connections: single publish {:.1} ms (median of 5); {} sequential publishes {:.0} deliveries/s (server CPU {:.2} s, client CPU {:.2} s, lost {}); bursts of {}: median {:.0} deliveries/s",
-        sequential["connections"],
-        single_ms[single_ms.len() / 2],
-        opts.fanout_events,
-        sequential["deliveries_per_sec"].as_f64().unwrap_or(0.0),
-        sequential["server_cpu_secs"].as_f64().unwrap_or(0.0),
-        sequential["client_cpu_secs"].as_f64().unwrap_or(0.0),
-        sequential["lost"],
-        opts.burst,
-        median_burst
-    ));
-    json!({"single_ms_median": single_ms[single_ms.len() / 2], "single": singles,
-        "sequential": sequential, "bursts": bursts, "burst_deliveries_per_sec_median": median_burst})
 }
 
 // ---------------------------------------------------------------------------
@@ -1636,11 +1619,15 @@ async fn run(opts: Options, nofile: u64) {
     let mut report: BTreeMap<String, Value> = BTreeMap::new();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     report.insert("loadavg_start".into(), json!(load_before.trim()));
-    if opts.parts.iter().any(|p| p == "idle" || p == "fanout") {
+    if opts.parts.iter().any(|p| p == "idle") {
         for target in &opts.targets {
-            say(&format!("── {target}"));
+            say(&format!("── {target}: idle memory"));
             single_node(target, &opts, &mut report).await;
         }
+    }
+    if opts.parts.iter().any(|p| p == "fanout") {
+        say("── fan-out, all targets up, interleaved rounds");
+        fanout_all(&opts, &mut report).await;
     }
     if opts.parts.iter().any(|p| p == "latency") {
         say("── cross-node latency");
