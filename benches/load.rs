@@ -30,10 +30,12 @@
 //! * **idle**: server RSS (`VmRSS` of the whole process tree) with no
 //!   client, then after 1k, 10k and 19k idle connections (this machine's
 //!   hard limit is 20 000 open files per process); bytes per connection.
-//! * **fanout** (at 10k connections): one publish to every connection;
-//!   publishes one at a time, each waiting for its response; bursts of
-//!   concurrent publishes. Time from the first publish call until every
-//!   client has every event, deliveries/s, CPU seconds of server and client.
+//! * **fanout** (at 10k connections): every target up at once, then 3
+//!   rounds in which each target in turn (the order rotating) gets one
+//!   publish to every connection, 100 publishes one at a time (each waiting
+//!   for its response) and a burst of 100 concurrent publishes. Time from
+//!   the first publish call until every client has every event,
+//!   deliveries/s, CPU of server and client per delivery; medians.
 //! * **latency**: demo nodes A and B on Redis and on NATS; publish on B over
 //!   HTTP at a fixed rate (open loop), receipt by an SSE client on A;
 //!   p50/p90/p99/max against the raw broker round trip (publish → subscriber
