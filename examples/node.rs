@@ -191,19 +191,65 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let hub = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);
-    let drain = hub.clone();
-    let app = common::router(hub).route(
+    let app = common::router(hub.clone()).route(
         "/metrics",
         axum::routing::get(move || {
             let text = prometheus.render();
             async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            common::termination().await;
-            drain.shutdown().await;
-        })
-        .await?;
+    serve(listener, hub, app).await
+}
+
+/// Serves the routes over HTTP/1.1 until SIGTERM/SIGINT, then drains.
+///
+/// Not `axum::serve`: per connection it rebuilds the router's route tables
+/// (`Router::with_state` in its `Service<IncomingStream>` impl, about 3.5 KiB
+/// per connection with these four routes) and, serving HTTP/1 and HTTP/2 on
+/// one port, hands hyper the protocol preface as a separate short read,
+/// which makes hyper grow its read buffer to 16 KiB. An SSE node holds tens
+/// of thousands of idle connections, so both show in its memory (see
+/// BENCHMARKS.md, idle memory). Here the router is built once and each
+/// connection is plain hyper HTTP/1.1.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    hub: Hub,
+    app: axum::Router,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+
+    let app = app.with_state(());
+    let http = hyper::server::conn::http1::Builder::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stop = common::termination();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let tcp = match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning.
+                        eprintln!("accept: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Events are small writes that must leave at once; Nagle
+                // would hold one back until the client acknowledges the
+                // previous one (a delayed ACK: up to 40 ms).
+                let _ = tcp.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let conn = http.serve_connection(TokioIo::new(tcp), service);
+                tokio::spawn(graceful.watch(conn));
+            }
+            _ = &mut stop => break,
+        }
+    }
+    hub.shutdown().await;
+    // Every stream has ended; what is left are requests in flight.
+    let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
     Ok(())
 }

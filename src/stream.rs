@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 
@@ -42,6 +42,12 @@ use crate::history::{Admit, Cursor, Held, Stamped};
 pub const GAP_EVENT: &str = "sse-cluster.gap";
 
 const KEEP_ALIVE_FRAME: &[u8] = b":\n\n";
+
+/// Most bytes the HTTP body joins into one chunk when several frames are
+/// queued (see `SseStream::poll_chunk`).
+const MAX_JOINED_BYTES: usize = 16 * 1024;
+/// Most frames joined into one chunk.
+const MAX_JOINED_FRAMES: usize = 64;
 
 /// What happens when a connection's queue is full because the client reads
 /// more slowly than events arrive.
@@ -553,7 +559,19 @@ impl Stream for SseStream {
     type Item = Bytes;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let this = self.get_mut();
+        self.get_mut().poll_chunk(cx, false)
+    }
+}
+
+impl SseStream {
+    /// The next frame; with `join`, also every frame queued right behind it
+    /// (up to [`MAX_JOINED_BYTES`] / [`MAX_JOINED_FRAMES`]) copied into one
+    /// chunk. The HTTP body joins: a client that fell behind by several
+    /// events then costs one chunk, one write and one socket send instead of
+    /// one per event, which is what a fan-out to many connections is made
+    /// of. The `Stream` keeps one frame per item, as documented.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, join: bool) -> Poll<Option<Bytes>> {
+        let this = self;
         if this.ended {
             return Poll::Ready(None);
         }
@@ -570,7 +588,28 @@ impl Stream for SseStream {
                         state.want_space = false;
                         this.shared.space.notify_one();
                     }
-                    Some(frame)
+                    if join && matches!(state.items.front(), Some(Item::Frame(_))) {
+                        let mut more = Vec::new();
+                        let mut len = frame.len();
+                        while let Some(Item::Frame(next)) = state.items.front() {
+                            if len + next.len() > MAX_JOINED_BYTES
+                                || more.len() + 1 >= MAX_JOINED_FRAMES
+                            {
+                                break;
+                            }
+                            len += next.len();
+                            if let Some(Item::Frame(next)) = state.items.pop_front() {
+                                state.frames -= 1;
+                                state.bytes -= next.len();
+                                more.push(next);
+                            }
+                        }
+                        drop(state);
+                        // Copied outside the lock, so senders never wait on it.
+                        Some(join_frames(frame, more, len))
+                    } else {
+                        Some(frame)
+                    }
                 }
                 Some(Item::Gap(n)) => Some(gap_frame(n)),
                 None if state.phase != Phase::Open => None,
@@ -595,6 +634,19 @@ impl Stream for SseStream {
             None => this.finish(),
         }
     }
+}
+
+/// `first` followed by `more`, in one buffer of `len` bytes.
+fn join_frames(first: Bytes, more: Vec<Bytes>, len: usize) -> Bytes {
+    if more.is_empty() {
+        return first;
+    }
+    let mut buf = BytesMut::with_capacity(len);
+    buf.extend_from_slice(&first);
+    for frame in &more {
+        buf.extend_from_slice(frame);
+    }
+    buf.freeze()
 }
 
 impl SseStream {
@@ -637,7 +689,8 @@ impl http_body::Body for SseStream {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        self.poll_next(cx)
+        self.get_mut()
+            .poll_chunk(cx, true)
             .map(|f| f.map(|b| Ok(http_body::Frame::data(b))))
     }
 
@@ -731,6 +784,28 @@ mod tests {
         drop(rx);
         assert!(flag.load(std::sync::atomic::Ordering::SeqCst));
         assert_eq!(tx.send(Bytes::new()), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn body_joins_queued_frames_the_stream_does_not() {
+        use http_body_util::BodyExt;
+        let (tx, mut rx) = channel(&cfg());
+        for frame in [&b"data: 1\n\n"[..], b"data: 2\n\n"] {
+            tx.send(Bytes::from_static(frame)).unwrap();
+        }
+        assert_eq!(&rx.next().await.unwrap()[..], b"data: 1\n\n");
+        tx.send(Bytes::from_static(b"data: 3\n\n")).unwrap();
+        let chunk = rx.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&chunk[..], b"data: 2\n\ndata: 3\n\n");
+
+        // Bounded in bytes: two 10 KiB frames stay two chunks.
+        let big = Bytes::from(vec![b'x'; 10 * 1024]);
+        tx.send(big.clone()).unwrap();
+        tx.send(big.clone()).unwrap();
+        for _ in 0..2 {
+            let chunk = rx.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(chunk, big);
+        }
     }
 
     #[tokio::test(start_paused = true)]
