@@ -12,8 +12,8 @@ use std::time::Duration;
 use sse_cluster::broker::memory::MemoryBus;
 use sse_cluster::history::memory::MemoryHistory;
 use sse_cluster::history::Retention;
-use sse_cluster::{BrokerStatus, Hub, StreamConfig};
-use support::resume::{self, open, publish, read_n};
+use sse_cluster::{BrokerStatus, StreamConfig};
+use support::resume::{self, history_node, open, publish, read_n};
 use support::{Node, WAIT};
 
 /// `n` hubs on one memory bus sharing one memory history.
@@ -25,15 +25,8 @@ async fn memory_nodes(
     let history = Arc::new(MemoryHistory::new(&bus, retention));
     let mut nodes = Vec::new();
     for i in 0..n {
-        let hub = Hub::builder()
-            .node_id(format!("m{i}"))
-            .broker(bus.broker())
-            .history(history.clone())
-            .stream_config(StreamConfig::default().keep_alive(None))
-            .build()
-            .await
-            .expect("hub");
-        nodes.push(Node::serve(hub).await);
+        let (broker, store) = (bus.broker(), history.clone());
+        nodes.push(history_node(format!("m{i}"), broker, store, StreamConfig::default()).await);
     }
     (bus, history, nodes)
 }
@@ -76,19 +69,8 @@ async fn replay_larger_than_the_queue_waits_for_the_client() {
     let history = Arc::new(MemoryHistory::new(&bus, Retention::default()));
     let mut nodes = Vec::new();
     for i in 0..2 {
-        let hub = Hub::builder()
-            .node_id(format!("q{i}"))
-            .broker(bus.broker())
-            .history(history.clone())
-            .stream_config(
-                StreamConfig::default()
-                    .keep_alive(None)
-                    .queue_limits(16, 1 << 20),
-            )
-            .build()
-            .await
-            .expect("hub");
-        nodes.push(Node::serve(hub).await);
+        let small = StreamConfig::default().queue_limits(16, 1 << 20);
+        nodes.push(history_node(format!("q{i}"), bus.broker(), history.clone(), small).await);
     }
     resume::replays_missed_events_on_another_node(&nodes, 200).await;
 }
@@ -101,16 +83,15 @@ async fn memory_bus_outage_is_healed_by_replay() {
     let history = Arc::new(MemoryHistory::new(&bus, Retention::default()));
     let broker_a = bus.broker();
     let mut nodes = Vec::new();
-    for (i, broker) in [broker_a.clone(), bus.broker()].into_iter().enumerate() {
-        let hub = Hub::builder()
-            .node_id(format!("o{i}"))
-            .broker(broker)
-            .history(history.clone())
-            .stream_config(StreamConfig::default().keep_alive(None))
-            .build()
-            .await
-            .expect("hub");
-        nodes.push(Node::serve(hub).await);
+    for (i, broker) in [
+        broker_a.clone() as Arc<dyn sse_cluster::Broker>,
+        bus.broker(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let config = StreamConfig::default();
+        nodes.push(history_node(format!("o{i}"), broker, history.clone(), config).await);
     }
     let mut client = open(&nodes[0], resume::FOLLOW, None).await;
     publish(&nodes[1], "topic=a", "a:0").await;
@@ -140,7 +121,22 @@ async fn memory_bus_outage_is_healed_by_replay() {
     client.expect_quiet().await;
     assert!(nodes[0].hub.stats().replays >= 1);
     assert_eq!(nodes[0].hub.stats().gap_events, 0);
-    let _ = Duration::ZERO;
+}
+
+/// Age-based retention: an event missed while away that aged out of the
+/// window means a reset, not a partial replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_reset_when_missed_events_aged_out() {
+    let retention = Retention::default().max_age(Some(Duration::from_millis(200)));
+    let (_bus, _h, nodes) = memory_nodes(2, retention).await;
+    let mut client = open(&nodes[0], resume::FOLLOW, None).await;
+    publish(&nodes[0], "topic=a", "a:0").await;
+    let last_id = read_n(&mut client, 1).await[0].id.clone();
+    drop(client);
+    publish(&nodes[1], "topic=a", "a:1").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    publish(&nodes[1], "topic=a", "a:2").await;
+    resume::expect_reset(&nodes[1], &last_id, "expired").await;
 }
 
 #[cfg(feature = "redis")]
@@ -151,32 +147,31 @@ mod redis_store {
     use sse_cluster::history::redis::RedisHistory;
     use support::redis_server::{machine_redis, resp_command, unique_prefix, MACHINE_REDIS};
 
-    /// `n` hubs, each with its own Redis broker and history (own
-    /// connections), on one prefix.
-    async fn redis_nodes(
+    /// Runs `scenario` on `n` hubs, each with its own Redis broker and
+    /// history (own connections) on one fresh prefix, then deletes the
+    /// scenario's keys.
+    async fn on_redis(
         test: &str,
         n: usize,
         retention: Retention,
-    ) -> Option<(String, Vec<Node>, Arc<RedisHistory>)> {
-        let url = machine_redis(test)?;
+        scenario: impl AsyncFnOnce(&[Node], Arc<RedisHistory>),
+    ) {
+        let Some(url) = machine_redis(test) else {
+            return;
+        };
         let prefix = unique_prefix(test);
         let mut nodes = Vec::new();
-        let mut last = None;
+        let mut histories = Vec::new();
         for i in 0..n {
             let broker = RedisBroker::new(RedisConfig::new(&url).prefix(&prefix)).expect("broker");
             let history = Arc::new(RedisHistory::new(broker.clone(), retention));
-            let hub = Hub::builder()
-                .node_id(format!("r{i}"))
-                .broker(broker)
-                .history(history.clone())
-                .stream_config(StreamConfig::default().keep_alive(None))
-                .build()
-                .await
-                .expect("hub");
-            nodes.push(Node::serve(hub).await);
-            last = Some(history);
+            let config = StreamConfig::default();
+            nodes.push(history_node(format!("r{i}"), broker, history.clone(), config).await);
+            histories.push(history);
         }
-        Some((prefix, nodes, last?))
+        let history = histories.pop().expect("a node");
+        scenario(&nodes, history.clone()).await;
+        delete_keys(&history);
     }
 
     /// Deletes the keys of the scenario's channels.
@@ -198,71 +193,47 @@ mod redis_store {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_replays_missed_events_on_another_node() {
         let test = "redis_replays_missed_events_on_another_node";
-        let Some((_p, nodes, history)) = redis_nodes(test, 3, Retention::default()).await else {
-            return;
-        };
-        resume::replays_missed_events_on_another_node(&nodes, 50).await;
-        delete_keys(&history);
+        on_redis(test, 3, Retention::default(), async |nodes, _| {
+            resume::replays_missed_events_on_another_node(nodes, 50).await
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_seam_race_loses_and_repeats_nothing() {
         let test = "redis_seam_race_loses_and_repeats_nothing";
-        let Some((_p, nodes, history)) =
-            redis_nodes(test, 3, Retention::default().max_len(100_000)).await
-        else {
-            return;
-        };
-        resume::seam_race(&nodes, 1000).await;
-        delete_keys(&history);
+        let retention = Retention::default().max_len(100_000);
+        on_redis(test, 3, retention, async |nodes, _| {
+            resume::seam_race(nodes, 1000).await
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_reset_beyond_the_window() {
         let test = "redis_reset_beyond_the_window";
-        let Some((_p, nodes, history)) =
-            redis_nodes(test, 2, Retention::default().max_len(5)).await
-        else {
-            return;
-        };
-        resume::reset_beyond_window(&nodes, 5).await;
-        delete_keys(&history);
+        let retention = Retention::default().max_len(5);
+        on_redis(test, 2, retention, async |nodes, _| {
+            resume::reset_beyond_window(nodes, 5).await
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_reset_after_the_keys_are_flushed() {
         let test = "redis_reset_after_the_keys_are_flushed";
-        let Some((_p, nodes, history)) = redis_nodes(test, 2, Retention::default()).await else {
-            return;
-        };
-        let wiper = history.clone();
-        resume::reset_after_wipe(&nodes, || async move { delete_keys(&wiper) }).await;
-        delete_keys(&history);
+        on_redis(test, 2, Retention::default(), async |nodes, history| {
+            resume::reset_after_wipe(nodes, || async move { delete_keys(&history) }).await
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_reset_on_garbage_ids() {
         let test = "redis_reset_on_garbage_ids";
-        let Some((_p, nodes, history)) = redis_nodes(test, 1, Retention::default()).await else {
-            return;
-        };
-        resume::reset_on_garbage_ids(&nodes).await;
-        delete_keys(&history);
+        on_redis(test, 1, Retention::default(), async |nodes, _| {
+            resume::reset_on_garbage_ids(nodes).await
+        })
+        .await;
     }
-}
-
-/// Age-based retention: an event missed while away that aged out of the
-/// window means a reset, not a partial replay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_reset_when_missed_events_aged_out() {
-    let retention = Retention::default().max_age(Some(Duration::from_millis(200)));
-    let (_bus, _h, nodes) = memory_nodes(2, retention).await;
-    let mut client = open(&nodes[0], resume::FOLLOW, None).await;
-    publish(&nodes[0], "topic=a", "a:0").await;
-    let last_id = read_n(&mut client, 1).await[0].id.clone();
-    drop(client);
-    publish(&nodes[1], "topic=a", "a:1").await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    publish(&nodes[1], "topic=a", "a:2").await;
-    resume::expect_reset(&nodes[1], &last_id, "expired").await;
 }

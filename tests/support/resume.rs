@@ -9,7 +9,31 @@ use std::time::{Duration, Instant};
 use eventsource_stream::Event as SseEvent;
 use hyper::StatusCode;
 
+use std::sync::Arc;
+
+use sse_cluster::history::History;
+use sse_cluster::{Broker, Hub, StreamConfig};
+
 use super::{post, Node, SseClient, WAIT};
+
+/// A hub `id` on `broker` keeping history in `history`, with `stream`
+/// settings (keep-alive off), served over TCP.
+pub async fn history_node(
+    id: String,
+    broker: Arc<dyn Broker>,
+    history: Arc<dyn History>,
+    stream: StreamConfig,
+) -> Node {
+    let hub = Hub::builder()
+        .node_id(id)
+        .broker(broker)
+        .history(history)
+        .stream_config(stream.keep_alive(None))
+        .build()
+        .await
+        .expect("hub");
+    Node::serve(hub).await
+}
 
 /// The reset event's name.
 pub const RESET: &str = "sse-cluster.reset";
