@@ -88,6 +88,23 @@ struct Variant {
     samples: Vec<u64>,
 }
 
+impl Variant {
+    /// `hub` with one connection following the bench topic.
+    async fn new(name: &'static str, hub: Hub) -> Self {
+        let stream = hub
+            .connect(Subscription::new().topic("bench"))
+            .await
+            .expect("connect")
+            .into_stream();
+        Variant {
+            name,
+            hub,
+            stream,
+            samples: Vec::new(),
+        }
+    }
+}
+
 /// Alternating blocks of `block` awaited publishes on each variant.
 async fn publish_latency(variants: &mut [Variant], total: u64, block: u64) {
     let data = common::payload(0, 0, 100);
@@ -207,17 +224,7 @@ async fn main() {
             )) as _
         });
         let hub = hub(name.split(',').next().unwrap_or("m"), bus.broker(), history).await;
-        let stream = hub
-            .connect(Subscription::new().topic("bench"))
-            .await
-            .expect("connect")
-            .into_stream();
-        variants.push(Variant {
-            name,
-            hub,
-            stream,
-            samples: Vec::new(),
-        });
+        variants.push(Variant::new(name, hub).await);
     }
     publish_latency(&mut variants, total, 500).await;
     report(
@@ -280,17 +287,7 @@ async fn redis_benches(total: u64) {
         };
         let id = if with_history { "r-on" } else { "r-off" };
         let hub = hub(id, broker, history).await;
-        let stream = hub
-            .connect(Subscription::new().topic("bench"))
-            .await
-            .expect("connect")
-            .into_stream();
-        variants.push(Variant {
-            name,
-            hub,
-            stream,
-            samples: Vec::new(),
-        });
+        variants.push(Variant::new(name, hub).await);
     }
     publish_latency(&mut variants, total, 500).await;
     report(
@@ -363,20 +360,7 @@ async fn nats_benches(total: u64, replay_n: u64) {
             store.ensure_stream().await.expect("stream");
             streams.push(store.stream_name().to_owned());
         }
-        let stream = hub
-            .connect(Subscription::new().topic("bench"))
-            .await
-            .expect("connect")
-            .into_stream();
-        variants.push((
-            Variant {
-                name,
-                hub,
-                stream,
-                samples: Vec::new(),
-            },
-            store,
-        ));
+        variants.push((Variant::new(name, hub).await, store));
     }
     let (mut list, stores): (Vec<Variant>, Vec<_>) = variants.into_iter().unzip();
     publish_latency(&mut list, total, 500).await;
