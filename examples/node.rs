@@ -203,14 +203,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Serves the routes over HTTP/1.1 until SIGTERM/SIGINT, then drains.
 ///
-/// Not `axum::serve`: per connection it rebuilds the router's route tables
-/// (`Router::with_state` in its `Service<IncomingStream>` impl, about 3.5 KiB
-/// per connection with these four routes) and, serving HTTP/1 and HTTP/2 on
-/// one port, hands hyper the protocol preface as a separate short read,
-/// which makes hyper grow its read buffer to 16 KiB. An SSE node holds tens
-/// of thousands of idle connections, so both show in its memory (see
-/// BENCHMARKS.md, idle memory). Here the router is built once and each
-/// connection is plain hyper HTTP/1.1.
+/// `GET /events` is answered by the crate's small SSE driver
+/// (`adapters::http1`): it streams without hyper's two 8 KiB connection
+/// buffers, which were most of an idle SSE connection's memory (see
+/// BENCHMARKS.md, idle memory). Every other request goes to hyper with the
+/// router built once (not `axum::serve`, which rebuilds the route tables per
+/// connection and, detecting HTTP/2, grows hyper's read buffer to 16 KiB).
 async fn serve(
     listener: tokio::net::TcpListener,
     hub: Hub,
@@ -218,6 +216,8 @@ async fn serve(
 ) -> Result<(), Box<dyn std::error::Error>> {
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
+    use sse_cluster::adapters::http1::{serve_sse, Served};
+    use tower::ServiceExt;
 
     let app = app.with_state(());
     let http = hyper::server::conn::http1::Builder::new();
@@ -241,9 +241,26 @@ async fn serve(
                 // would hold one back until the client acknowledges the
                 // previous one (a delayed ACK: up to 40 ms).
                 let _ = tcp.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let conn = http.serve_connection(TokioIo::new(tcp), service);
-                tokio::spawn(graceful.watch(conn));
+                let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let router = app.clone();
+                    let served = serve_sse(
+                        tcp,
+                        |head| head.method == http::Method::GET && head.uri.path() == "/events",
+                        |req| async move {
+                            let req = req.map(|()| axum::body::Body::empty());
+                            match router.oneshot(req).await {
+                                Ok(response) => response,
+                                Err(never) => match never {},
+                            }
+                        },
+                    )
+                    .await;
+                    if let Ok(Served::Other(io)) = served {
+                        let service = TowerToHyperService::new(app);
+                        let _ = watcher.watch(http.serve_connection(TokioIo::new(io), service)).await;
+                    }
+                });
             }
             _ = &mut stop => break,
         }

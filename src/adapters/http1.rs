@@ -1,0 +1,360 @@
+//! A small HTTP/1.1 driver for SSE requests, in front of your HTTP server.
+//!
+//! An idle SSE connection served by hyper keeps hyper's connection buffers
+//! (a read buffer and a write buffer of 8 KiB each, the least hyper 1
+//! allows) for as long as the stream is open: most of its memory. An SSE
+//! node holds tens of thousands of such connections. [`serve_sse`] reads the
+//! request head itself (a buffer that is freed before streaming starts),
+//! lets your code build the response, and writes the stream with chunked
+//! encoding straight to the socket; the connection then costs the stream and
+//! the socket, about 2 KiB. Any other request is handed back, with the bytes
+//! already read put back in front ([`Rewind`]), for hyper or axum to serve as
+//! usual.
+//!
+//! ```no_run
+//! use http_body_util::{Either, Full};
+//! use sse_cluster::adapters::http1::{serve_sse, Served};
+//! use sse_cluster::{Hub, Subscription};
+//!
+//! # async fn demo(listener: tokio::net::TcpListener, hub: Hub) -> std::io::Result<()> {
+//! let (tcp, _) = listener.accept().await?;
+//! let is_sse = |head: &http::request::Parts| head.uri.path() == "/events";
+//! let respond = |req: http::Request<()>| async move {
+//!     let (head, ()) = req.into_parts();
+//!     match hub.connect_request(&head, Subscription::new().topic("news")).await {
+//!         Ok(conn) => conn.into_http_response().map(Either::Left),
+//!         Err(err) => {
+//!             let mut refused = http::Response::new(Either::Right(Full::from(err.to_string())));
+//!             *refused.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+//!             refused
+//!         }
+//!     }
+//! };
+//! match serve_sse(tcp, is_sse, respond).await? {
+//!     Served::Done => {}
+//!     // Any other request: serve `io` with hyper or axum as usual, e.g.
+//!     // `http1::Builder::new().serve_connection(TokioIo::new(io), service)`.
+//!     Served::Other(io) => drop(io),
+//!     _ => {}
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Longest request head read, in bytes; a longer one is handed back to
+/// your server (which answers it as it sees fit).
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Most headers parsed in a request head.
+const MAX_HEADERS: usize = 64;
+
+/// Largest non-SSE response body (an error, say) this driver writes.
+const MAX_PLAIN_BODY: usize = 1 << 20;
+
+/// What [`serve_sse`] did with a connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Served<T> {
+    /// The request was an SSE request: it was answered and the connection
+    /// is finished (the stream ended, or the client left).
+    Done,
+    /// Not an SSE request (or not a head this driver reads): the
+    /// connection, with the bytes already read put back in front, for your
+    /// HTTP server.
+    Other(Rewind<T>),
+}
+
+/// An IO whose first reads return bytes already read from it.
+pub struct Rewind<T> {
+    prefix: Bytes,
+    io: T,
+}
+
+impl<T> fmt::Debug for Rewind<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rewind")
+            .field("prefix", &self.prefix.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Rewind<T> {
+    /// `io`, whose first reads return `prefix`.
+    pub fn new(prefix: Bytes, io: T) -> Self {
+        Self { prefix, io }
+    }
+
+    /// The IO (any bytes of the prefix not read yet are lost).
+    pub fn into_inner(self) -> T {
+        self.io
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Reads one request head from `io`. If `is_sse` accepts it, answers it
+/// with the response `respond` builds: an SSE response (status 200,
+/// `content-type: text/event-stream`) is streamed with chunked encoding
+/// until its body ends or the client leaves; any other response is written
+/// whole with `connection: close`. Otherwise hands the connection back.
+///
+/// Never answers more than one request on a connection: a browser opens a
+/// connection per `EventSource` anyway.
+pub async fn serve_sse<T, S, F, Fut, B>(mut io: T, is_sse: S, respond: F) -> io::Result<Served<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: FnOnce(&http::request::Parts) -> bool,
+    F: FnOnce(http::Request<()>) -> Fut,
+    Fut: Future<Output = http::Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    let mut head = Vec::with_capacity(1024);
+    let parts = loop {
+        match parse_head(&head) {
+            Head::Complete(parts) => break parts,
+            Head::Invalid => return Ok(Served::Other(Rewind::new(head.into(), io))),
+            Head::Partial if head.len() >= MAX_HEAD => {
+                return Ok(Served::Other(Rewind::new(head.into(), io)));
+            }
+            Head::Partial => {}
+        }
+        if read_more(&mut io, &mut head).await? == 0 {
+            return Ok(Served::Other(Rewind::new(head.into(), io)));
+        }
+    };
+    if !is_sse(&parts) {
+        return Ok(Served::Other(Rewind::new(head.into(), io)));
+    }
+    drop(head);
+    let response = respond(http::Request::from_parts(parts, ())).await;
+    let (parts, body) = response.into_parts();
+    let is_stream = parts.status == http::StatusCode::OK
+        && parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if is_stream {
+        write_all(&mut io, &response_head(&parts, None)).await?;
+        stream_body(&mut io, body).await?;
+    } else {
+        let body = collect(body).await;
+        write_all(&mut io, &response_head(&parts, Some(body.len()))).await?;
+        write_all(&mut io, &body).await?;
+    }
+    let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+    Ok(Served::Done)
+}
+
+enum Head {
+    Complete(http::request::Parts),
+    Partial,
+    Invalid,
+}
+
+fn parse_head(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Invalid,
+    }
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Head::Invalid;
+    };
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .version(http::Version::HTTP_11);
+    for h in req.headers.iter() {
+        builder = builder.header(h.name, h.value);
+    }
+    match builder.body(()) {
+        Ok(request) => Head::Complete(request.into_parts().0),
+        Err(_) => Head::Invalid,
+    }
+}
+
+/// Reads what is available into `buf` (at most up to [`MAX_HEAD`]).
+async fn read_more<T: AsyncRead + Unpin>(io: &mut T, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0u8; 1024];
+    let want = chunk.len().min(MAX_HEAD.saturating_sub(buf.len())).max(1);
+    let n = poll_fn(|cx| {
+        let mut rb = ReadBuf::new(&mut chunk[..want]);
+        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+async fn write_all<T: AsyncWrite + Unpin>(io: &mut T, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, data)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
+}
+
+/// The status line and headers; `length` for a whole body, else chunked.
+fn response_head(parts: &http::response::Parts, length: Option<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == http::header::CONTENT_LENGTH
+            || name == http::header::TRANSFER_ENCODING
+            || name == http::header::CONNECTION
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match length {
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+        }
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
+    }
+    out
+}
+
+enum Next {
+    Data(Bytes),
+    End,
+    ClientGone,
+}
+
+/// Writes `body` as chunks until it ends or the client closes its side.
+async fn stream_body<T, B>(io: &mut T, body: B) -> io::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    B: Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    loop {
+        let next = poll_fn(|cx| {
+            // A client that closed its side reads as end of file; anything
+            // it sends after the request is ignored (bounded per wake-up).
+            for _ in 0..16 {
+                let mut scratch = [0u8; 64];
+                let mut rb = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                        return Poll::Ready(Next::ClientGone)
+                    }
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Next::ClientGone),
+                    Poll::Pending => break,
+                }
+            }
+            loop {
+                return match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) if data.is_empty() => continue,
+                        Ok(data) => Poll::Ready(Next::Data(data)),
+                        Err(_) => continue,
+                    },
+                    Poll::Ready(Some(Err(_))) | Poll::Ready(None) => Poll::Ready(Next::End),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+        })
+        .await;
+        match next {
+            Next::Data(data) => {
+                let mut chunk = Vec::with_capacity(data.len() + 12);
+                chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                chunk.extend_from_slice(&data);
+                chunk.extend_from_slice(b"\r\n");
+                write_all(io, &chunk).await?;
+            }
+            Next::End => return write_all(io, b"0\r\n\r\n").await,
+            Next::ClientGone => return Ok(()),
+        }
+    }
+}
+
+/// The whole body of a small (non-SSE) response, up to [`MAX_PLAIN_BODY`].
+async fn collect<B: Body<Data = Bytes>>(body: B) -> Vec<u8> {
+    let mut body = std::pin::pin!(body);
+    let mut out = Vec::new();
+    while let Some(Ok(frame)) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > MAX_PLAIN_BODY {
+                break;
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    out
+}

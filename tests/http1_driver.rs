@@ -1,0 +1,178 @@
+//! `adapters::http1::serve_sse` over real TCP: SSE requests are streamed
+//! with chunked encoding and end when the client leaves; refusals are
+//! written whole; anything else (other paths, malformed or oversized heads)
+//! is handed back with the bytes already read put back in front.
+
+#![cfg(all(feature = "http1", feature = "axum"))]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use sse_cluster::adapters::http1::{serve_sse, Served, MAX_HEAD};
+use sse_cluster::{Event, Hub, StreamConfig, Subscription, Target};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Serves one connection with `serve_sse` (SSE path `/events`, topic from
+/// nowhere: always `news`); returns what the driver did and, for a handed
+/// back connection, the bytes it replays.
+async fn one_connection(hub: Hub) -> (TcpStream, tokio::task::JoinHandle<Option<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let served = serve_sse(
+            tcp,
+            |head| head.uri.path() == "/events",
+            |req| async move {
+                let (head, ()) = req.into_parts();
+                let sub = Subscription::new().topic("news");
+                match hub.connect_request(&head, sub).await {
+                    Ok(conn) => conn.into_http_response().map(Either::Left),
+                    Err(err) => {
+                        let body = Full::new(Bytes::from(err.to_string()));
+                        let mut refused = http::Response::new(Either::Right(body));
+                        *refused.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        refused
+                    }
+                }
+            },
+        )
+        .await
+        .expect("serve");
+        match served {
+            Served::Done => None,
+            Served::Other(mut io) => {
+                let mut replayed = vec![0u8; 64 * 1024];
+                let n = tokio::time::timeout(Duration::from_secs(2), io.read(&mut replayed))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
+                replayed.truncate(n);
+                Some(replayed)
+            }
+            _ => None,
+        }
+    });
+    let client = TcpStream::connect(addr).await.expect("connect");
+    (client, task)
+}
+
+async fn hub() -> Hub {
+    Hub::builder()
+        .stream_config(StreamConfig::default().keep_alive(None))
+        .build()
+        .await
+        .expect("hub")
+}
+
+async fn read_until(client: &mut TcpStream, needle: &str) -> String {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, client.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn streams_sse_chunked_and_unregisters_when_the_client_leaves() {
+    let hub = hub().await;
+    let (mut client, task) = one_connection(hub.clone()).await;
+    client
+        .write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_until(&mut client, "retry: 3000").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: text/event-stream\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    support::bus::wait_until("registered", support::WAIT, || hub.registry().len() == 1).await;
+    hub.publish(Target::topic("news"), Event::new().data("hi"))
+        .await
+        .expect("publish");
+    let body = read_until(&mut client, "data: hi\n\n").await;
+    assert!(
+        body.contains("\r\ndata: hi\n\n\r\n"),
+        "one chunk per frame: {body:?}"
+    );
+    drop(client);
+    assert_eq!(task.await.expect("task"), None, "served");
+    support::bus::wait_until("unregistered", support::WAIT, || hub.registry().is_empty()).await;
+}
+
+#[tokio::test]
+async fn refusals_are_written_whole_and_the_end_of_a_stream_ends_the_chunks() {
+    let hub = hub().await;
+    let (mut client, task) = one_connection(hub.clone()).await;
+    client
+        .write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    read_until(&mut client, "retry: 3000").await;
+    hub.shutdown().await;
+    let tail = read_until(&mut client, "0\r\n\r\n").await;
+    assert!(tail.ends_with("0\r\n\r\n"), "{tail:?}");
+    assert_eq!(task.await.expect("task"), None);
+
+    // The hub is shut down: the connect is refused, with a whole response.
+    let (mut client, task) = one_connection(hub).await;
+    client
+        .write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut all = String::new();
+    client.read_to_string(&mut all).await.expect("read");
+    assert!(
+        all.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{all}"
+    );
+    assert!(all.contains("connection: close\r\n"), "{all}");
+    assert!(all.ends_with("the hub is shutting down"), "{all}");
+    assert_eq!(task.await.expect("task"), None);
+}
+
+#[tokio::test]
+async fn other_requests_and_bad_heads_are_handed_back_intact() {
+    let cases: Vec<Vec<u8>> = vec![
+        b"POST /publish?topic=a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi".to_vec(),
+        b"GET /stats HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+        b"NOT HTTP AT ALL\r\n\r\n".to_vec(),
+        b"GET /events HTTP/1.1\r\nbad header\r\n\r\n".to_vec(),
+        [
+            b"GET /events HTTP/1.1\r\nx: ".to_vec(),
+            vec![b'a'; MAX_HEAD + 10],
+        ]
+        .concat(),
+    ];
+    for request in cases {
+        let (mut client, task) = one_connection(hub().await).await;
+        client.write_all(&request).await.expect("write");
+        let replayed = task.await.expect("task").expect("handed back");
+        let n = replayed.len().min(request.len());
+        assert!(n > 0);
+        assert_eq!(
+            replayed[..n],
+            request[..n],
+            "the bytes read come back first ({:?})",
+            String::from_utf8_lossy(&request[..request.len().min(40)])
+        );
+    }
+}
