@@ -176,6 +176,7 @@ where
             return Ok(Served::Other(Rewind::new(head.into(), io)));
         }
     };
+    let parts = *parts;
     if !is_sse(&parts) {
         return Ok(Served::Other(Rewind::new(head.into(), io)));
     }
@@ -200,7 +201,7 @@ where
 }
 
 enum Head {
-    Complete(http::request::Parts),
+    Complete(Box<http::request::Parts>),
     Partial,
     Invalid,
 }
@@ -224,7 +225,7 @@ fn parse_head(buf: &[u8]) -> Head {
         builder = builder.header(h.name, h.value);
     }
     match builder.body(()) {
-        Ok(request) => Head::Complete(request.into_parts().0),
+        Ok(request) => Head::Complete(Box::new(request.into_parts().0)),
         Err(_) => Head::Invalid,
     }
 }
