@@ -219,8 +219,12 @@ async fn serve(
     use sse_cluster::adapters::http1::{serve_sse, Served};
     use tower::ServiceExt;
 
-    let app = app.with_state(());
-    let http = hyper::server::conn::http1::Builder::new();
+    // Shared by every connection task: an SSE stream's task keeps only this
+    // pointer (and the stream and socket) for its whole life.
+    let shared = std::sync::Arc::new((
+        app.with_state(()),
+        hyper::server::conn::http1::Builder::new(),
+    ));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let stop = common::termination();
     tokio::pin!(stop);
@@ -241,9 +245,9 @@ async fn serve(
                 // would hold one back until the client acknowledges the
                 // previous one (a delayed ACK: up to 40 ms).
                 let _ = tcp.set_nodelay(true);
-                let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
+                let (shared, watcher) = (shared.clone(), graceful.watcher());
                 tokio::spawn(async move {
-                    let router = app.clone();
+                    let router = shared.0.clone();
                     let served = serve_sse(
                         tcp,
                         |head| head.method == http::Method::GET && head.uri.path() == "/events",
@@ -257,7 +261,8 @@ async fn serve(
                     )
                     .await;
                     if let Ok(Served::Other(io)) = served {
-                        let service = TowerToHyperService::new(app);
+                        let (app, http) = &*shared;
+                        let service = TowerToHyperService::new(app.clone());
                         let _ = watcher.watch(http.serve_connection(TokioIo::new(io), service)).await;
                     }
                 });

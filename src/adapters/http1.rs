@@ -182,19 +182,27 @@ where
     }
     drop(head);
     let response = respond(http::Request::from_parts(parts, ())).await;
-    let (parts, body) = response.into_parts();
-    let is_stream = parts.status == http::StatusCode::OK
-        && parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if is_stream {
-        write_all(&mut io, &response_head(&parts, None)).await?;
+    // In a block, so that the response head does not live on in this
+    // future while the stream runs.
+    let stream = {
+        let (parts, body) = response.into_parts();
+        let is_stream = parts.status == http::StatusCode::OK
+            && parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if is_stream {
+            write_all(&mut io, &response_head(&parts, None)).await?;
+            Some(body)
+        } else {
+            let body = collect(body).await;
+            write_all(&mut io, &response_head(&parts, Some(body.len()))).await?;
+            write_all(&mut io, &body).await?;
+            None
+        }
+    };
+    if let Some(body) = stream {
         stream_body(&mut io, body).await?;
-    } else {
-        let body = collect(body).await;
-        write_all(&mut io, &response_head(&parts, Some(body.len()))).await?;
-        write_all(&mut io, &body).await?;
     }
     let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
     Ok(Served::Done)
@@ -230,21 +238,24 @@ fn parse_head(buf: &[u8]) -> Head {
     }
 }
 
-/// Reads what is available into `buf` (at most up to [`MAX_HEAD`]).
+/// Reads what is available into `buf` (at most up to [`MAX_HEAD`]), in
+/// place: no buffer of its own lives in the connection's future.
 async fn read_more<T: AsyncRead + Unpin>(io: &mut T, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut chunk = [0u8; 1024];
-    let want = chunk.len().min(MAX_HEAD.saturating_sub(buf.len())).max(1);
-    let n = poll_fn(|cx| {
-        let mut rb = ReadBuf::new(&mut chunk[..want]);
+    let old = buf.len();
+    let want = 1024.min(MAX_HEAD.saturating_sub(old)).max(1);
+    buf.resize(old + want, 0);
+    let read = poll_fn(|cx| {
+        let mut rb = ReadBuf::new(&mut buf[old..]);
         match Pin::new(&mut *io).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
     })
-    .await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    .await;
+    let n = *read.as_ref().unwrap_or(&0);
+    buf.truncate(old + n);
+    read
 }
 
 async fn write_all<T: AsyncWrite + Unpin>(io: &mut T, mut data: &[u8]) -> io::Result<()> {
