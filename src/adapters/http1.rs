@@ -343,17 +343,47 @@ where
         })
         .await;
         match next {
-            Next::Data(data) => {
-                let mut chunk = Vec::with_capacity(data.len() + 12);
-                chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                chunk.extend_from_slice(&data);
-                chunk.extend_from_slice(b"\r\n");
-                write_all(io, &chunk).await?;
-            }
+            Next::Data(data) => write_chunk(io, &data).await?,
             Next::End => return write_all(io, b"0\r\n\r\n").await,
             Next::ClientGone => return Ok(()),
         }
     }
+}
+
+/// Writes `data` as one chunk: size line, data and CRLF in one vectored
+/// write (no copy) when the IO takes it whole, as a socket normally does.
+async fn write_chunk<T: AsyncWrite + Unpin>(io: &mut T, data: &[u8]) -> io::Result<()> {
+    let mut size = [0u8; 18];
+    let size_len = chunk_size_line(data.len(), &mut size);
+    let parts: [&[u8]; 3] = [&size[..size_len], data, b"\r\n"];
+    let total = size_len + data.len() + 2;
+    let written = poll_fn(|cx| {
+        let slices = parts.map(io::IoSlice::new);
+        Pin::new(&mut *io).poll_write_vectored(cx, &slices)
+    })
+    .await?;
+    if written == total {
+        return poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await;
+    }
+    // A short write: the rest, copied once.
+    let rest: Vec<u8> = parts.concat().split_off(written.min(total));
+    write_all(io, &rest).await
+}
+
+/// Writes `len` in hex and CRLF into `out`; returns the length written.
+fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
+    let digits = if len == 0 {
+        1
+    } else {
+        (usize::BITS - len.leading_zeros()).div_ceil(4) as usize
+    };
+    for (i, slot) in out.iter_mut().take(digits).enumerate() {
+        let nibble = (len >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = b"0123456789abcdef"[nibble];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
 }
 
 /// The whole body of a small (non-SSE) response, up to [`MAX_PLAIN_BODY`].
@@ -369,4 +399,31 @@ async fn collect<B: Body<Data = Bytes>>(body: B) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        for len in [
+            0usize,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            4096,
+            65_535,
+            1 << 20,
+            usize::MAX,
+        ] {
+            let mut out = [0u8; 18];
+            let n = chunk_size_line(len, &mut out);
+            assert_eq!(&out[..n], format!("{len:x}\r\n").as_bytes(), "{len}");
+        }
+    }
 }
