@@ -89,15 +89,20 @@ async fn read_until(client: &mut TcpStream, needle: &str) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
-#[tokio::test]
-async fn streams_sse_chunked_and_unregisters_when_the_client_leaves() {
-    let hub = hub().await;
-    let (mut client, task) = one_connection(hub.clone()).await;
+/// Sends `GET /events` and reads up to the stream's first frame.
+async fn open_events(client: &mut TcpStream) -> String {
     client
         .write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .expect("write");
-    let head = read_until(&mut client, "retry: 3000").await;
+    read_until(client, "retry: 3000").await
+}
+
+#[tokio::test]
+async fn streams_sse_chunked_and_unregisters_when_the_client_leaves() {
+    let hub = hub().await;
+    let (mut client, task) = one_connection(hub.clone()).await;
+    let head = open_events(&mut client).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(
         head.contains("content-type: text/event-stream\r\n"),
@@ -122,11 +127,7 @@ async fn streams_sse_chunked_and_unregisters_when_the_client_leaves() {
 async fn refusals_are_written_whole_and_the_end_of_a_stream_ends_the_chunks() {
     let hub = hub().await;
     let (mut client, task) = one_connection(hub.clone()).await;
-    client
-        .write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .expect("write");
-    read_until(&mut client, "retry: 3000").await;
+    open_events(&mut client).await;
     hub.shutdown().await;
     let tail = read_until(&mut client, "0\r\n\r\n").await;
     assert!(tail.ends_with("0\r\n\r\n"), "{tail:?}");
