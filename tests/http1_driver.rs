@@ -177,3 +177,29 @@ async fn other_requests_and_bad_heads_are_handed_back_intact() {
         );
     }
 }
+
+/// A client that trickles its request head is cut off after
+/// `HEAD_TIMEOUT` (paused time: no real wait).
+#[tokio::test(start_paused = true)]
+async fn a_trickled_head_times_out() {
+    let (client, mut server) = tokio::io::duplex(1024);
+    let serving = tokio::spawn(async move {
+        serve_sse(
+            client,
+            |_| true,
+            |_req| async { http::Response::new(Full::new(Bytes::new())) },
+        )
+        .await
+        .map(|_| ())
+    });
+    server
+        .write_all(b"GET /events HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(sse_cluster::adapters::http1::HEAD_TIMEOUT + Duration::from_secs(1)).await;
+    let result = serving.await.expect("task");
+    assert_eq!(
+        result.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::TimedOut)
+    );
+}

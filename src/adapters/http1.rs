@@ -55,6 +55,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// your server (which answers it as it sees fit).
 pub const MAX_HEAD: usize = 16 * 1024;
 
+/// How long a client may take to send its request head (hyper's default
+/// too): a connection that trickles bytes is closed with `TimedOut`.
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long the end of a finished stream may wait for a client that does
+/// not read.
+const END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Most headers parsed in a request head.
 const MAX_HEADERS: usize = 64;
 
@@ -163,6 +171,7 @@ where
     B: Body<Data = Bytes>,
 {
     let mut head = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     let parts = loop {
         match parse_head(&head) {
             Head::Complete(parts) => break parts,
@@ -172,7 +181,11 @@ where
             }
             Head::Partial => {}
         }
-        if read_more(&mut io, &mut head).await? == 0 {
+        let read = tokio::time::timeout_at(deadline, read_more(&mut io, &mut head)).await;
+        let Ok(read) = read else {
+            return Err(io::ErrorKind::TimedOut.into());
+        };
+        if read? == 0 {
             return Ok(Served::Other(Rewind::new(head.into(), io)));
         }
     };
@@ -344,7 +357,10 @@ where
         .await;
         match next {
             Next::Data(data) => write_chunk(io, &data).await?,
-            Next::End => return write_all(io, b"0\r\n\r\n").await,
+            Next::End => {
+                let end = tokio::time::timeout(END_TIMEOUT, write_all(io, b"0\r\n\r\n"));
+                return end.await.unwrap_or(Ok(()));
+            }
             Next::ClientGone => return Ok(()),
         }
     }
