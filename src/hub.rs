@@ -872,30 +872,12 @@ impl Hub {
         let registry = &inner.registry;
         let msg = message_id(&inner.instance, &inner.next_msg);
         tracing::Span::current().record("msg", msg.as_str());
-        if let Some(history) = &inner.history {
-            if !matches!(target, Target::Connection(_)) {
-                // Stored and published in one step; local connections get it
-                // from the bus like every node, so each channel reaches them
-                // in position order.
-                let (channel, payload) =
-                    crate::publisher::bus_message(&target, &event, &inner.instance, &msg)?;
-                if let Err(err) = history.append(&channel, payload).await {
-                    inner.counters.bus_errors.fetch_add(1, Ordering::Relaxed);
-                    inner.counters.metrics.bus_error();
-                    tracing::warn!(%channel, error = %err, "history append failed");
-                    return Err(err.into());
-                }
-                inner.counters.bus_out.fetch_add(1, Ordering::Relaxed);
-                inner.counters.published.fetch_add(1, Ordering::Relaxed);
-                inner.counters.metrics.bus_out();
-                inner.counters.metrics.published();
-                return Ok(PublishReceipt {
-                    id: msg,
-                    delivered_locally: 0,
-                });
-            }
-        }
+        // With history, events to a topic, a user or everyone are stored and
+        // published in one step, and local connections get them from the bus
+        // like every node, so each channel reaches them in position order.
+        let via_history = inner.history.is_some() && !matches!(target, Target::Connection(_));
         let local = match &target {
+            _ if via_history => FanOut::default(),
             Target::Topic(t) if registry.topic_connections(t) > 0 => {
                 registry.send_to_topic(t, &event.encode())
             }
@@ -921,7 +903,9 @@ impl Hub {
         inner.counters.metrics.frame_from_local(started, local);
         let (channel, payload) =
             crate::publisher::bus_message(&target, &event, &inner.instance, &msg)?;
-        if let Err(err) = inner.broker.publish(&channel, payload).await {
+        let history = inner.history.as_deref();
+        let sent = crate::publisher::send_to_bus(&*inner.broker, history, &channel, payload).await;
+        if let Err(err) = sent {
             inner.counters.bus_errors.fetch_add(1, Ordering::Relaxed);
             inner.counters.metrics.bus_error();
             tracing::warn!(%channel, error = %err, "bus publish failed");

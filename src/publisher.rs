@@ -54,6 +54,23 @@ pub(crate) fn check_event_size(event: &Event, max: usize) -> Result<(), PublishE
     Ok(())
 }
 
+/// Puts a bus message on its channel: through the history store when there
+/// is one and the channel is resumable (stored and published in one step),
+/// else straight on the bus. Shared by hubs and publishers.
+pub(crate) async fn send_to_bus(
+    broker: &dyn Broker,
+    history: Option<&dyn crate::history::History>,
+    channel: &Channel,
+    payload: Bytes,
+) -> Result<(), crate::broker::BrokerError> {
+    match history {
+        Some(history) if crate::history::is_resumable(channel) => {
+            history.append(channel, payload).await.map(drop)
+        }
+        _ => broker.publish(channel, payload).await,
+    }
+}
+
 /// The bus channel and envelope for `event` to `target`, published by
 /// `origin` as message `msg`. Shared by hubs and publishers, so both tiers
 /// put exactly the same bytes on the same channels.
@@ -162,12 +179,7 @@ impl Publisher {
         check_event_size(&event, DEFAULT_MAX_EVENT_SIZE)?;
         let msg = message_id(&inner.origin, &inner.next_msg);
         let (channel, payload) = bus_message(&target, &event, &inner.origin, &msg)?;
-        match &inner.history {
-            Some(history) if crate::history::is_resumable(&channel) => {
-                history.append(&channel, payload).await?;
-            }
-            _ => inner.broker.publish(&channel, payload).await?,
-        }
+        send_to_bus(&*inner.broker, inner.history.as_deref(), &channel, payload).await?;
         Ok(PublishReceipt {
             id: msg,
             delivered_locally: 0,

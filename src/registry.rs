@@ -271,9 +271,13 @@ impl ConnectionRegistry {
     }
 
     pub(crate) fn send_to_all(&self, frame: &Bytes) -> FanOut {
+        self.fan_out_all(|sender| sender.send(frame.clone()))
+    }
+
+    fn fan_out_all(&self, send: impl Fn(&FrameSender) -> Result<(), SendError>) -> FanOut {
         let mut out = FanOut::default();
         for entry in self.by_id.iter() {
-            out.record(entry.sender.send(frame.clone()));
+            out.record(send(&entry.sender));
         }
         out
     }
@@ -285,13 +289,7 @@ impl ConnectionRegistry {
         match channel {
             Channel::Topic(t) => fan_out_with(self.by_topic.get(t).as_deref(), send),
             Channel::User(u) => fan_out_with(self.by_user.get(u).as_deref(), send),
-            Channel::Broadcast => {
-                let mut out = FanOut::default();
-                for entry in self.by_id.iter() {
-                    out.record(send(&entry.sender));
-                }
-                out
-            }
+            Channel::Broadcast => self.fan_out_all(send),
             Channel::Node(_) => FanOut::default(),
         }
     }

@@ -164,6 +164,13 @@ struct State {
 }
 
 impl State {
+    /// Queues `frame` (the caller checked the bounds, or bypasses them).
+    fn enqueue(&mut self, frame: Bytes) {
+        self.frames += 1;
+        self.bytes += frame.len();
+        self.items.push_back(Item::Frame(frame));
+    }
+
     /// Ends the stream at once and frees the queue.
     fn end_now(&mut self) {
         self.phase = Phase::Ended;
@@ -183,6 +190,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether a frame of `len` bytes fits the queue bounds now (a frame
+    /// always fits an empty queue).
+    fn fits(&self, state: &State, len: usize) -> bool {
+        state.frames < self.max_frames && (state.bytes + len <= self.max_bytes || state.frames == 0)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent
         // (every critical section is a few plain field updates), so a
@@ -250,15 +263,11 @@ impl FrameSender {
     /// stream's [`OverflowPolicy`] decides, and the error says what it did.
     pub fn send(&self, frame: Bytes) -> Result<(), SendError> {
         let shared = &*self.shared;
-        let mut state = shared.lock();
+        let state = shared.lock();
         if state.phase != Phase::Open {
             return Err(SendError::Closed);
         }
-        let result = push(shared, &mut state, frame);
-        if result != Err(SendError::Dropped) {
-            wake(state);
-        }
-        result
+        push_and_wake(shared, state, frame)
     }
 
     /// Queues a live event on a resumable channel: the connection's cursor
@@ -278,11 +287,7 @@ impl FrameSender {
             },
             None => event.body.clone(),
         };
-        let result = push(shared, &mut state, frame);
-        if result != Err(SendError::Dropped) {
-            wake(state);
-        }
-        result
+        push_and_wake(shared, state, frame)
     }
 
     /// Queues a replayed event, waiting (never dropping) while the queue is
@@ -295,10 +300,8 @@ impl FrameSender {
                 if state.phase != Phase::Open {
                     return Err(SendError::Closed);
                 }
-                let fits = state.frames < shared.max_frames
-                    && (state.bytes + event.body.len() + 64 <= shared.max_bytes
-                        || state.frames == 0);
-                if fits {
+                // Room for the body and a typical id line.
+                if shared.fits(&state, event.body.len() + 64) {
                     let limits = (shared.max_frames, shared.max_bytes);
                     let frame = match state.cursor.as_mut() {
                         Some(cursor) => match cursor.admit(event, false, limits) {
@@ -307,9 +310,7 @@ impl FrameSender {
                         },
                         None => event.body.clone(),
                     };
-                    state.frames += 1;
-                    state.bytes += frame.len();
-                    state.items.push_back(Item::Frame(frame));
+                    state.enqueue(frame);
                     wake(state);
                     return Ok(());
                 }
@@ -393,9 +394,7 @@ impl FrameSender {
             return;
         }
         if let Some(frame) = last {
-            state.frames += 1;
-            state.bytes += frame.len();
-            state.items.push_back(Item::Frame(frame));
+            state.enqueue(frame);
         }
         state.phase = Phase::Draining;
         wake(state);
@@ -516,14 +515,24 @@ fn wake(mut state: MutexGuard<'_, State>) {
     }
 }
 
+/// [`push`], then wakes the stream unless nothing new can be read (a
+/// dropped frame).
+fn push_and_wake(
+    shared: &Shared,
+    mut state: MutexGuard<'_, State>,
+    frame: Bytes,
+) -> Result<(), SendError> {
+    let result = push(shared, &mut state, frame);
+    if result != Err(SendError::Dropped) {
+        wake(state);
+    }
+    result
+}
+
 /// Queues `frame` within the bounds, or applies the overflow policy.
 fn push(shared: &Shared, state: &mut State, frame: Bytes) -> Result<(), SendError> {
-    let fits = state.frames < shared.max_frames
-        && (state.bytes + frame.len() <= shared.max_bytes || state.frames == 0);
-    if fits {
-        state.frames += 1;
-        state.bytes += frame.len();
-        state.items.push_back(Item::Frame(frame));
+    if shared.fits(state, frame.len()) {
+        state.enqueue(frame);
         return Ok(());
     }
     match shared.overflow {
