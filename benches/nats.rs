@@ -797,7 +797,7 @@ fn envelope_size(hub: &Hub, size: usize) -> usize {
     let msg = format!("{instance}.m123456");
     env.origin = Some(instance.as_str().into());
     env.msg = Some(msg.as_str().into());
-    env.encode().len()
+    env.encode().expect("envelope").len()
 }
 
 fn print_latency(rate: u64, size: usize, results: &[LatencyResult], plan: Plan) -> Option<f64> {

@@ -31,7 +31,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::hub::Subscription;
+use crate::subscription::Subscription;
 
 /// Why a subscription was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

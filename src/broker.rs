@@ -103,7 +103,7 @@ pub trait BusSink: Send + Sync + 'static {
     /// Hands over a message whose history position came out of band (e.g.
     /// a JetStream sequence header) rather than in the envelope. Default:
     /// [`BusSink::deliver`], dropping the position.
-    fn deliver_at(&self, channel: &Channel, payload: Bytes, position: crate::history::Position) {
+    fn deliver_at(&self, channel: &Channel, payload: Bytes, position: crate::wire::Position) {
         let _ = position;
         self.deliver(channel, payload);
     }

@@ -131,6 +131,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `axum` | yes | [`adapters::axum`]: `IntoResponse` for [`Connection`] and [`SseStream`], a `LastEventId` extractor |
+//! | `http1` | yes | [`adapters::http1`]: a small HTTP/1.1 driver that streams SSE without hyper's per-connection buffers |
 //! | `hyper` | no | [`adapters::hyper`]: response and `Last-Event-ID` helpers for plain hyper 1 |
 //! | `redis` | no | `broker::redis`: Redis pub/sub, sharded pub/sub and Redis Cluster, with TLS |
 //! | `nats` | no | `broker::nats`: core NATS subjects, with credentials, token, user/password and TLS |
@@ -139,28 +140,41 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// Layers, top to bottom (see ARCHITECTURE.md): a module imports only from
+// the groups below its own.
 pub mod adapters;
-pub mod auth;
-pub mod broker;
-pub mod event;
-pub mod history;
+
 pub mod hub;
-pub mod presence;
 pub mod publisher;
+
+pub mod auth;
+pub mod presence;
+pub mod subscription;
+
+pub mod outbound;
+pub mod resume;
+
 pub mod registry;
 pub mod stream;
+
+pub mod history;
+
+pub mod broker;
+
+pub mod event;
+pub mod limits;
 pub mod telemetry;
 pub mod wire;
 
 pub use broker::{Broker, BrokerError, BrokerStatus};
 pub use event::{Event, EventError};
-pub use hub::{
-    ConnectError, Connection, Hub, HubBuilder, HubError, HubStats, PublishError, PublishReceipt,
-    Subscription, Target,
-};
+pub use hub::{ConnectError, Connection, Hub, HubBuilder, HubError};
+pub use outbound::{PublishError, PublishReceipt, Target};
 pub use publisher::Publisher;
 pub use registry::{ConnectionId, ConnectionRegistry};
 pub use stream::{FrameSender, OverflowPolicy, SseStream, StreamConfig};
+pub use subscription::Subscription;
+pub use telemetry::HubStats;
 
 /// The README's examples, compiled as doctests.
 #[cfg(all(doctest, feature = "axum"))]

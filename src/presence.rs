@@ -88,9 +88,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::broker::{Broker, BrokerError, Channel};
-use crate::hub::MAX_NAME_LEN;
 use crate::registry::ConnectionRegistry;
-use crate::telemetry::HubMetrics;
+use crate::telemetry::Counters as HubCounters;
 
 /// Most bytes of user names one node lists in a topic answer; beyond it the
 /// node sends only its count (see "Cost and bounds").
@@ -111,6 +110,9 @@ const CONTROL_PREFIX: &[u8] = b"{\"ctl\":";
 /// A new hub keeps collecting answers at least this long after it started:
 /// its peers' welcome `hello`s may still be on their way.
 const WARM_UP: Duration = Duration::from_millis(250);
+
+/// Shortest heartbeat interval; shorter settings are raised to it.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 
 /// Settings of presence; see the module docs for what each one bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,10 +138,20 @@ impl Default for PresenceConfig {
 }
 
 impl PresenceConfig {
-    /// Sets [`PresenceConfig::heartbeat`] (at least 10 ms).
+    /// Sets [`PresenceConfig::heartbeat`] (at least [`MIN_HEARTBEAT`]).
     pub fn heartbeat(mut self, interval: Duration) -> Self {
-        self.heartbeat = interval.max(Duration::from_millis(10));
+        self.heartbeat = interval.max(MIN_HEARTBEAT);
         self
+    }
+
+    /// The settings as the hub uses them: the fields are public, so a value
+    /// set directly (a zero heartbeat, say) is clamped here, where it is
+    /// used, rather than trusted.
+    fn clamped(self) -> Self {
+        Self {
+            heartbeat: self.heartbeat.max(MIN_HEARTBEAT),
+            ..self
+        }
     }
 
     /// Sets [`PresenceConfig::forget_after`].
@@ -171,7 +183,8 @@ pub enum PresenceError {
     /// The hub is shutting down.
     #[error("the hub is shutting down")]
     ShutDown,
-    /// The topic or user name is empty or longer than [`MAX_NAME_LEN`].
+    /// The topic or user name is empty or longer than
+    /// [`MAX_NAME_LEN`](crate::limits::MAX_NAME_LEN).
     #[error("invalid name: {0}")]
     InvalidName(String),
     /// [`MAX_QUERIES_IN_FLIGHT`] queries are already waiting.
@@ -298,16 +311,14 @@ pub(crate) fn is_control(payload: &[u8]) -> bool {
 /// The node id of a hub instance id (`{node}.{tag}`), if it is one.
 fn node_of(instance: &str) -> Option<&str> {
     let (node, tag) = instance.split_once('.')?;
-    let id_char = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-    let valid = (1..=64).contains(&node.len())
-        && node.bytes().all(id_char)
+    let valid = crate::limits::valid_node_id(node)
         && (1..=64).contains(&tag.len())
         && tag.bytes().all(|b| b.is_ascii_alphanumeric());
     valid.then_some(node)
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_NAME_LEN
+    crate::limits::check_name(name).is_ok()
 }
 
 /// What a presence query asks.
@@ -349,7 +360,7 @@ pub(crate) struct PresenceState {
     instance: Arc<str>,
     broker: Arc<dyn Broker>,
     registry: Arc<ConnectionRegistry>,
-    metrics: Arc<HubMetrics>,
+    metrics: Arc<HubCounters>,
     runtime: tokio::runtime::Handle,
     started: Instant,
     peers: Mutex<HashMap<String, Peer>>,
@@ -377,10 +388,10 @@ impl PresenceState {
         instance: Arc<str>,
         broker: Arc<dyn Broker>,
         registry: Arc<ConnectionRegistry>,
-        metrics: Arc<HubMetrics>,
+        metrics: Arc<HubCounters>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            config,
+            config: config.map(PresenceConfig::clamped),
             node_id,
             instance,
             broker,
@@ -614,11 +625,7 @@ impl PresenceState {
             return Err(PresenceError::ShutDown);
         }
         let (Question::Topic(name) | Question::User(name)) = &question;
-        if !valid_name(name) {
-            return Err(PresenceError::InvalidName(format!(
-                "topic and user names must be 1 to {MAX_NAME_LEN} bytes"
-            )));
-        }
+        crate::limits::check_name(name).map_err(PresenceError::InvalidName)?;
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(64);
         {
@@ -898,5 +905,26 @@ mod tests {
             .forget_after(Duration::from_secs(1));
         assert_eq!(c.forget(), Duration::from_secs(3));
         assert_eq!(PresenceConfig::default().forget(), Duration::from_secs(6));
+    }
+
+    #[tokio::test]
+    async fn a_zero_heartbeat_set_on_the_field_is_clamped_not_a_panic() {
+        let config = PresenceConfig {
+            heartbeat: Duration::ZERO,
+            ..PresenceConfig::default()
+        };
+        let bus = crate::broker::memory::MemoryBus::new();
+        let state = PresenceState::new(
+            Some(config),
+            "n".into(),
+            "n.x".into(),
+            bus.broker(),
+            Arc::default(),
+            Arc::new(HubCounters::new("n")),
+        );
+        assert_eq!(state.config.map(|c| c.heartbeat), Some(MIN_HEARTBEAT));
+        // The heartbeat task would panic in `tokio::time::interval` on zero.
+        state.start();
+        tokio::time::sleep(Duration::from_millis(30)).await;
     }
 }

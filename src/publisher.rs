@@ -4,7 +4,8 @@
 //! An API process that only publishes needs no registry, no subscriptions
 //! and no HTTP streams: it creates a `Publisher` from a broker and publishes
 //! exactly as [`Hub::publish`](crate::Hub::publish) does (same envelope, same
-//! channels), and the gateway nodes that hold the connections deliver.
+//! channels, through the same outbound path), and the gateway nodes that
+//! hold the connections deliver.
 //!
 //! ```no_run
 //! use sse_cluster::{broker::memory::MemoryBus, Event, Publisher, Target};
@@ -17,112 +18,30 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::broker::{Broker, BrokerStatus, BusSink, Channel};
+use crate::broker::{Broker, BrokerError, BrokerStatus, BusSink, Channel};
 use crate::event::Event;
-use crate::hub::{check_target_name, HubError, PublishError, PublishReceipt, Target};
-use crate::wire::Envelope;
-
-/// Largest event data a [`Publisher`] sends, in bytes: the hub's default
-/// (see `HubBuilder::max_event_size`).
-pub const DEFAULT_MAX_EVENT_SIZE: usize = 1 << 20;
-
-/// A random alphanumeric tag telling one run of a hub or publisher from
-/// another.
-pub(crate) fn random_tag(len: usize) -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(len)
-        .collect()
-}
-
-/// The next message id of `origin`: `{origin}.m{n}`.
-pub(crate) fn message_id(origin: &str, counter: &AtomicU64) -> String {
-    format!("{origin}.m{}", counter.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Refuses event data over `max` bytes, before anything is delivered.
-pub(crate) fn check_event_size(event: &Event, max: usize) -> Result<(), PublishError> {
-    let size = event.data_str().map_or(0, str::len);
-    if size > max {
-        return Err(PublishError::TooLarge { size, max });
-    }
-    Ok(())
-}
-
-/// Puts a bus message on its channel: through the history store when there
-/// is one and the channel is resumable (stored and published in one step),
-/// else straight on the bus. Shared by hubs and publishers.
-pub(crate) async fn send_to_bus(
-    broker: &dyn Broker,
-    history: Option<&dyn crate::history::History>,
-    channel: &Channel,
-    payload: Bytes,
-) -> Result<(), crate::broker::BrokerError> {
-    match history {
-        Some(history) if crate::history::is_resumable(channel) => {
-            history.append(channel, payload).await.map(drop)
-        }
-        _ => broker.publish(channel, payload).await,
-    }
-}
-
-/// The bus channel and envelope for `event` to `target`, published by
-/// `origin` as message `msg`. Shared by hubs and publishers, so both tiers
-/// put exactly the same bytes on the same channels.
-pub(crate) fn bus_message(
-    target: &Target,
-    event: &Event,
-    origin: &str,
-    msg: &str,
-) -> Result<(Channel, Bytes), PublishError> {
-    let mut conn = None;
-    let channel = match target {
-        Target::Topic(t) => {
-            check_target_name(t)?;
-            Channel::Topic(t.as_str().into())
-        }
-        Target::User(u) => {
-            check_target_name(u)?;
-            Channel::User(u.as_str().into())
-        }
-        Target::All => Channel::Broadcast,
-        Target::Connection(id) => {
-            conn = Some(id.as_str());
-            Channel::Node(id.node().into())
-        }
-    };
-    let mut envelope = Envelope::from_event(event);
-    envelope.origin = Some(origin.into());
-    envelope.msg = Some(msg.into());
-    envelope.ts_us = Some(crate::telemetry::now_us());
-    envelope.conn = conn.map(Into::into);
-    Ok((channel, envelope.encode()))
-}
+use crate::history::History;
+use crate::limits::DEFAULT_MAX_EVENT_SIZE;
+use crate::outbound::{Outbound, PublishError, PublishReceipt, Target};
+use crate::wire::random_tag;
 
 /// Publishes to a cluster without holding connections. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    broker: Arc<dyn Broker>,
+    outbound: Arc<Outbound>,
     status: watch::Receiver<BrokerStatus>,
-    origin: Arc<str>,
-    next_msg: AtomicU64,
-    history: Option<Arc<dyn crate::history::History>>,
 }
 
 impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
-            .field("origin", &self.inner.origin)
-            .field("broker", &self.inner.broker)
+            .field("origin", self.outbound.origin())
+            .field("broker", self.outbound.broker())
             .finish_non_exhaustive()
     }
 }
@@ -138,32 +57,22 @@ impl BusSink for Ignore {
 impl Publisher {
     /// Starts `broker` for publishing only. A broker that cannot reach its
     /// server yet is fine: publishes fail with a transient error until it can.
-    pub async fn new(broker: Arc<dyn Broker>) -> Result<Self, HubError> {
+    pub async fn new(broker: Arc<dyn Broker>) -> Result<Self, BrokerError> {
         broker.start(Arc::new(Ignore)).await?;
+        let origin = format!("publisher.{}", random_tag(6)).into();
         Ok(Self {
-            inner: Arc::new(Inner {
-                status: broker.status(),
-                broker,
-                origin: format!("publisher.{}", random_tag(6)).into(),
-                next_msg: AtomicU64::new(1),
-                history: None,
-            }),
+            status: broker.status(),
+            outbound: Arc::new(Outbound::new(broker, None, origin, DEFAULT_MAX_EVENT_SIZE)),
         })
     }
 
     /// Appends events to `store` as it publishes them, like a hub with
     /// [`HubBuilder::history`](crate::HubBuilder::history): the gateways'
     /// clients can then resume them. Use the store the gateways use.
-    pub fn with_history(self, store: Arc<dyn crate::history::History>) -> Self {
-        let inner = &self.inner;
+    pub fn with_history(self, store: Arc<dyn History>) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                broker: inner.broker.clone(),
-                status: inner.status.clone(),
-                origin: inner.origin.clone(),
-                next_msg: AtomicU64::new(inner.next_msg.load(Ordering::Relaxed)),
-                history: Some(store),
-            }),
+            outbound: Arc::new(self.outbound.with_history(store)),
+            status: self.status,
         }
     }
 
@@ -175,25 +84,21 @@ impl Publisher {
         target: Target,
         event: Event,
     ) -> Result<PublishReceipt, PublishError> {
-        let inner = &self.inner;
-        check_event_size(&event, DEFAULT_MAX_EVENT_SIZE)?;
-        let msg = message_id(&inner.origin, &inner.next_msg);
-        let (channel, payload) = bus_message(&target, &event, &inner.origin, &msg)?;
-        send_to_bus(&*inner.broker, inner.history.as_deref(), &channel, payload).await?;
+        let id = self.outbound.publish(&target, &event).await?;
         Ok(PublishReceipt {
-            id: msg,
+            id,
             delivered_locally: 0,
         })
     }
 
     /// Whether the broker can reach its server now.
     pub fn broker_status(&self) -> BrokerStatus {
-        *self.inner.status.borrow()
+        *self.status.borrow()
     }
 
     /// Flushes and disconnects the broker.
     pub async fn shutdown(&self) {
-        if let Err(err) = self.inner.broker.shutdown().await {
+        if let Err(err) = self.outbound.broker().shutdown().await {
             tracing::warn!(error = %err, "broker shutdown failed");
         }
     }

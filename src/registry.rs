@@ -15,8 +15,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::broker::Channel;
-use crate::history::Stamped;
 use crate::stream::{FrameSender, SendError};
+use crate::telemetry::FanOut;
 
 /// A connection id, unique across the cluster.
 ///
@@ -113,26 +113,21 @@ struct Entry {
     sender: FrameSender,
 }
 
-/// What one fan-out did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct FanOut {
-    /// Frames queued.
-    pub delivered: u64,
-    /// Frames dropped by [`OverflowPolicy::DropEvents`](crate::OverflowPolicy::DropEvents).
-    pub dropped: u64,
-    /// Connections closed by [`OverflowPolicy::Close`](crate::OverflowPolicy::Close).
-    pub overflow_closed: u64,
+/// A connection as [`ConnectionRegistry::connections`] lists it.
+pub(crate) struct Held {
+    pub(crate) sender: FrameSender,
+    pub(crate) user: Option<Arc<str>>,
+    /// Sorted.
+    pub(crate) topics: Box<[Arc<str>]>,
 }
 
-impl FanOut {
-    fn record(&mut self, result: Result<(), SendError>) {
-        match result {
-            Ok(()) => self.delivered += 1,
-            Err(SendError::Dropped) => self.dropped += 1,
-            Err(SendError::OverflowClosed) => self.overflow_closed += 1,
-            Err(_) => {}
-        }
+/// Counts one send's outcome.
+fn record(out: &mut FanOut, result: Result<(), SendError>) {
+    match result {
+        Ok(()) => out.delivered += 1,
+        Err(SendError::Dropped) => out.dropped += 1,
+        Err(SendError::OverflowClosed) => out.overflow_closed += 1,
+        Err(_) => {}
     }
 }
 
@@ -264,7 +259,7 @@ impl ConnectionRegistry {
         let mut out = FanOut::default();
         if let Some(entry) = self.by_id.get(&id.seq()) {
             if entry.id == *id {
-                out.record(entry.sender.send(frame.clone()));
+                record(&mut out, entry.sender.send(frame.clone()));
             }
         }
         out
@@ -277,15 +272,18 @@ impl ConnectionRegistry {
     fn fan_out_all(&self, send: impl Fn(&FrameSender) -> Result<(), SendError>) -> FanOut {
         let mut out = FanOut::default();
         for entry in self.by_id.iter() {
-            out.record(send(&entry.sender));
+            record(&mut out, send(&entry.sender));
         }
         out
     }
 
-    /// Delivers a positioned event of a resumable channel to the connections
-    /// following it; each connection's cursor gives it that connection's id.
-    pub(crate) fn send_stamped(&self, channel: &Channel, event: &Stamped) -> FanOut {
-        let send = |sender: &FrameSender| sender.send_stamped(event);
+    /// Runs `send` for every connection that follows `channel` (a topic,
+    /// a user, or everyone); node channels reach no one this way.
+    pub(crate) fn fan_out_on(
+        &self,
+        channel: &Channel,
+        send: impl Fn(&FrameSender) -> Result<(), SendError>,
+    ) -> FanOut {
         match channel {
             Channel::Topic(t) => fan_out_with(self.by_topic.get(t).as_deref(), send),
             Channel::User(u) => fan_out_with(self.by_user.get(u).as_deref(), send),
@@ -294,16 +292,20 @@ impl ConnectionRegistry {
         }
     }
 
-    /// Every connection's sender and resumable channels (for a replay after
-    /// a bus outage).
-    pub(crate) fn resumable_connections(&self) -> Vec<(FrameSender, Vec<Channel>)> {
+    /// Queues `frame` to every connection that follows `channel`.
+    pub(crate) fn send_on(&self, channel: &Channel, frame: &Bytes) -> FanOut {
+        self.fan_out_on(channel, |sender| sender.send(frame.clone()))
+    }
+
+    /// Every connection's sender, user and topics (sorted), e.g. for a
+    /// replay after a bus outage.
+    pub(crate) fn connections(&self) -> Vec<Held> {
         self.by_id
             .iter()
-            .map(|e| {
-                (
-                    e.sender.clone(),
-                    resumable_channels(e.user.as_ref(), &e.topics),
-                )
+            .map(|e| Held {
+                sender: e.sender.clone(),
+                user: e.user.clone(),
+                topics: e.topics.clone(),
             })
             .collect()
     }
@@ -351,19 +353,9 @@ fn fan_out_with(
 ) -> FanOut {
     let mut out = FanOut::default();
     for sender in conns.into_iter().flat_map(|m| m.values()) {
-        out.record(send(sender));
+        record(&mut out, send(sender));
     }
     out
-}
-
-/// A connection's resumable channels in their canonical order (the order of
-/// the entries in its event ids): everyone, its user, its topics (sorted).
-pub(crate) fn resumable_channels(user: Option<&Arc<str>>, topics: &[Arc<str>]) -> Vec<Channel> {
-    let mut channels = Vec::with_capacity(topics.len() + 2);
-    channels.push(Channel::Broadcast);
-    channels.extend(user.cloned().map(Channel::User));
-    channels.extend(topics.iter().cloned().map(Channel::Topic));
-    channels
 }
 
 /// Removes `seq` from `key`'s set; drops the set and returns true when it

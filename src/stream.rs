@@ -28,7 +28,6 @@ use tokio::time::{Instant, Sleep};
 use tokio::sync::Notify;
 
 use crate::event::{retry_frame, Event};
-use crate::history::{Admit, Cursor, Held, Stamped};
 
 /// Name of the event that tells a client it may have missed events, so the
 /// app can refetch its state. Its data is a JSON object with a `reason`:
@@ -157,9 +156,10 @@ struct State {
     phase: Phase,
     dropped: u64,
     waker: Option<Waker>,
-    /// Resume state, with history on.
-    cursor: Option<Box<Cursor>>,
-    /// A replay waits for the client to read.
+    /// State a layer above keeps per connection under this lock (the
+    /// resume cursor, with history on); see [`FrameSender::with_gate`].
+    gate: Option<Box<dyn Any + Send>>,
+    /// A sender waits for the client to read (see [`FrameSender::wait_for_space`]).
     want_space: bool,
 }
 
@@ -214,7 +214,7 @@ pub fn channel(config: &StreamConfig) -> (FrameSender, SseStream) {
             phase: Phase::Open,
             dropped: 0,
             waker: None,
-            cursor: None,
+            gate: None,
             want_space: false,
         }),
         space: Notify::new(),
@@ -270,119 +270,54 @@ impl FrameSender {
         push_and_wake(shared, state, frame)
     }
 
-    /// Queues a live event on a resumable channel: the connection's cursor
-    /// skips what it already sent, holds it back during a replay, or gives
-    /// it the connection's id line.
-    pub(crate) fn send_stamped(&self, event: &Stamped) -> Result<(), SendError> {
+    /// Attaches `gate`: per-connection state of a layer above the stream,
+    /// which then decides about frames under the queue's lock through
+    /// [`FrameSender::with_gate`]. The resume layer keeps its cursor here.
+    pub(crate) fn attach_gate(&self, gate: Box<dyn Any + Send>) {
+        self.shared.lock().gate = Some(gate);
+    }
+
+    /// Runs `f` on the attached gate of type `T` and the queue, under the
+    /// queue's lock, and wakes the stream if `f` queued something. `Ok(None)`
+    /// when no gate of that type is attached; `Err` when the stream has ended.
+    pub(crate) fn with_gate<T: Any, R>(
+        &self,
+        f: impl FnOnce(&mut T, &mut Queue<'_>) -> R,
+    ) -> Result<Option<R>, SendError> {
         let shared = &*self.shared;
         let mut state = shared.lock();
         if state.phase != Phase::Open {
             return Err(SendError::Closed);
         }
-        let limits = (shared.max_frames, shared.max_bytes);
-        let frame = match state.cursor.as_mut() {
-            Some(cursor) => match cursor.admit(event, true, limits) {
-                Admit::Frame(frame) => frame,
-                Admit::Duplicate | Admit::Held => return Ok(()),
-            },
-            None => event.body.clone(),
+        // Taken out while `f` runs, so that `f` may borrow the queue too.
+        let Some(mut gate) = state.gate.take() else {
+            return Ok(None);
         };
-        push_and_wake(shared, state, frame)
-    }
-
-    /// Queues a replayed event, waiting (never dropping) while the queue is
-    /// full. Fails only when the stream has ended.
-    pub(crate) async fn send_replayed(&self, event: &Stamped) -> Result<(), SendError> {
-        let shared = &*self.shared;
-        loop {
-            {
-                let mut state = shared.lock();
-                if state.phase != Phase::Open {
-                    return Err(SendError::Closed);
-                }
-                // Room for the body and a typical id line.
-                if shared.fits(&state, event.body.len() + 64) {
-                    let limits = (shared.max_frames, shared.max_bytes);
-                    let frame = match state.cursor.as_mut() {
-                        Some(cursor) => match cursor.admit(event, false, limits) {
-                            Admit::Frame(frame) => frame,
-                            Admit::Duplicate | Admit::Held => return Ok(()),
-                        },
-                        None => event.body.clone(),
-                    };
-                    state.enqueue(frame);
-                    wake(state);
-                    return Ok(());
-                }
-                state.want_space = true;
+        let outcome = gate.downcast_mut::<T>().map(|gate| {
+            let mut queue = Queue {
+                shared,
+                state: &mut state,
+                queued: false,
+            };
+            let result = f(gate, &mut queue);
+            (result, queue.queued)
+        });
+        state.gate = Some(gate);
+        Ok(outcome.map(|(result, queued)| {
+            if queued {
+                wake(state);
             }
-            // Re-checked at least this often: the stream may end without a read.
-            let _ = tokio::time::timeout(Duration::from_millis(250), shared.space.notified()).await;
-        }
+            result
+        }))
     }
 
-    /// Runs `f` on the connection's cursor, if it has one.
-    pub(crate) fn with_cursor<R>(&self, f: impl FnOnce(&mut Cursor) -> R) -> Option<R> {
-        self.shared.lock().cursor.as_deref_mut().map(f)
-    }
-
-    /// Gives the connection a resume cursor.
-    pub(crate) fn install_cursor(&self, cursor: Cursor) {
-        self.shared.lock().cursor = Some(Box::new(cursor));
-    }
-
-    /// Starts holding live events back (a replay is about to run).
-    pub(crate) fn hold(&self) {
-        if let Some(cursor) = self.shared.lock().cursor.as_deref_mut() {
-            cursor.held.get_or_insert_with(Held::default);
-        }
-    }
-
-    /// Ends a replay: queues the held-back live events the replay did not
-    /// already send, then `last` with the cursor's id (e.g. a reset event,
-    /// or an empty body for an id-only frame), and goes live. Returns
-    /// `Ok(false)` instead when live events overflowed the hold: they are in
-    /// the history, so the replay must read on (live events stay held).
-    pub(crate) fn release(&self, last: Option<&[u8]>) -> Result<bool, SendError> {
-        let shared = &*self.shared;
-        let mut state = shared.lock();
-        if state.phase != Phase::Open {
-            return Err(SendError::Closed);
-        }
-        let limits = (shared.max_frames, shared.max_bytes);
-        let room_frames = shared.max_frames.saturating_sub(state.frames);
-        let room_bytes = shared.max_bytes.saturating_sub(state.bytes);
-        let Some(cursor) = state.cursor.as_deref_mut() else {
-            return Ok(true);
-        };
-        let Some(held) = cursor.held.take() else {
-            return Ok(true);
-        };
-        if held.overflowed {
-            cursor.held = Some(Held::default());
-            return Ok(false);
-        }
-        // Released only if they all fit the queue now; otherwise the replay
-        // reads them from the history, at the pace the client reads.
-        if held.events.len() + 1 > room_frames || held.bytes + 4096 > room_bytes {
-            cursor.held = Some(Held::default());
-            return Ok(false);
-        }
-        let mut frames = Vec::with_capacity(held.events.len() + 1);
-        for event in &held.events {
-            if let Admit::Frame(frame) = cursor.admit(event, false, limits) {
-                frames.push(frame);
-            }
-        }
-        if let Some(body) = last {
-            frames.push(cursor.frame(body));
-        }
-        for frame in frames {
-            // Fits: checked above (ids add a little; the first frame always fits).
-            let _ = push(shared, &mut state, frame);
-        }
-        wake(state);
-        Ok(true)
+    /// Waits until the client has read something (or a short while has
+    /// passed), after [`Queue::want_space`] was called under the lock. A
+    /// sender that must not drop (a replay) loops on this.
+    pub(crate) async fn wait_for_space(&self) {
+        // Re-checked at least this often: the stream may end without a read.
+        let _ =
+            tokio::time::timeout(Duration::from_millis(250), self.shared.space.notified()).await;
     }
 
     /// Ends the stream after the frames already queued, with `last` as the
@@ -425,6 +360,56 @@ impl FrameSender {
     /// Frames currently waiting to be read by the client.
     pub fn queued(&self) -> usize {
         self.shared.lock().frames
+    }
+}
+
+/// A connection's queue as a gate sees it, under the queue's lock (see
+/// [`FrameSender::with_gate`]).
+pub(crate) struct Queue<'a> {
+    shared: &'a Shared,
+    state: &'a mut State,
+    /// Something was queued: the stream is woken when the lock is released.
+    queued: bool,
+}
+
+impl Queue<'_> {
+    /// The queue's bounds: frames, bytes.
+    pub(crate) fn limits(&self) -> (usize, usize) {
+        (self.shared.max_frames, self.shared.max_bytes)
+    }
+
+    /// Room left now: frames, bytes.
+    pub(crate) fn room(&self) -> (usize, usize) {
+        (
+            self.shared.max_frames.saturating_sub(self.state.frames),
+            self.shared.max_bytes.saturating_sub(self.state.bytes),
+        )
+    }
+
+    /// Whether a frame of `len` bytes fits the bounds now.
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        self.shared.fits(self.state, len)
+    }
+
+    /// Queues `frame` within the bounds, or applies the overflow policy.
+    pub(crate) fn push(&mut self, frame: Bytes) -> Result<(), SendError> {
+        let result = push(self.shared, self.state, frame);
+        if result != Err(SendError::Dropped) {
+            self.queued = true;
+        }
+        result
+    }
+
+    /// Queues `frame` past the bounds (the caller checked [`Queue::fits`]).
+    pub(crate) fn enqueue(&mut self, frame: Bytes) {
+        self.state.enqueue(frame);
+        self.queued = true;
+    }
+
+    /// Asks to be told (through [`FrameSender::wait_for_space`]) when the
+    /// client reads.
+    pub(crate) fn want_space(&mut self) {
+        self.state.want_space = true;
     }
 }
 

@@ -66,12 +66,12 @@
 //! `sse.publish` is at DEBUG so that a production subscriber at INFO pays
 //! nothing per publish.
 
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{Counter, Gauge, Histogram, Unit};
-
-use crate::broker::BrokerStatus;
-use crate::registry::FanOut;
+use serde::Serialize;
 
 /// What kind of metric a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,27 +206,110 @@ pub fn describe() {
     }
 }
 
-/// One hub's metric handles, registered once with the recorder installed
-/// when the hub was built. Each method is what one place in the hub records.
+/// A snapshot of a hub's counters: the same events the metrics above
+/// record, counted by the same calls, so `stats()` and an exporter agree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Connections held now.
+    pub connections: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Successful calls to [`Hub::publish`](crate::Hub::publish).
+    pub published: u64,
+    /// Messages this hub published on the bus.
+    pub bus_out: u64,
+    /// Messages received from the bus, including echoes and malformed ones.
+    pub bus_in: u64,
+    /// Received messages that were this hub's own echo (already delivered locally).
+    pub bus_echo: u64,
+    /// Received messages refused as malformed or of an unknown version.
+    pub bus_malformed: u64,
+    /// Bus publishes that failed; the event reached no other node.
+    pub bus_errors: u64,
+    /// Frames queued to local connections (live and replayed).
+    pub delivered: u64,
+    /// Frames dropped by a full queue under `OverflowPolicy::DropEvents`.
+    pub dropped: u64,
+    /// Connections closed because their queue overflowed.
+    pub overflow_closed: u64,
+    /// Bus channels this hub listens to now.
+    pub subscriptions: u64,
+    /// Times the broker went down.
+    pub bus_outages: u64,
+    /// Gap events sent to streams after the broker came back.
+    pub gap_events: u64,
+    /// Replays run (a reconnect with `Last-Event-ID`, or a bus outage ending
+    /// with history on).
+    pub replays: u64,
+    /// Events sent by replays.
+    pub replayed: u64,
+    /// Reset events sent (see [`RESET_EVENT`](crate::resume::RESET_EVENT)).
+    pub resets: u64,
+}
+
+/// What one fan-out did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct FanOut {
+    /// Frames queued.
+    pub(crate) delivered: u64,
+    /// Frames dropped by `OverflowPolicy::DropEvents`.
+    pub(crate) dropped: u64,
+    /// Connections closed by `OverflowPolicy::Close`.
+    pub(crate) overflow_closed: u64,
+}
+
+/// One counter: an atomic for [`HubStats`] and the metric handle, bumped
+/// together.
 #[derive(Debug)]
-pub(crate) struct HubMetrics {
+struct Both {
+    count: AtomicU64,
+    metric: Counter,
+}
+
+impl Both {
+    fn new(metric: Counter) -> Self {
+        Self {
+            count: AtomicU64::new(0),
+            metric,
+        }
+    }
+
+    fn add(&self, n: u64) {
+        if n > 0 {
+            self.count.fetch_add(n, Ordering::Relaxed);
+            self.metric.increment(n);
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// One hub's counters. Each method is what one place in the hub records,
+/// once, for both [`HubStats`] and the `metrics` facade. The handles are
+/// registered once with the recorder installed when the hub was built.
+#[derive(Debug)]
+pub(crate) struct Counters {
     connections: Gauge,
-    connects: Counter,
+    connects: Both,
     disconnects: Counter,
-    published: Counter,
-    delivered: Counter,
-    dropped: Counter,
-    overflows: Counter,
-    bus_in: Counter,
-    bus_out: Counter,
-    bus_malformed: Counter,
-    bus_errors: Counter,
+    published: Both,
+    delivered: Both,
+    dropped: Both,
+    overflows: Both,
+    bus_in: Both,
+    bus_echo: AtomicU64,
+    bus_out: Both,
+    bus_malformed: Both,
+    bus_errors: Both,
     broker_up: Gauge,
-    bus_outages: Counter,
-    gap_events: Counter,
-    replays: Counter,
-    replayed: Counter,
-    resets: Counter,
+    bus_outages: Both,
+    gap_events: Both,
+    replays: Both,
+    replayed: Both,
+    resets: Both,
     latency_local: Histogram,
     latency_bus: Histogram,
     presence_queries: Counter,
@@ -237,65 +320,34 @@ pub(crate) struct HubMetrics {
     control_malformed: Counter,
 }
 
-/// No-op handles: what a hub records before (or without) registration.
-impl Default for HubMetrics {
-    fn default() -> Self {
-        Self {
-            connections: Gauge::noop(),
-            connects: Counter::noop(),
-            disconnects: Counter::noop(),
-            published: Counter::noop(),
-            delivered: Counter::noop(),
-            dropped: Counter::noop(),
-            overflows: Counter::noop(),
-            bus_in: Counter::noop(),
-            bus_out: Counter::noop(),
-            bus_malformed: Counter::noop(),
-            bus_errors: Counter::noop(),
-            broker_up: Gauge::noop(),
-            bus_outages: Counter::noop(),
-            gap_events: Counter::noop(),
-            replays: Counter::noop(),
-            replayed: Counter::noop(),
-            resets: Counter::noop(),
-            latency_local: Histogram::noop(),
-            latency_bus: Histogram::noop(),
-            presence_queries: Counter::noop(),
-            presence_incomplete: Counter::noop(),
-            presence_nodes: Gauge::noop(),
-            control_in: Counter::noop(),
-            control_out: Counter::noop(),
-            control_malformed: Counter::noop(),
-        }
-    }
-}
-
-impl HubMetrics {
+impl Counters {
     /// Registers the handles of node `node` with the current recorder.
     pub(crate) fn new(node: &str) -> Self {
         describe();
         let node = node.to_owned();
         let c = |name: &'static str| metrics::counter!(name, "node" => node.clone());
+        let b = |name: &'static str| Both::new(c(name));
         let g = |name: &'static str| metrics::gauge!(name, "node" => node.clone());
         let h = |path: &'static str| metrics::histogram!(LATENCY, "node" => node.clone(), "path" => path);
         Self {
             connections: g(CONNECTIONS),
-            connects: c(CONNECTS),
+            connects: b(CONNECTS),
             disconnects: c(DISCONNECTS),
-            published: c(PUBLISHED),
-            delivered: c(DELIVERED),
-            dropped: c(DROPPED),
-            overflows: c(OVERFLOWS),
-            bus_in: c(BUS_IN),
-            bus_out: c(BUS_OUT),
-            bus_malformed: c(BUS_MALFORMED),
-            bus_errors: c(BUS_ERRORS),
+            published: b(PUBLISHED),
+            delivered: b(DELIVERED),
+            dropped: b(DROPPED),
+            overflows: b(OVERFLOWS),
+            bus_in: b(BUS_IN),
+            bus_echo: AtomicU64::new(0),
+            bus_out: b(BUS_OUT),
+            bus_malformed: b(BUS_MALFORMED),
+            bus_errors: b(BUS_ERRORS),
             broker_up: g(BROKER_UP),
-            bus_outages: c(BUS_OUTAGES),
-            gap_events: c(GAP_EVENTS),
-            replays: c(REPLAYS),
-            replayed: c(REPLAYED),
-            resets: c(RESETS),
+            bus_outages: b(BUS_OUTAGES),
+            gap_events: b(GAP_EVENTS),
+            replays: b(REPLAYS),
+            replayed: b(REPLAYED),
+            resets: b(RESETS),
             latency_local: h("local"),
             latency_bus: h("bus"),
             presence_queries: c(PRESENCE_QUERIES),
@@ -307,9 +359,33 @@ impl HubMetrics {
         }
     }
 
+    /// The counters now; `connections` and `subscriptions` are read from
+    /// the registry and the subscription table by the caller.
+    pub(crate) fn snapshot(&self, connections: u64, subscriptions: u64) -> HubStats {
+        HubStats {
+            connections,
+            connections_total: self.connects.get(),
+            published: self.published.get(),
+            bus_out: self.bus_out.get(),
+            bus_in: self.bus_in.get(),
+            bus_echo: self.bus_echo.load(Ordering::Relaxed),
+            bus_malformed: self.bus_malformed.get(),
+            bus_errors: self.bus_errors.get(),
+            delivered: self.delivered.get(),
+            dropped: self.dropped.get(),
+            overflow_closed: self.overflows.get(),
+            subscriptions,
+            bus_outages: self.bus_outages.get(),
+            gap_events: self.gap_events.get(),
+            replays: self.replays.get(),
+            replayed: self.replayed.get(),
+            resets: self.resets.get(),
+        }
+    }
+
     /// A connection was accepted.
     pub(crate) fn connected(&self) {
-        self.connects.increment(1);
+        self.connects.add(1);
         self.connections.increment(1.0);
     }
 
@@ -321,79 +397,84 @@ impl HubMetrics {
 
     /// A publish succeeded.
     pub(crate) fn published(&self) {
-        self.published.increment(1);
+        self.published.add(1);
     }
 
     /// One fan-out's outcome, recorded once for all its connections.
     pub(crate) fn fan_out(&self, out: FanOut) {
-        if out.delivered > 0 {
-            self.delivered.increment(out.delivered);
-        }
-        if out.dropped > 0 {
-            self.dropped.increment(out.dropped);
-        }
-        if out.overflow_closed > 0 {
-            self.overflows.increment(out.overflow_closed);
-        }
+        self.delivered.add(out.delivered);
+        self.dropped.add(out.dropped);
+        self.overflows.add(out.overflow_closed);
     }
 
     /// A message arrived from the bus.
     pub(crate) fn bus_in(&self) {
-        self.bus_in.increment(1);
+        self.bus_in.add(1);
+    }
+
+    /// A received message was this hub's own echo.
+    pub(crate) fn bus_echo(&self) {
+        self.bus_echo.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A message went out on the bus.
     pub(crate) fn bus_out(&self) {
-        self.bus_out.increment(1);
+        self.bus_out.add(1);
     }
 
-    /// A received bus message was refused.
-    pub(crate) fn bus_malformed(&self) {
-        self.bus_malformed.increment(1);
+    /// A message received on `channel` was refused: counted, and logged at
+    /// WARN for the 1st, 2nd, 4th, 8th... so a flood cannot flood the logs.
+    pub(crate) fn bus_malformed(&self, channel: &dyn fmt::Display, err: &dyn fmt::Display) {
+        self.bus_malformed.add(1);
+        let n = self.bus_malformed.get();
+        if n.is_power_of_two() {
+            tracing::warn!(%channel, error = %err, refused_so_far = n, "refused a bus message");
+        } else {
+            tracing::debug!(%channel, error = %err, "refused a bus message");
+        }
     }
 
     /// A bus publish failed.
     pub(crate) fn bus_error(&self) {
-        self.bus_errors.increment(1);
+        self.bus_errors.add(1);
     }
 
-    /// The broker's status is now `status`.
-    pub(crate) fn broker_status(&self, status: BrokerStatus) {
-        self.broker_up
-            .set(if status == BrokerStatus::Up { 1.0 } else { 0.0 });
+    /// The broker now reaches its server (`up`) or not.
+    pub(crate) fn broker_up(&self, up: bool) {
+        self.broker_up.set(if up { 1.0 } else { 0.0 });
     }
 
     /// The broker went down.
     pub(crate) fn bus_outage(&self) {
-        self.bus_outages.increment(1);
+        self.bus_outages.add(1);
     }
 
-    /// `n` gap events were queued.
-    pub(crate) fn gap_events(&self, n: u64) {
-        if n > 0 {
-            self.gap_events.increment(n);
-        }
+    /// Gap events were queued (`out.delivered` of them).
+    pub(crate) fn gap_events(&self, out: FanOut) {
+        self.gap_events.add(out.delivered);
+        self.fan_out(out);
     }
 
     /// A resume started replaying history (inside [`replay_span`]).
     pub(crate) fn replay_started(&self) {
-        self.replays.increment(1);
+        self.replays.add(1);
     }
 
-    /// `n` events were replayed from history to one connection.
+    /// `n` events were replayed from history to one connection: they are
+    /// delivered frames too.
     pub(crate) fn events_replayed(&self, n: u64) {
-        if n > 0 {
-            self.replayed.increment(n);
-        }
+        self.replayed.add(n);
+        self.delivered.add(n);
     }
 
     /// A resume could not replay everything and sent the reset event.
     pub(crate) fn resume_reset(&self) {
-        self.resets.increment(1);
+        self.resets.add(1);
     }
 
     /// A publish started at `started` reached local connections (`out`).
     pub(crate) fn frame_from_local(&self, started: Instant, out: FanOut) {
+        self.fan_out(out);
         if out.delivered > 0 {
             self.latency_local.record(started.elapsed().as_secs_f64());
         }
@@ -402,6 +483,7 @@ impl HubMetrics {
     /// A message published at `ts_us` (the origin's clock, see
     /// [`wire`](crate::wire)) reached local connections (`out`).
     pub(crate) fn frame_from_bus(&self, ts_us: Option<u64>, out: FanOut) {
+        self.fan_out(out);
         if out.delivered == 0 {
             return;
         }
@@ -508,7 +590,7 @@ mod tests {
 
     #[test]
     fn handles_without_a_recorder_are_no_ops() {
-        let m = HubMetrics::new("n");
+        let m = Counters::new("n");
         m.connected();
         m.fan_out(FanOut::default());
         m.frame_from_bus(Some(now_us()), FanOut::default());
@@ -516,5 +598,23 @@ mod tests {
         m.events_replayed(3);
         m.resume_reset();
         let _span = replay_span("n", "n.x.1", 2);
+    }
+
+    #[test]
+    fn one_call_feeds_the_snapshot() {
+        let m = Counters::new("n");
+        m.connected();
+        m.events_replayed(3);
+        m.fan_out(FanOut {
+            delivered: 2,
+            dropped: 1,
+            overflow_closed: 1,
+        });
+        m.bus_malformed(&"topic:t", &"bad");
+        let s = m.snapshot(1, 4);
+        assert_eq!(s.connections_total, 1);
+        assert_eq!((s.delivered, s.replayed), (5, 3));
+        assert_eq!((s.dropped, s.overflow_closed), (1, 1));
+        assert_eq!((s.bus_malformed, s.connections, s.subscriptions), (1, 1, 4));
     }
 }

@@ -47,6 +47,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventError};
 
+mod position;
+pub(crate) use position::random_tag;
+pub use position::{stamp, Position};
+
 /// The envelope version this crate writes and reads.
 pub const VERSION: u64 = 1;
 
@@ -159,15 +163,16 @@ impl<'a> Envelope<'a> {
         }
     }
 
-    /// Encodes the envelope as JSON.
-    pub fn encode(&self) -> Bytes {
+    /// Encodes the envelope as JSON. Writing strings and integers does not
+    /// fail in practice; if serialization ever did, the error says so
+    /// instead of an empty message going out.
+    pub fn encode(&self) -> Result<Bytes, WireError> {
         // Sized for the data plus the other fields, so the common case
-        // never reallocates. Writing strings and integers cannot fail.
+        // never reallocates.
         let mut buf = Vec::with_capacity(self.data.len() + self.data.len() / 8 + 160);
-        match serde_json::to_writer(&mut buf, self) {
-            Ok(()) => Bytes::from(buf),
-            Err(_) => Bytes::new(),
-        }
+        serde_json::to_writer(&mut buf, self)
+            .map_err(|err| WireError::Malformed(format!("cannot encode envelope: {err}")))?;
+        Ok(Bytes::from(buf))
     }
 
     /// The SSE frame carried, checked like any [`Event`] and encoded
@@ -227,7 +232,7 @@ mod tests {
             .data("a\nb");
         let mut env = Envelope::from_event(&event);
         env.origin = Some("n.x".into());
-        let bytes = env.encode();
+        let bytes = env.encode().unwrap();
         // Hubs recognise their echo by this prefix.
         assert!(bytes.starts_with(br#"{"v":1,"origin":"n.x","#), "{bytes:?}");
         let back = Envelope::decode(&bytes).unwrap();
@@ -259,10 +264,10 @@ mod tests {
     fn publish_time_is_optional() {
         let env = Envelope::decode(br#"{"v":1,"ts_us":1700000000000000,"data":"x"}"#).unwrap();
         assert_eq!(env.ts_us, Some(1_700_000_000_000_000));
-        assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+        assert_eq!(Envelope::decode(&env.encode().unwrap()).unwrap(), env);
         let old = Envelope::decode(br#"{"v":1,"data":"x"}"#).unwrap();
         assert_eq!(old.ts_us, None);
-        assert!(!old.encode().windows(5).any(|w| w == b"ts_us"));
+        assert!(!old.encode().unwrap().windows(5).any(|w| w == b"ts_us"));
         for lenient in [
             &br#"{"v":1,"ts_us":-1}"#[..],
             br#"{"v":1,"ts_us":"soon"}"#,
@@ -271,7 +276,7 @@ mod tests {
         ] {
             let env = Envelope::decode(lenient).unwrap();
             assert_eq!(env.ts_us, None, "{lenient:?}");
-            assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+            assert_eq!(Envelope::decode(&env.encode().unwrap()).unwrap(), env);
         }
         let float = Envelope::decode(br#"{"v":1,"ts_us":1.5e15}"#).unwrap();
         assert_eq!(float.ts_us, Some(1_500_000_000_000_000));

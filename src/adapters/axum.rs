@@ -1,9 +1,11 @@
-//! axum: return a [`Connection`] or [`SseStream`] from a handler, and read
+//! axum: return a [`Connection`] or [`SseStream`] from a handler, a
+//! [`ConnectError`] or [`PublishError`] as the response it means (its
+//! status, `Retry-After` where it has one, the reason as text), and read
 //! `Last-Event-ID` with the [`LastEventId`] extractor.
 //!
 //! ```no_run
 //! use axum::{extract::{Query, State}, routing::get, Router};
-//! use sse_cluster::{adapters::axum::LastEventId, Connection, Hub, Subscription};
+//! use sse_cluster::{adapters::axum::LastEventId, ConnectError, Connection, Hub, Subscription};
 //!
 //! #[derive(serde::Deserialize)]
 //! struct Params { topic: String }
@@ -12,10 +14,8 @@
 //!     State(hub): State<Hub>,
 //!     Query(p): Query<Params>,
 //!     LastEventId(last): LastEventId,
-//! ) -> Result<Connection, axum::http::StatusCode> {
-//!     hub.connect(Subscription::new().topic(p.topic).resume_from(last))
-//!         .await
-//!         .map_err(|_| axum::http::StatusCode::SERVICE_UNAVAILABLE)
+//! ) -> Result<Connection, ConnectError> {
+//!     hub.connect(Subscription::new().topic(p.topic).resume_from(last)).await
 //! }
 //!
 //! # async fn app(hub: Hub) -> Router {
@@ -30,7 +30,7 @@ use axum_core::extract::FromRequestParts;
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use crate::{Connection, SseStream};
+use crate::{ConnectError, Connection, PublishError, SseStream};
 
 impl IntoResponse for SseStream {
     fn into_response(self) -> Response {
@@ -44,9 +44,23 @@ impl IntoResponse for Connection {
     }
 }
 
+impl IntoResponse for ConnectError {
+    fn into_response(self) -> Response {
+        self.to_http_response().map(Body::from)
+    }
+}
+
+impl IntoResponse for PublishError {
+    fn into_response(self) -> Response {
+        let mut response = Response::new(Body::from(self.to_string()));
+        *response.status_mut() = self.status();
+        response
+    }
+}
+
 /// The client's `Last-Event-ID` (header, or `last_event_id` query parameter);
 /// `None` for a new client, an empty string for an unusable value (see
-/// [`last_event_id`](super::last_event_id)). Never rejects a request. Pass
+/// [`last_event_id`](crate::resume::last_event_id)). Never rejects a request. Pass
 /// it on with [`Subscription::resume_from`](crate::Subscription::resume_from).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LastEventId(pub Option<String>);
@@ -55,7 +69,7 @@ impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
-        Ok(LastEventId(super::last_event_id(
+        Ok(LastEventId(crate::resume::last_event_id(
             &parts.headers,
             parts.uri.query(),
         )))

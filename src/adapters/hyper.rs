@@ -42,7 +42,7 @@ pub fn unavailable() -> Response<SseStream> {
 }
 
 /// The client's `Last-Event-ID` (header, or `last_event_id` query parameter),
-/// as [`last_event_id`](super::last_event_id) reads it.
+/// as [`last_event_id`](crate::resume::last_event_id) reads it.
 pub fn last_event_id<B>(request: &Request<B>) -> Option<String> {
-    super::last_event_id(request.headers(), request.uri().query())
+    crate::resume::last_event_id(request.headers(), request.uri().query())
 }

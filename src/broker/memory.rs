@@ -111,9 +111,11 @@ impl MemoryBus {
     }
 
     /// Hands `payload` to every connected member subscribed to `channel`,
-    /// in the caller's thread (the memory history publishes this way while
-    /// holding its own lock, which keeps each channel in position order).
-    pub(crate) fn deliver(&self, channel: &Channel, payload: &Bytes) {
+    /// in the caller's thread, before returning: a synchronous publish. A
+    /// history store built on this bus publishes this way while holding its
+    /// own lock, which keeps each channel in position order (see
+    /// [`MemoryHistory`](crate::history::memory::MemoryHistory)).
+    pub fn deliver(&self, channel: &Channel, payload: &Bytes) {
         for sink in self.inner.sinks(channel) {
             sink.deliver(channel, payload.clone());
         }

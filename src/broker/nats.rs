@@ -360,19 +360,21 @@ impl NatsBroker {
         }
     }
 
-    /// The subject prefix.
-    pub(crate) fn prefix(&self) -> &str {
+    /// The subject prefix (a history store names its own subjects after it).
+    pub fn prefix(&self) -> &str {
         &self.config.prefix
     }
 
     /// The client, once [`Broker::start`] has connected it (it reconnects by
-    /// itself; the same client serves throughout).
-    pub(crate) fn client(&self) -> Option<Client> {
+    /// itself; the same client serves throughout). A history store or any
+    /// other part of the app may share it, e.g. for JetStream.
+    pub fn client(&self) -> Option<Client> {
         self.shared.client.get().cloned()
     }
 
-    /// Whether the broker is connected and its subscriptions confirmed.
-    pub(crate) fn is_up(&self) -> bool {
+    /// Whether the broker is connected and its subscriptions confirmed
+    /// (the [`Broker::status`] now).
+    pub fn is_up(&self) -> bool {
         *self.shared.status.borrow() == BrokerStatus::Up
     }
 
@@ -526,7 +528,7 @@ impl Shared {
                         Some(seq) => sink.deliver_at(
                             &forward_channel,
                             message.payload,
-                            crate::history::Position::new(seq, 0),
+                            crate::wire::Position::new(seq, 0),
                         ),
                         None => sink.deliver(&forward_channel, message.payload),
                     }

@@ -403,14 +403,17 @@ impl RedisBroker {
         self.shared.name(channel)
     }
 
-    /// Whether the broker uses sharded pub/sub.
-    pub(crate) fn is_sharded(&self) -> bool {
+    /// Whether the broker uses sharded pub/sub (`SPUBLISH`): a store that
+    /// publishes from a script must use the same command.
+    pub fn is_sharded(&self) -> bool {
         self.shared.config.sharded
     }
 
-    /// Runs a script on the publish connection (the history store's
-    /// appends and reads share it, pipelined with publishes).
-    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+    /// Runs a script on the broker's publish connection, pipelined with
+    /// its publishes (the history store's appends and reads share it this
+    /// way). Fails at once with a transient error while the connection is
+    /// down.
+    pub async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, BrokerError> {
@@ -422,8 +425,9 @@ impl RedisBroker {
         result.map_err(|err| self.command_failed(generation, err))
     }
 
-    /// Runs a command on the publish connection.
-    pub(crate) async fn query<T: redis::FromRedisValue>(
+    /// Runs a command on the broker's publish connection (see
+    /// [`RedisBroker::invoke`]).
+    pub async fn query<T: redis::FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
     ) -> Result<T, BrokerError> {

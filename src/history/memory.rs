@@ -28,9 +28,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{stamp_envelope, Entry, Head, History, Position, Retention};
+use super::{Entry, Head, History, Position, Retention};
 use crate::broker::memory::MemoryBus;
 use crate::broker::{BrokerError, Channel};
+use crate::wire::{random_tag, stamp};
 
 #[derive(Default)]
 struct Ring {
@@ -112,7 +113,7 @@ impl MemoryHistory {
 }
 
 fn new_epoch() -> Arc<str> {
-    crate::publisher::random_tag(12).into()
+    random_tag(12).into()
 }
 
 #[async_trait]
@@ -129,7 +130,7 @@ impl History for MemoryHistory {
         // Delivered under the lock: the next append of this channel waits,
         // so every hub sees the channel in position order.
         self.bus
-            .deliver(channel, &stamp_envelope(&payload, position, &epoch));
+            .deliver(channel, &stamp(&payload, position, &epoch));
         Ok(position)
     }
 

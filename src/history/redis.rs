@@ -46,6 +46,7 @@ use redis::{Script, Value};
 use super::{Entry, Head, History, Position, Retention};
 use crate::broker::redis::RedisBroker;
 use crate::broker::{BrokerError, Channel};
+use crate::wire::random_tag;
 
 /// Appends, trims, refreshes the TTL and publishes the stamped envelope.
 /// The entry id's time (the server's clock, as `XADD *` assigns it) dates
@@ -222,7 +223,7 @@ impl History for RedisHistory {
                     .arg(mode)
                     .arg(max_age)
                     .arg(self.ttl_ms())
-                    .arg(crate::publisher::random_tag(12))
+                    .arg(random_tag(12))
                     .arg(command),
             )
             .await?;
@@ -243,7 +244,7 @@ impl History for RedisHistory {
                     self.head
                         .key(stream)
                         .key(epoch)
-                        .arg(crate::publisher::random_tag(12))
+                        .arg(random_tag(12))
                         .arg(self.ttl_ms())
                         .arg(after.map_or(String::new(), |p| p.to_string())),
                 )

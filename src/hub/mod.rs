@@ -1,0 +1,529 @@
+//! The facade: node identity, connect, publish, shutdown and limits.
+//!
+//! The hub is split into what a reader looks for: this file (the [`Hub`],
+//! its connect, publish and shutdown), `builder.rs` ([`HubBuilder`]),
+//! `error.rs` ([`HubError`], [`ConnectError`] and the HTTP status of each
+//! refusal), `subscriptions.rs` (the subscription manager behind
+//! interest-based routing) and `routing.rs` (what arrives from the bus).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::broker::{BrokerStatus, Channel};
+use crate::event::{retry_frame, Event};
+use crate::limits::check_name;
+use crate::outbound::Outbound;
+use crate::presence::{Presence, PresenceState};
+use crate::registry::{ConnectionId, ConnectionRegistry};
+use crate::resume::Resumer;
+use crate::stream::{self, SseStream, StreamConfig};
+use crate::telemetry::{Counters, FanOut};
+
+mod builder;
+mod error;
+mod routing;
+mod subscriptions;
+
+pub use crate::limits::{MAX_NAME_LEN, MAX_TOPICS_PER_CONNECTION};
+pub use crate::outbound::{PublishError, PublishReceipt, Target};
+pub use crate::subscription::Subscription;
+pub use crate::telemetry::HubStats;
+pub use builder::HubBuilder;
+pub use error::{ConnectError, HubError};
+
+use subscriptions::Subscriptions;
+
+/// A new connection: its id and its SSE body.
+#[derive(Debug)]
+pub struct Connection {
+    id: ConnectionId,
+    stream: SseStream,
+}
+
+impl Connection {
+    /// The connection id, usable in [`Target::Connection`] from any node.
+    pub fn id(&self) -> &ConnectionId {
+        &self.id
+    }
+
+    /// The SSE body.
+    pub fn into_stream(self) -> SseStream {
+        self.stream
+    }
+
+    /// The SSE body in an `http::Response` with the SSE headers.
+    pub fn into_http_response(self) -> http::Response<SseStream> {
+        self.stream.into_http_response()
+    }
+}
+
+/// One node of the cluster: holds this node's connections and routes events
+/// to them from any node.
+///
+/// Cheap to clone; clones are the same hub.
+///
+/// ```no_run
+/// use sse_cluster::{Event, Hub, Subscription, Target};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let hub = Hub::builder().node_id("a").build().await?;
+/// let conn = hub.connect(Subscription::new().topic("news")).await?;
+/// // hand `conn.into_http_response()` to hyper, or `conn` itself to axum...
+/// hub.publish(Target::topic("news"), Event::new().data("hello")).await?;
+/// hub.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("node_id", &self.inner.node_id)
+            .field("instance", &self.inner.instance)
+            .field("connections", &self.inner.registry.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    node_id: Arc<str>,
+    node_len: usize,
+    /// `{node}.{random}`: tells this run of the node from an earlier one.
+    instance: Arc<str>,
+    /// How this hub's own envelopes start (see `wire`): its echo is
+    /// recognised without parsing.
+    echo_prefix: Box<[u8]>,
+    status: watch::Receiver<BrokerStatus>,
+    registry: Arc<ConnectionRegistry>,
+    subscriptions: Subscriptions,
+    counters: Arc<Counters>,
+    stream: StreamConfig,
+    shutdown_retry: (Duration, Duration),
+    drain_timeout: Duration,
+    next_conn: AtomicU64,
+    shutting_down: AtomicBool,
+    closed: AtomicBool,
+    drained: Notify,
+    shutdown_done: watch::Sender<bool>,
+    /// The broker is (or started) down: its next Up ends an outage.
+    bus_down: AtomicBool,
+    gap_events: bool,
+    limits: builder::Limits,
+    authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
+    /// This hub's side of the presence protocol.
+    presence: Arc<PresenceState>,
+    /// Connections admitted and not yet unregistered (the node limit is
+    /// checked against this, not the registry, so concurrent connects
+    /// cannot overshoot it).
+    admitted: AtomicUsize,
+    /// The resume layer, with history on.
+    resumer: Option<Arc<Resumer>>,
+    /// Envelopes, message ids and the send to the bus or the store.
+    outbound: Outbound,
+}
+
+impl Hub {
+    /// Starts configuring a hub.
+    pub fn builder() -> HubBuilder {
+        HubBuilder::default()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The connections held on this node.
+    pub fn registry(&self) -> &ConnectionRegistry {
+        &self.inner.registry
+    }
+
+    /// Whether the broker can reach its server now.
+    pub fn broker_status(&self) -> BrokerStatus {
+        *self.inner.status.borrow()
+    }
+
+    /// Cluster-wide presence: connections and users of a topic, and whether
+    /// a user is connected anywhere (see [`presence`](crate::presence)).
+    /// Needs [`HubBuilder::presence`] on every node.
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: sse_cluster::Hub) -> Result<(), sse_cluster::presence::PresenceError> {
+    /// let news = hub.presence().topic("news").await?;
+    /// let online = hub.presence().user_online("42").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn presence(&self) -> Presence {
+        Presence::new(self.inner.presence.clone())
+    }
+
+    /// True once [`Hub::shutdown`] has been called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the counters (the same figures the `metrics` facade
+    /// gets; see [`telemetry`](crate::telemetry)).
+    pub fn stats(&self) -> HubStats {
+        let inner = &self.inner;
+        inner.counters.snapshot(
+            inner.registry.len() as u64,
+            inner.subscriptions.len() as u64,
+        )
+    }
+
+    /// Like [`Hub::connect`], after asking the configured
+    /// [`Authorizer`](crate::auth::Authorizer) (if any) about `request`; it
+    /// may refuse ([`ConnectError::Denied`]) or rewrite the subscription.
+    /// The request's `Last-Event-ID` (header or `last_event_id` query
+    /// parameter, see [`resume::last_event_id`](crate::resume::last_event_id))
+    /// is used unless the subscription already has one.
+    pub async fn connect_request(
+        &self,
+        request: &http::request::Parts,
+        sub: Subscription,
+    ) -> Result<Connection, ConnectError> {
+        let mut sub = match &self.inner.authorizer {
+            Some(authorizer) => authorizer.authorize(request, sub).await?,
+            None => sub,
+        };
+        if sub.last_event_id.is_none() {
+            sub.last_event_id = crate::resume::last_event_id(&request.headers, request.uri.query());
+        }
+        self.connect(sub).await
+    }
+
+    /// Opens a connection: registers it, makes sure the bus delivers its
+    /// user's and topics' events to this node, and returns its SSE body.
+    ///
+    /// When this returns, every event published afterwards on any node for
+    /// this connection's targets reaches it. Dropping the body (the client
+    /// went away) unregisters the connection at once.
+    #[tracing::instrument(name = "sse.connect", skip_all, fields(node = %self.inner.node_id, user = ?sub.user, topics = sub.topics.len(), conn))]
+    pub async fn connect(&self, sub: Subscription) -> Result<Connection, ConnectError> {
+        let inner = &self.inner;
+        if self.is_shutting_down() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        let invalid = ConnectError::InvalidSubscription;
+        let user: Option<Arc<str>> = match sub.user {
+            Some(u) => {
+                check_name(&u).map_err(invalid)?;
+                Some(u.into())
+            }
+            None => None,
+        };
+        let mut topics = Vec::with_capacity(sub.topics.len());
+        for topic in sub.topics {
+            check_name(&topic).map_err(invalid)?;
+            topics.push(Arc::<str>::from(topic));
+        }
+        topics.sort_unstable();
+        topics.dedup();
+        if topics.len() > MAX_TOPICS_PER_CONNECTION {
+            return Err(invalid(format!(
+                "at most {MAX_TOPICS_PER_CONNECTION} topics per connection"
+            )));
+        }
+
+        if let Some(user) = &user {
+            if inner.registry.user_connections(user) >= inner.limits.max_per_user {
+                return Err(ConnectError::UserLimit);
+            }
+        }
+        if inner.admitted.fetch_add(1, Ordering::AcqRel) >= inner.limits.max_connections {
+            inner.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(ConnectError::NodeFull {
+                retry_after: Duration::from_secs(fastrand::u64(1..=5)),
+            });
+        }
+        // From here every path ends in `Registration`, whose drop gives the
+        // admission back.
+        let seq = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let id = ConnectionId::new(&inner.instance, inner.node_len, seq);
+        tracing::Span::current().record("conn", id.as_str());
+        let (sender, mut stream) = stream::channel(&inner.stream);
+        if let Some(greeting) = sub.greeting {
+            stream = stream.prepend(&greeting(&id));
+        }
+        let mut channels: Vec<Channel> = topics.iter().cloned().map(Channel::Topic).collect();
+        channels.extend(user.clone().map(Channel::User));
+        // Holds live events back until the resume below decides.
+        let resumable = inner.resumer.as_ref().map(|r| {
+            (
+                r,
+                r.prepare(&sender, user.as_ref(), &topics),
+                sender.clone(),
+            )
+        });
+        let fresh = inner
+            .registry
+            .register(id.clone(), user, topics.into(), sender);
+        let stream = stream.with_drop_guard(Registration {
+            inner: inner.clone(),
+            id: id.clone(),
+        });
+        inner.counters.connected();
+
+        // Wait until the bus delivers every channel of this connection here.
+        if inner.subscriptions.ensure(channels, &fresh).await.is_err() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        // A shutdown that began meanwhile may have missed this connection.
+        if self.is_shutting_down() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        if let Some((resumer, channels, sender)) = resumable {
+            let last = sub.last_event_id.as_deref();
+            resumer
+                .connect(sender, channels, last, id.as_str())
+                .await
+                .map_err(ConnectError::HistoryUnavailable)?;
+        }
+        Ok(Connection { id, stream })
+    }
+
+    /// Publishes `event` to `target` on every node.
+    ///
+    /// The event is encoded once. Local receivers get it directly (this
+    /// node's echo from the bus is ignored); other nodes get it through the
+    /// bus, only those with interest in the target. An event for a connection
+    /// held here never touches the bus. With history on, events to a topic,
+    /// a user or everyone go through the store, and reach every node, this
+    /// one included, from the bus, in position order.
+    #[tracing::instrument(name = "sse.publish", level = "debug", skip_all, fields(node = %self.inner.node_id, target = ?target, msg))]
+    pub async fn publish(
+        &self,
+        target: Target,
+        event: Event,
+    ) -> Result<PublishReceipt, PublishError> {
+        let started = std::time::Instant::now();
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(PublishError::ShutDown);
+        }
+        let outbound = &inner.outbound;
+        let msg = outbound.check(&target, &event)?;
+        tracing::Span::current().record("msg", msg.as_str());
+        let local = self.deliver_locally(&target, &event);
+        inner.counters.frame_from_local(started, local);
+        let receipt = |id| PublishReceipt {
+            id,
+            delivered_locally: local.delivered,
+        };
+        if let Target::Connection(id) = &target {
+            if id.node() == &*inner.node_id {
+                // Held here: delivered directly, the bus is not involved.
+                inner.counters.published();
+                return Ok(receipt(msg));
+            }
+        }
+        let (channel, payload) = outbound.envelope(&target, &event, &msg)?;
+        if let Err(err) = outbound.send(&channel, payload).await {
+            inner.counters.bus_error();
+            tracing::warn!(%channel, error = %err, "bus publish failed");
+            return Err(err.into());
+        }
+        inner.counters.bus_out();
+        inner.counters.published();
+        Ok(receipt(msg))
+    }
+
+    /// The local fast path of a publish: this node's receivers get the
+    /// frame at once, unless history is on for the target's channel (then
+    /// they get it from the bus, with its position).
+    fn deliver_locally(&self, target: &Target, event: &Event) -> FanOut {
+        let inner = &self.inner;
+        let registry = &inner.registry;
+        match target {
+            Target::Connection(id) if id.node() == &*inner.node_id => {
+                registry.send_to_connection(id, &event.encode())
+            }
+            Target::Connection(_) => FanOut::default(),
+            _ if inner.resumer.is_some() => FanOut::default(),
+            Target::Topic(t) if registry.topic_connections(t) > 0 => {
+                registry.send_to_topic(t, &event.encode())
+            }
+            Target::User(u) if registry.user_connections(u) > 0 => {
+                registry.send_to_user(u, &event.encode())
+            }
+            Target::All if !registry.is_empty() => registry.send_to_all(&event.encode()),
+            _ => FanOut::default(),
+        }
+    }
+
+    /// Drains the node: refuses new connections, sends every client a
+    /// randomized `retry:` and ends its stream (so that HTTP graceful shutdown
+    /// can finish and clients reconnect elsewhere, spread out), waits for the
+    /// streams to finish (at most the drain timeout), then unsubscribes and
+    /// shuts the broker down. Idempotent; concurrent calls all wait for the
+    /// same drain.
+    #[tracing::instrument(name = "sse.shutdown", skip_all, fields(node = %self.inner.node_id))]
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if inner.shutting_down.swap(true, Ordering::AcqRel) {
+            let mut done = inner.shutdown_done.subscribe();
+            let _ = done.wait_for(|d| *d).await;
+            return;
+        }
+        let (min, max) = inner.shutdown_retry;
+        let (min, max) = (min.as_millis() as u64, max.as_millis() as u64);
+        inner
+            .registry
+            .close_all(|| Some(retry_frame(Duration::from_millis(fastrand::u64(min..=max)))));
+
+        let deadline = tokio::time::Instant::now() + inner.drain_timeout;
+        loop {
+            let drained = inner.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if inner.registry.is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                // Clients too slow to read what was queued: end them now so
+                // the HTTP server's graceful shutdown is not held up.
+                tracing::warn!(
+                    remaining = inner.registry.len(),
+                    "drain timeout: ending the streams still being written"
+                );
+                inner.registry.abort_all();
+                break;
+            }
+        }
+
+        inner.presence.leave().await;
+        inner.subscriptions.stop().await;
+        inner.closed.store(true, Ordering::Release);
+        if let Err(err) = inner.outbound.broker().shutdown().await {
+            tracing::warn!(error = %err, "broker shutdown failed");
+        }
+        inner.shutdown_done.send_replace(true);
+    }
+}
+
+/// Unregisters its connection when the stream ends or is dropped.
+struct Registration {
+    inner: Arc<Inner>,
+    id: ConnectionId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        for channel in inner.registry.unregister(&self.id) {
+            inner.subscriptions.sync(channel);
+        }
+        inner.admitted.fetch_sub(1, Ordering::AcqRel);
+        inner.counters.disconnected();
+        if inner.registry.is_empty() && inner.shutting_down.load(Ordering::Acquire) {
+            inner.drained.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::MemoryBus;
+    use futures_util::StreamExt;
+
+    async fn hub(bus: &MemoryBus, configure: impl FnOnce(HubBuilder) -> HubBuilder) -> Hub {
+        let builder = Hub::builder()
+            .broker(bus.broker())
+            .stream_config(StreamConfig::default().keep_alive(None).initial_retry(None));
+        configure(builder).build().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn local_connections_get_events_without_the_bus() {
+        let bus = MemoryBus::new();
+        let hub = hub(&bus, |b| b.node_id("a")).await;
+        let conn = hub.connect(Subscription::new().topic("t")).await.unwrap();
+        let id = conn.id().clone();
+        let mut stream = conn.into_stream();
+        let receipt = hub
+            .publish(Target::Connection(id), Event::new().data("direct"))
+            .await
+            .unwrap();
+        assert_eq!(receipt.delivered_locally, 1);
+        assert_eq!(&stream.next().await.unwrap()[..], b"data: direct\n\n");
+        assert_eq!(
+            hub.stats().bus_out,
+            0,
+            "a local connection's event stays off the bus"
+        );
+        hub.publish(Target::topic("t"), Event::new().data("t1"))
+            .await
+            .unwrap();
+        assert_eq!(&stream.next().await.unwrap()[..], b"data: t1\n\n");
+        let stats = hub.stats();
+        assert_eq!((stats.published, stats.bus_out, stats.delivered), (2, 1, 2));
+    }
+
+    #[tokio::test]
+    async fn limits_refuse_with_their_status() {
+        let bus = MemoryBus::new();
+        let hub = hub(&bus, |b| b.max_connections(1).max_connections_per_user(1)).await;
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        let err = hub
+            .connect(Subscription::new().topic(long))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+        let many = (0..=MAX_TOPICS_PER_CONNECTION).map(|i| i.to_string());
+        let err = hub
+            .connect(Subscription::new().topics(many))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::InvalidSubscription(_)));
+        let _held = hub.connect(Subscription::new().user("u")).await.unwrap();
+        let err = hub
+            .connect(Subscription::new().user("u"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::UserLimit));
+        let err = hub.connect(Subscription::new()).await.unwrap_err();
+        assert!(matches!(err, ConnectError::NodeFull { .. }));
+        assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_streams_with_a_retry_and_refuses_new_ones() {
+        let bus = MemoryBus::new();
+        let hub = hub(&bus, |b| {
+            b.shutdown_retry(Duration::from_millis(700), Duration::from_millis(700))
+        })
+        .await;
+        let mut stream = hub
+            .connect(Subscription::new())
+            .await
+            .unwrap()
+            .into_stream();
+        let draining = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.shutdown().await }
+        });
+        assert_eq!(&stream.next().await.unwrap()[..], b"retry: 700\n\n");
+        assert!(stream.next().await.is_none());
+        drop(stream);
+        draining.await.unwrap();
+        assert!(matches!(
+            hub.connect(Subscription::new()).await,
+            Err(ConnectError::ShuttingDown)
+        ));
+        assert!(matches!(
+            hub.publish(Target::All, Event::new()).await,
+            Err(PublishError::ShutDown)
+        ));
+    }
+}

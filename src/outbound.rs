@@ -1,0 +1,308 @@
+//! The outbound path, shared by hubs and publishers: target → channel,
+//! envelope, message id, size check, and the send to the bus or, for a
+//! resumable channel with history on, to the history store (which stores and
+//! publishes in one step).
+//!
+//! A [`Hub`](crate::Hub) adds its local fast path in front of this; a
+//! [`Publisher`](crate::Publisher) is only this. Both tiers therefore put
+//! exactly the same bytes on the same channels.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::broker::{Broker, BrokerError, Channel};
+use crate::event::Event;
+use crate::history::{is_resumable, History};
+use crate::limits::check_name;
+use crate::registry::ConnectionId;
+use crate::wire::{Envelope, WireError};
+
+/// Who receives a published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Target {
+    /// One connection, wherever it is held.
+    Connection(ConnectionId),
+    /// Every connection of a user, on every node.
+    User(String),
+    /// Every connection following a topic, on every node.
+    Topic(String),
+    /// Every connection on every node.
+    All,
+}
+
+impl Target {
+    /// [`Target::User`].
+    pub fn user(user: impl Into<String>) -> Self {
+        Target::User(user.into())
+    }
+
+    /// [`Target::Topic`].
+    pub fn topic(topic: impl Into<String>) -> Self {
+        Target::Topic(topic.into())
+    }
+
+    /// The bus channel of this target: a topic's or user's own channel, the
+    /// broadcast channel, or the node channel of the node holding the
+    /// connection.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Target::Topic(t) => Channel::Topic(t.as_str().into()),
+            Target::User(u) => Channel::User(u.as_str().into()),
+            Target::All => Channel::Broadcast,
+            Target::Connection(id) => Channel::Node(id.node().into()),
+        }
+    }
+}
+
+/// Why a publish did not fully go out.
+///
+/// [`PublishError::status`] gives the HTTP status an API answering a
+/// publish request should use.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The hub has shut down; nothing was delivered (HTTP 503).
+    #[error("the hub is shut down")]
+    ShutDown,
+    /// A topic or user name is empty or longer than
+    /// [`MAX_NAME_LEN`](crate::limits::MAX_NAME_LEN); nothing was delivered
+    /// (HTTP 400).
+    #[error("invalid target: {0}")]
+    InvalidTarget(String),
+    /// The event data is larger than the limit
+    /// ([`HubBuilder::max_event_size`](crate::HubBuilder::max_event_size));
+    /// nothing was delivered (HTTP 413).
+    #[error("event data of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The data size, in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// The bus (or the history store) refused the event, so other nodes did
+    /// not get it. Without history, connections on this node may already
+    /// have it (the local fast path runs first); with history on, nobody
+    /// got it (events reach every node, this one included, through the
+    /// store). [`BrokerError::is_transient`] tells whether a retry may
+    /// succeed (HTTP 503 if so, else 500).
+    #[error("the bus publish failed; other nodes did not get the event: {0}")]
+    Broker(#[from] BrokerError),
+    /// The event could not be put into a bus envelope (HTTP 500).
+    #[error(transparent)]
+    Encode(#[from] WireError),
+}
+
+impl PublishError {
+    /// True when retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PublishError::Broker(e) if e.is_transient())
+    }
+
+    /// The HTTP status that answers a publish request failing this way:
+    /// 400 for an invalid target, 413 for a too large event, 503 for a
+    /// refusal that may pass (shutdown, broker unavailable), 500 otherwise.
+    ///
+    /// ```
+    /// use sse_cluster::{PublishError, limits::DEFAULT_MAX_EVENT_SIZE};
+    ///
+    /// let err = PublishError::TooLarge { size: DEFAULT_MAX_EVENT_SIZE + 1, max: DEFAULT_MAX_EVENT_SIZE };
+    /// assert_eq!(err.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    /// ```
+    pub fn status(&self) -> StatusCode {
+        match self {
+            PublishError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
+            PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            PublishError::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
+            err if err.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What a successful publish returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishReceipt {
+    /// The message id (`{node}.{instance}.m{n}`), carried on the bus as `msg`.
+    pub id: String,
+    /// Connections on this node the event was queued for.
+    pub delivered_locally: u64,
+}
+
+/// The outbound path of one hub or publisher.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    broker: Arc<dyn Broker>,
+    history: Option<Arc<dyn History>>,
+    /// The hub instance or publisher: the envelope's `origin`.
+    origin: Arc<str>,
+    next_msg: AtomicU64,
+    max_event_size: usize,
+}
+
+impl Outbound {
+    pub(crate) fn new(
+        broker: Arc<dyn Broker>,
+        history: Option<Arc<dyn History>>,
+        origin: Arc<str>,
+        max_event_size: usize,
+    ) -> Self {
+        Self {
+            broker,
+            history,
+            origin,
+            next_msg: AtomicU64::new(1),
+            max_event_size,
+        }
+    }
+
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    pub(crate) fn origin(&self) -> &Arc<str> {
+        &self.origin
+    }
+
+    /// This path with `history` in place of its store.
+    pub(crate) fn with_history(&self, history: Arc<dyn History>) -> Self {
+        Self {
+            broker: self.broker.clone(),
+            history: Some(history),
+            origin: self.origin.clone(),
+            next_msg: AtomicU64::new(self.next_msg.load(Ordering::Relaxed)),
+            max_event_size: self.max_event_size,
+        }
+    }
+
+    /// Refuses an invalid target name or event data over the size limit,
+    /// before anything is delivered; else gives the message its id,
+    /// `{origin}.m{n}`.
+    pub(crate) fn check(&self, target: &Target, event: &Event) -> Result<String, PublishError> {
+        if let Target::Topic(name) | Target::User(name) = target {
+            check_name(name).map_err(PublishError::InvalidTarget)?;
+        }
+        let size = event.data_str().map_or(0, str::len);
+        if size > self.max_event_size {
+            return Err(PublishError::TooLarge {
+                size,
+                max: self.max_event_size,
+            });
+        }
+        let n = self.next_msg.fetch_add(1, Ordering::Relaxed);
+        Ok(format!("{}.m{n}", self.origin))
+    }
+
+    /// The bus channel and envelope of `event` to `target`, as message
+    /// `msg` (from [`Outbound::check`]).
+    pub(crate) fn envelope(
+        &self,
+        target: &Target,
+        event: &Event,
+        msg: &str,
+    ) -> Result<(Channel, Bytes), WireError> {
+        let mut envelope = Envelope::from_event(event);
+        envelope.origin = Some(self.origin.as_ref().into());
+        envelope.msg = Some(msg.into());
+        envelope.ts_us = Some(crate::telemetry::now_us());
+        if let Target::Connection(id) = target {
+            envelope.conn = Some(id.as_str().into());
+        }
+        Ok((target.channel(), envelope.encode()?))
+    }
+
+    /// Puts a bus message on its channel: through the history store when
+    /// there is one and the channel is resumable (stored and published in
+    /// one step), else straight on the bus.
+    pub(crate) async fn send(&self, channel: &Channel, payload: Bytes) -> Result<(), BrokerError> {
+        match &self.history {
+            Some(history) if is_resumable(channel) => {
+                history.append(channel, payload).await.map(drop)
+            }
+            _ => self.broker.publish(channel, payload).await,
+        }
+    }
+
+    /// [`Outbound::check`], [`Outbound::envelope`] and [`Outbound::send`]:
+    /// the whole path for a sender with no local connections.
+    pub(crate) async fn publish(
+        &self,
+        target: &Target,
+        event: &Event,
+    ) -> Result<String, PublishError> {
+        let msg = self.check(target, event)?;
+        let (channel, payload) = self.envelope(target, event, &msg)?;
+        self.send(&channel, payload).await?;
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::MemoryBus;
+    use crate::history::memory::MemoryHistory;
+    use crate::history::Retention;
+
+    fn outbound(history: bool) -> (MemoryBus, Outbound, Option<Arc<dyn History>>) {
+        let bus = MemoryBus::new();
+        let store = history
+            .then(|| Arc::new(MemoryHistory::new(&bus, Retention::default())) as Arc<dyn History>);
+        let out = Outbound::new(bus.broker(), store.clone(), "n.abc".into(), 8);
+        (bus, out, store)
+    }
+
+    #[test]
+    fn checks_names_and_sizes_before_anything() {
+        let (_bus, out, _) = outbound(false);
+        let event = Event::new().data("123456789");
+        assert!(matches!(
+            out.check(&Target::topic("t"), &event),
+            Err(PublishError::TooLarge { size: 9, max: 8 })
+        ));
+        let err = out.check(&Target::user(""), &Event::new()).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(out.check(&Target::All, &Event::new()).unwrap(), "n.abc.m1");
+        assert_eq!(out.check(&Target::All, &Event::new()).unwrap(), "n.abc.m2");
+    }
+
+    #[test]
+    fn envelopes_carry_origin_message_and_connection() {
+        let (_bus, out, _) = outbound(false);
+        let id = ConnectionId::parse("n2.xyz.7").unwrap();
+        let target = Target::Connection(id);
+        let (channel, payload) = out
+            .envelope(&target, &Event::new().data("hi"), "n.abc.m1")
+            .unwrap();
+        assert_eq!(channel, Channel::Node("n2".into()));
+        let envelope = Envelope::decode(&payload).unwrap();
+        assert_eq!(envelope.origin.as_deref(), Some("n.abc"));
+        assert_eq!(envelope.msg.as_deref(), Some("n.abc.m1"));
+        assert_eq!(envelope.conn.as_deref(), Some("n2.xyz.7"));
+        assert_eq!(envelope.data, "hi");
+    }
+
+    #[tokio::test]
+    async fn resumable_channels_go_through_history_node_channels_do_not() {
+        let (bus, out, store) = outbound(true);
+        out.publish(&Target::topic("t"), &Event::new())
+            .await
+            .unwrap();
+        let id = ConnectionId::parse("n2.xyz.7").unwrap();
+        out.publish(&Target::Connection(id), &Event::new())
+            .await
+            .unwrap();
+        // Both reached the bus: one stamped by the store, one published as is.
+        assert_eq!(bus.published(), 2);
+        let heads = store
+            .unwrap()
+            .heads(&[(Channel::Topic("t".into()), None)])
+            .await
+            .unwrap();
+        assert_eq!(heads[0].last.major(), 1);
+    }
+}

@@ -1,0 +1,320 @@
+//! The live/replay seam of one connection: its cursor (where each of its
+//! channels stands), kept under the connection's queue lock as the stream's
+//! gate, and the three ways an event reaches the queue through it.
+
+use bytes::Bytes;
+
+use super::id::{write_id, Mark, MAX_RESUMABLE_CHANNELS};
+use super::RESET_EVENT;
+use crate::stream::{FrameSender, SendError};
+use crate::wire::Position;
+
+/// A live or replayed event for one connection: which channel, where in it,
+/// and the encoded frame without an `id:` line.
+#[derive(Debug, Clone)]
+pub(crate) struct Stamped {
+    pub(crate) key: u32,
+    pub(crate) epoch: u32,
+    pub(crate) position: Position,
+    pub(crate) body: Bytes,
+}
+
+/// Per-connection resume state, kept under the connection's queue lock.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    marks: Vec<Mark>,
+    resumable: bool,
+    /// While replaying, live events wait here.
+    pub(crate) held: Option<Held>,
+}
+
+/// Live events held back during a replay, bounded like the queue.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    pub(crate) events: Vec<Stamped>,
+    pub(crate) bytes: usize,
+    /// Some were not kept: the replay must read the history again.
+    pub(crate) overflowed: bool,
+}
+
+/// What the cursor made of one event.
+pub(crate) enum Admit {
+    /// Send this frame.
+    Frame(Bytes),
+    /// Already sent (or older than what was sent): skip.
+    Duplicate,
+    /// Held back until the replay finishes.
+    Held,
+}
+
+impl Cursor {
+    /// A cursor over `keys` (canonical order), holding live events back.
+    pub(crate) fn new(keys: &[u32]) -> Self {
+        let mut distinct = keys.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let resumable = keys.len() <= MAX_RESUMABLE_CHANNELS && distinct.len() == keys.len();
+        Self {
+            marks: keys
+                .iter()
+                .map(|&key| Mark {
+                    key,
+                    epoch: 0,
+                    position: Position::ZERO,
+                })
+                .collect(),
+            resumable,
+            held: Some(Held::default()),
+        }
+    }
+
+    pub(crate) fn marks(&self) -> &[Mark] {
+        &self.marks
+    }
+
+    /// Where the channel with `key` stands.
+    pub(crate) fn position(&self, key: u32) -> Option<Position> {
+        self.marks.iter().find(|m| m.key == key).map(|m| m.position)
+    }
+
+    /// Sets where a channel stands (at connect, after reading heads).
+    pub(crate) fn set(&mut self, key: u32, epoch: u32, position: Position) {
+        if let Some(m) = self.marks.iter_mut().find(|m| m.key == key) {
+            m.epoch = epoch;
+            m.position = position;
+        }
+    }
+
+    /// Decides about one event; `hold` is false for replayed events, which
+    /// go out even while live ones are held back.
+    pub(crate) fn admit(&mut self, event: &Stamped, hold: bool, max_held: (usize, usize)) -> Admit {
+        if event.key == 0 {
+            // Not a channel (a reset event): sent with the current id.
+            return Admit::Frame(self.frame(&event.body));
+        }
+        let Some(i) = self.marks.iter().position(|m| m.key == event.key) else {
+            // Not a channel of this connection's cursor: deliver as is.
+            return Admit::Frame(event.body.clone());
+        };
+        let mark = self.marks[i];
+        if mark.epoch == event.epoch && event.position <= mark.position {
+            return Admit::Duplicate;
+        }
+        if hold {
+            if let Some(held) = &mut self.held {
+                if !held.overflowed
+                    && held.events.len() < max_held.0 / 2
+                    && held.bytes + event.body.len() <= max_held.1 / 2
+                {
+                    held.bytes += event.body.len();
+                    held.events.push(event.clone());
+                } else {
+                    held.overflowed = true;
+                    held.events = Vec::new();
+                    held.bytes = 0;
+                }
+                return Admit::Held;
+            }
+        }
+        self.marks[i].epoch = event.epoch;
+        self.marks[i].position = event.position;
+        Admit::Frame(self.frame(&event.body))
+    }
+
+    /// `body` with this cursor's id line in front.
+    pub(crate) fn frame(&self, body: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(body.len() + 8 + self.marks.len() * 20);
+        out.extend_from_slice(b"id: ");
+        write_id(&mut out, self.marks.iter().copied(), self.resumable);
+        out.push(b'\n');
+        out.extend_from_slice(body);
+        if body.is_empty() {
+            // An id-only frame: the client's last event id moves, no event fires.
+            out.push(b'\n');
+        }
+        Bytes::from(out)
+    }
+}
+
+/// The frame of a reset event with `reason`.
+pub(crate) fn reset_body(reason: &str) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(RESET_EVENT.as_bytes());
+    out.extend_from_slice(b"\ndata: {\"reason\":\"");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\"}\n\n");
+    Bytes::from(out)
+}
+
+/// Queues a live event of a resumable channel: the connection's cursor
+/// skips what it already sent, holds it back during a replay, or gives it
+/// the connection's id line. A connection without a cursor gets the body.
+pub(crate) fn send_live(sender: &FrameSender, event: &Stamped) -> Result<(), SendError> {
+    let sent = sender.with_gate(|cursor: &mut Cursor, queue| {
+        match cursor.admit(event, true, queue.limits()) {
+            Admit::Frame(frame) => queue.push(frame),
+            Admit::Duplicate | Admit::Held => Ok(()),
+        }
+    })?;
+    match sent {
+        Some(result) => result,
+        None => sender.send(event.body.clone()),
+    }
+}
+
+/// Queues a replayed event, waiting (never dropping) while the queue is
+/// full. Fails only when the stream has ended.
+pub(crate) async fn send_replayed(sender: &FrameSender, event: &Stamped) -> Result<(), SendError> {
+    loop {
+        let sent = sender.with_gate(|cursor: &mut Cursor, queue| {
+            // Room for the body and a typical id line.
+            if !queue.fits(event.body.len() + 64) {
+                queue.want_space();
+                return false;
+            }
+            if let Admit::Frame(frame) = cursor.admit(event, false, queue.limits()) {
+                queue.enqueue(frame);
+            }
+            true
+        })?;
+        match sent {
+            Some(true) => return Ok(()),
+            Some(false) => sender.wait_for_space().await,
+            // No cursor: replays only run on connections that have one.
+            None => return Err(SendError::Closed),
+        }
+    }
+}
+
+/// Ends a replay: queues the held-back live events the replay did not
+/// already send, then `last` with the cursor's id (e.g. an empty body for
+/// an id-only frame), and goes live. Returns `Ok(false)` instead when live
+/// events overflowed the hold or would not fit the queue now: they are in
+/// the history, so the replay must read on (live events stay held).
+pub(crate) fn release(sender: &FrameSender, last: Option<&[u8]>) -> Result<bool, SendError> {
+    let released = sender.with_gate(|cursor: &mut Cursor, queue| {
+        let Some(held) = cursor.held.take() else {
+            return true;
+        };
+        let (room_frames, room_bytes) = queue.room();
+        if held.overflowed || held.events.len() + 1 > room_frames || held.bytes + 4096 > room_bytes
+        {
+            cursor.held = Some(Held::default());
+            return false;
+        }
+        let limits = queue.limits();
+        for event in &held.events {
+            if let Admit::Frame(frame) = cursor.admit(event, false, limits) {
+                // Fits: checked above (ids add a little; the first frame
+                // always fits).
+                let _ = queue.push(frame);
+            }
+        }
+        if let Some(body) = last {
+            let _ = queue.push(cursor.frame(body));
+        }
+        true
+    })?;
+    Ok(released.unwrap_or(true))
+}
+
+/// Gives `sender` a cursor over `keys`, holding live events back until the
+/// resume decides where each channel stands.
+pub(crate) fn install(sender: &FrameSender, keys: &[u32]) {
+    sender.attach_gate(Box::new(Cursor::new(keys)));
+}
+
+/// Starts holding live events back (a replay is about to run).
+pub(crate) fn hold(sender: &FrameSender) {
+    let _ = sender.with_gate(|cursor: &mut Cursor, _| {
+        cursor.held.get_or_insert_with(Held::default);
+    });
+}
+
+/// Runs `f` on the connection's cursor, if it has one and is open.
+pub(crate) fn with_cursor<R>(sender: &FrameSender, f: impl FnOnce(&mut Cursor) -> R) -> Option<R> {
+    sender
+        .with_gate(|cursor: &mut Cursor, _| f(cursor))
+        .ok()
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::{channel, StreamConfig};
+    use futures_util::StreamExt;
+
+    fn ev(key: u32, p: u64) -> Stamped {
+        Stamped {
+            key,
+            epoch: 7,
+            position: Position::new(p, 0),
+            body: Bytes::from_static(b"data: x\n\n"),
+        }
+    }
+
+    #[test]
+    fn cursor_deduplicates_and_holds() {
+        let k = 42;
+        let mut c = Cursor::new(&[k]);
+        c.set(k, 7, Position::new(5, 0));
+        assert!(matches!(
+            c.admit(&ev(k, 5), false, (8, 1024)),
+            Admit::Duplicate
+        ));
+        assert!(matches!(c.admit(&ev(k, 7), true, (8, 1024)), Admit::Held));
+        let Admit::Frame(f) = c.admit(&ev(k, 6), false, (8, 1024)) else {
+            panic!("replayed events go out while live ones are held")
+        };
+        assert!(f.starts_with(b"id: r1."), "{f:?}");
+        assert!(f.ends_with(b"\ndata: x\n\n"), "{f:?}");
+        assert!(matches!(
+            c.admit(&ev(k, 6), false, (8, 1024)),
+            Admit::Duplicate
+        ));
+        // Another epoch: the history was rebuilt while connected.
+        let mut other = ev(k, 1);
+        other.epoch = 9;
+        assert!(matches!(c.admit(&other, false, (8, 1024)), Admit::Frame(_)));
+    }
+
+    #[tokio::test]
+    async fn the_seam_holds_live_events_and_releases_them_once() {
+        let cfg = StreamConfig::default().keep_alive(None).initial_retry(None);
+        let (tx, mut rx) = channel(&cfg);
+        let k = 42;
+        install(&tx, &[k]);
+        with_cursor(&tx, |c| c.set(k, 7, Position::new(1, 0)));
+        // Live 3 arrives during the replay: held.
+        send_live(&tx, &ev(k, 3)).unwrap();
+        assert_eq!(tx.queued(), 0);
+        // The replay sends 2 and 3.
+        send_replayed(&tx, &ev(k, 2)).await.unwrap();
+        send_replayed(&tx, &ev(k, 3)).await.unwrap();
+        assert_eq!(release(&tx, Some(b"")), Ok(true));
+        // Live 4 goes straight out; a late duplicate of 3 does not.
+        send_live(&tx, &ev(k, 3)).unwrap();
+        send_live(&tx, &ev(k, 4)).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let frame = rx.next().await.unwrap();
+            ids.push(String::from_utf8(frame.to_vec()).unwrap());
+        }
+        assert_eq!(ids.iter().filter(|f| f.contains("data: x")).count(), 3);
+        assert!(
+            ids[2].ends_with("\n\n") && !ids[2].contains("data"),
+            "id-only frame: {ids:?}"
+        );
+        assert_eq!(tx.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn without_a_cursor_live_events_pass_as_they_are() {
+        let cfg = StreamConfig::default().keep_alive(None).initial_retry(None);
+        let (tx, mut rx) = channel(&cfg);
+        send_live(&tx, &ev(1, 1)).unwrap();
+        assert_eq!(&rx.next().await.unwrap()[..], b"data: x\n\n");
+    }
+}

@@ -1,0 +1,105 @@
+//! What a connection asks for: its user, its topics, a greeting and the
+//! `Last-Event-ID` it resumes from. [`Hub::connect`](crate::Hub::connect)
+//! takes one; an [`Authorizer`](crate::auth::Authorizer) may rewrite it.
+
+use std::fmt;
+
+use crate::event::Event;
+use crate::registry::ConnectionId;
+
+/// Builds a connection's first event from its id.
+pub(crate) type Greeting = Box<dyn FnOnce(&ConnectionId) -> Event + Send>;
+
+/// What a connection follows.
+///
+/// ```
+/// use sse_cluster::Subscription;
+///
+/// let sub = Subscription::new().user("42").topic("prices").topic("news");
+/// ```
+#[must_use]
+#[derive(Default)]
+pub struct Subscription {
+    pub(crate) user: Option<String>,
+    pub(crate) topics: Vec<String>,
+    pub(crate) greeting: Option<Greeting>,
+    pub(crate) last_event_id: Option<String>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("user", &self.user)
+            .field("topics", &self.topics)
+            .field("greeting", &self.greeting.is_some())
+            .field("last_event_id", &self.last_event_id)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Follows nothing yet (only broadcasts and events sent to the connection itself).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The user this connection belongs to: it receives [`Target::User`](crate::Target::User) events.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Adds a topic.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// Adds topics.
+    pub fn topics<I, S>(mut self, topics: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topics.extend(topics.into_iter().map(Into::into));
+        self
+    }
+
+    /// An event sent first on the stream (after the initial `retry:`), built
+    /// from the new connection's id; e.g. to tell the client its id.
+    pub fn greeting(mut self, make: impl FnOnce(&ConnectionId) -> Event + Send + 'static) -> Self {
+        self.greeting = Some(Box::new(make));
+        self
+    }
+
+    /// The `Last-Event-ID` the client sent when reconnecting (see
+    /// [`resume::last_event_id`](crate::resume::last_event_id)). With a
+    /// history configured, the connection resumes after it; see
+    /// [`resume`](crate::resume). Without one it is ignored.
+    pub fn last_event_id(mut self, id: impl Into<String>) -> Self {
+        self.last_event_id = Some(id.into());
+        self
+    }
+
+    /// Like [`Subscription::last_event_id`], for an optional id.
+    pub fn resume_from(mut self, id: Option<String>) -> Self {
+        self.last_event_id = id;
+        self
+    }
+
+    /// The user, if set.
+    pub fn user_id(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The topics, as given.
+    pub fn topic_names(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Keeps only the topics for which `keep` returns true.
+    pub fn retain_topics(mut self, mut keep: impl FnMut(&str) -> bool) -> Self {
+        self.topics.retain(|t| keep(t));
+        self
+    }
+}
