@@ -121,6 +121,39 @@ impl PublishError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+
+    /// This failure as a plain HTTP response: [`PublishError::status`],
+    /// `Retry-After: 1` when a retry may succeed, and `{"error": reason}` as
+    /// a JSON body.
+    pub fn to_http_response(&self) -> http::Response<String> {
+        let retry = (self.status() == StatusCode::SERVICE_UNAVAILABLE)
+            .then_some(std::time::Duration::from_secs(1));
+        error_response(self.status(), self, retry)
+    }
+}
+
+/// An error response: `status`, `Retry-After` (whole seconds, at least 1)
+/// when `retry_after` is given, and `{"error": message}` as a JSON body.
+pub(crate) fn error_response(
+    status: StatusCode,
+    message: &dyn std::fmt::Display,
+    retry_after: Option<std::time::Duration>,
+) -> http::Response<String> {
+    let body = serde_json::json!({ "error": message.to_string() }).to_string();
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Some(after) = retry_after {
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(after.as_secs().max(1)),
+        );
+    }
+    response
 }
 
 /// What a successful publish returns.

@@ -196,3 +196,139 @@ async fn every_documented_metric_is_exported_with_help() {
     }
     node.hub.shutdown().await;
 }
+
+/// `/stats` (the hub's `HubStats`) and `/metrics` (the recorder) agree on
+/// every counter after a scenario with replays, an overflow, a bus outage
+/// healed by a resync and a malformed message: each event is counted by one
+/// call that feeds both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_metrics_agree() {
+    use sse_cluster::history::{memory::MemoryHistory, Retention};
+    use sse_cluster::{Event, Subscription, Target};
+
+    prometheus();
+    let bus = MemoryBus::new();
+    let history = std::sync::Arc::new(MemoryHistory::new(&bus, Retention::default()));
+    let broker_a = bus.broker();
+    let a = Hub::builder()
+        .node_id("agree-a")
+        .broker(broker_a.clone())
+        .history(history.clone())
+        .stream_config(
+            StreamConfig::default()
+                .keep_alive(None)
+                .queue_limits(8, 1 << 20),
+        )
+        .build()
+        .await
+        .expect("hub a");
+    let a = Node::serve(a).await;
+    let b = Hub::builder()
+        .node_id("agree-b")
+        .broker(bus.broker())
+        .history(history)
+        .build()
+        .await
+        .expect("hub b");
+
+    // A client reads two events, leaves, misses three, and resumes.
+    let mut client = SseClient::connect(a.addr, "/events?topic=t").await;
+    for i in 0..2 {
+        b.publish(Target::topic("t"), Event::new().data(format!("e{i}")))
+            .await
+            .expect("publish");
+    }
+    let mut last_id = String::new();
+    for _ in 0..2 {
+        last_id = client.next().await.expect("event").id;
+    }
+    drop(client);
+    for i in 2..5 {
+        b.publish(Target::topic("t"), Event::new().data(format!("e{i}")))
+            .await
+            .expect("publish");
+    }
+    let mut resumed =
+        SseClient::open(a.addr, "/events?topic=t", &[("last-event-id", &last_id)]).await;
+    assert_eq!(resumed.next().await.expect("greeting").event, "connected");
+    for i in 2..5 {
+        assert_eq!(
+            resumed.next().await.expect("replayed").data,
+            format!("e{i}")
+        );
+    }
+
+    // A connection nobody reads overflows its queue and is closed.
+    let slow = a
+        .hub
+        .connect(Subscription::new().topic("slow"))
+        .await
+        .expect("slow connect");
+    for i in 0..12 {
+        let _ = a
+            .hub
+            .publish(Target::topic("slow"), Event::new().data(i.to_string()))
+            .await;
+    }
+
+    // A bus outage on node A: healed by a resync that replays what it missed.
+    broker_a.set_connected(false);
+    wait_until("A to see the outage", WAIT, || {
+        a.hub.stats().bus_outages == 1
+    })
+    .await;
+    broker_a.set_connected(true);
+    b.publish(Target::topic("t"), Event::new().data("after"))
+        .await
+        .expect("publish");
+    assert_eq!(resumed.next().await.expect("live").data, "after");
+
+    // A malformed message from the bus.
+    let raw = bus.broker();
+    raw.start(std::sync::Arc::new(Deaf)).await.expect("start");
+    raw.publish(
+        &sse_cluster::broker::Channel::Topic("t".into()),
+        bytes::Bytes::from_static(b"{\"v\":1,"),
+    )
+    .await
+    .expect("publish");
+    wait_until("the malformed message to be counted", WAIT, || {
+        a.hub.stats().bus_malformed == 1
+    })
+    .await;
+
+    let stats = a.hub.stats();
+    assert!(stats.replays >= 1 && stats.replayed >= 3, "{stats:?}");
+    assert_eq!(stats.overflow_closed, 1, "{stats:?}");
+    let pairs = [
+        ("sse_connections", stats.connections),
+        ("sse_connects_total", stats.connections_total),
+        ("sse_events_published_total", stats.published),
+        ("sse_bus_messages_out_total", stats.bus_out),
+        ("sse_bus_messages_in_total", stats.bus_in),
+        ("sse_bus_malformed_total", stats.bus_malformed),
+        ("sse_bus_errors_total", stats.bus_errors),
+        ("sse_events_delivered_total", stats.delivered),
+        ("sse_events_dropped_total", stats.dropped),
+        ("sse_queue_overflows_total", stats.overflow_closed),
+        ("sse_bus_outages_total", stats.bus_outages),
+        ("sse_gap_events_total", stats.gap_events),
+        ("sse_resume_replays_total", stats.replays),
+        ("sse_resume_events_replayed_total", stats.replayed),
+        ("sse_resume_resets_total", stats.resets),
+    ];
+    let text = prometheus().render();
+    for (name, from_stats) in pairs {
+        let from_metrics = value(&text, name, &[("node", "agree-a")]).unwrap_or(0.0);
+        assert_eq!(
+            from_metrics, from_stats as f64,
+            "{name}: /metrics vs /stats"
+        );
+    }
+    let (status, body) = support::get(a.addr, "/stats").await;
+    assert_eq!(status, StatusCode::OK);
+    let served: serde_json::Value = serde_json::from_str(&body).expect("stats json");
+    assert_eq!(served["delivered"], stats.delivered, "{body}");
+    assert_eq!(served["replayed"], stats.replayed, "{body}");
+    drop(slow);
+}

@@ -1030,3 +1030,47 @@ async fn two_tier_processes_over_redis() {
     let (status, _) = post(api.addr, "/publish?event=bad%0A", "x").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// A refusal that a retry cannot fix (an ACL that forbids `PUBLISH`) is a
+/// permanent error, not a transient one: the app must not retry it, and the
+/// demo answers it with 500, not 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noperm_is_not_transient() {
+    let test = "noperm_is_not_transient";
+    let Some(server) = RedisServer::start(test) else {
+        return;
+    };
+    let reply = resp_command(
+        &server.addr(),
+        &[
+            b"ACL",
+            b"SETUSER",
+            b"publess",
+            b"on",
+            b">pw",
+            b"~*",
+            b"&*",
+            b"+@all",
+            b"-publish",
+        ],
+    );
+    assert_eq!(reply, "+OK\r\n");
+    let url = format!("redis://publess:pw@127.0.0.1:{}", server.port());
+    let (node, _) = redis_node(fast_config(&url, &unique_prefix(test)), "a").await;
+    let err = node
+        .hub
+        .publish(Target::topic("t"), Event::new().data("refused"))
+        .await
+        .expect_err("PUBLISH is not allowed");
+    assert!(matches!(&err, PublishError::Broker(_)), "{err:?}");
+    assert!(!err.is_transient(), "{err:?}");
+    assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let (status, body) = post(node.addr, "/publish?topic=t", "refused").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(node.hub.stats().bus_errors, 2);
+    assert_eq!(
+        node.hub.broker_status(),
+        BrokerStatus::Up,
+        "the connection itself is fine"
+    );
+}

@@ -31,7 +31,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use sse_cluster::adapters::axum::LastEventId;
 use sse_cluster::auth::{Authorizer, Denied};
-use sse_cluster::{BrokerStatus, ConnectError, ConnectionId, Event, Hub, Subscription, Target};
+use sse_cluster::{BrokerStatus, ConnectionId, Event, Hub, Subscription, Target};
 
 /// The demo node's routes, serving `hub`.
 pub fn router(hub: Hub) -> Router {
@@ -76,29 +76,7 @@ async fn events(
     });
     match hub.connect_request(&parts, sub).await {
         Ok(conn) => conn.into_response(),
-        Err(err @ ConnectError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, err),
-        Err(err @ ConnectError::NodeFull { retry_after }) => {
-            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, err);
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(retry_after.as_secs().max(1)),
-            );
-            response
-        }
-        Err(err @ ConnectError::UserLimit) => error(StatusCode::TOO_MANY_REQUESTS, err),
-        Err(ConnectError::Denied(denied @ Denied::Unauthenticated(_))) => {
-            error(StatusCode::UNAUTHORIZED, denied)
-        }
-        Err(ConnectError::Denied(denied)) => error(StatusCode::FORBIDDEN, denied),
-        Err(err @ ConnectError::HistoryUnavailable(_)) => {
-            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, err);
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(1),
-            );
-            response
-        }
-        Err(err) => error(StatusCode::BAD_REQUEST, err),
+        Err(err) => err.into_response(),
     }
 }
 
@@ -141,12 +119,9 @@ pub fn bad_request(reason: String) -> Response {
 pub fn publish_response(
     result: Result<sse_cluster::PublishReceipt, sse_cluster::PublishError>,
 ) -> Response {
-    use sse_cluster::PublishError;
     match result {
         Ok(receipt) => (StatusCode::ACCEPTED, Json(json!({ "id": receipt.id }))).into_response(),
-        Err(err @ PublishError::InvalidTarget(_)) => error(StatusCode::BAD_REQUEST, err),
-        Err(err @ PublishError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, err),
-        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+        Err(err) => err.into_response(),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sse_cluster::adapters::{last_event_id, MAX_LAST_EVENT_ID_LEN};
-use sse_cluster::history::{fuzz_last_id, MAX_RESUMABLE_CHANNELS};
+use sse_cluster::resume::{fuzz_last_id, MAX_RESUMABLE_CHANNELS};
 
 fuzz_target!(|input: (&[u8], &str)| {
     let (header, query) = input;

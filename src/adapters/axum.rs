@@ -1,6 +1,6 @@
 //! axum: return a [`Connection`] or [`SseStream`] from a handler, a
 //! [`ConnectError`] or [`PublishError`] as the response it means (its
-//! status, `Retry-After` where it has one, the reason as text), and read
+//! status, `Retry-After` where it has one, `{"error": reason}`), and read
 //! `Last-Event-ID` with the [`LastEventId`] extractor.
 //!
 //! ```no_run
@@ -52,9 +52,7 @@ impl IntoResponse for ConnectError {
 
 impl IntoResponse for PublishError {
     fn into_response(self) -> Response {
-        let mut response = Response::new(Body::from(self.to_string()));
-        *response.status_mut() = self.status();
-        response
+        self.to_http_response().map(Body::from)
     }
 }
 

@@ -219,6 +219,22 @@ struct Shared {
 }
 
 impl Shared {
+    /// A failed command as a [`BrokerError`]: a broken connection is
+    /// reported (the publisher task replaces it) and is `Unavailable`; a
+    /// server refusal is transient only when redis-rs says a retry may
+    /// succeed (`TRYAGAIN`, `LOADING`, `CLUSTERDOWN`, a timeout...), so
+    /// `NOPERM`, a wrong type or a script error is not.
+    fn command_failed(&self, generation: u64, err: redis::RedisError) -> BrokerError {
+        if err.is_io_error() || err.is_connection_dropped() {
+            self.report_broken(generation);
+            return unavailable(err);
+        }
+        BrokerError::Backend {
+            transient: err.is_timeout() || is_retryable(&err),
+            source: Box::new(err),
+        }
+    }
+
     fn interests(&self) -> MutexGuard<'_, HashSet<String>> {
         self.interests.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -422,7 +438,7 @@ impl RedisBroker {
             Conn::Single(c) => invocation.invoke_async(c).await,
             Conn::Cluster(c) => invocation.invoke_async(c).await,
         };
-        result.map_err(|err| self.command_failed(generation, err))
+        result.map_err(|err| self.shared.command_failed(generation, err))
     }
 
     /// Runs a command on the broker's publish connection (see
@@ -436,7 +452,7 @@ impl RedisBroker {
             Conn::Single(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
         };
-        result.map_err(|err| self.command_failed(generation, err))
+        result.map_err(|err| self.shared.command_failed(generation, err))
     }
 
     async fn ready_connection(&self) -> Result<(u64, Conn), BrokerError> {
@@ -452,17 +468,11 @@ impl RedisBroker {
             .await
             .ok_or_else(|| unavailable("redis publish connection is reconnecting"))
     }
+}
 
-    fn command_failed(&self, generation: u64, err: redis::RedisError) -> BrokerError {
-        if err.is_io_error() || err.is_connection_dropped() {
-            self.shared.report_broken(generation);
-            return unavailable(err);
-        }
-        BrokerError::Backend {
-            transient: err.is_timeout(),
-            source: Box::new(err),
-        }
-    }
+/// True when redis-rs says retrying the command may succeed.
+fn is_retryable(err: &redis::RedisError) -> bool {
+    !matches!(err.retry_method(), redis::RetryMethod::NoRetry)
 }
 
 /// Parses `url` into connection settings that speak RESP3 (needed for push
@@ -521,13 +531,7 @@ impl Broker for RedisBroker {
                     let name = shared.name(channel);
                     conn.publish(shared.config.sharded, &name, &payload)
                         .await
-                        .map_err(|err| {
-                            // Let the publisher task replace a broken connection.
-                            if err.is_io_error() || err.is_connection_dropped() {
-                                shared.report_broken(generation);
-                            }
-                            unavailable(err)
-                        })
+                        .map_err(|err| shared.command_failed(generation, err))
                 }
             }
         };

@@ -493,10 +493,13 @@ impl Inner {
     }
 }
 
+/// True when the server answered that the stream does not exist (its
+/// JetStream error code, carried as the request error's source).
 fn is_stream_not_found(err: &stream::InfoError) -> bool {
-    // The server answers 404 with JetStream error code 10059.
-    let text = err.to_string();
-    text.contains("10059") || text.contains("stream not found")
+    use std::error::Error as _;
+    err.source()
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|err| err.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
 #[async_trait]

@@ -7,6 +7,7 @@ use http::StatusCode;
 
 use crate::auth::Denied;
 use crate::broker::BrokerError;
+use crate::outbound::error_response;
 
 /// Why a hub could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -106,22 +107,10 @@ impl ConnectError {
     }
 
     /// This refusal as a plain HTTP response: [`ConnectError::status`],
-    /// `Retry-After` when there is one, and the reason as a text body.
+    /// `Retry-After` when there is one, and `{"error": reason}` as a JSON
+    /// body.
     pub fn to_http_response(&self) -> http::Response<String> {
-        let mut response = http::Response::new(self.to_string());
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if let Some(after) = self.retry_after() {
-            headers.insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from(after.as_secs().max(1)),
-            );
-        }
-        response
+        error_response(self.status(), self, self.retry_after())
     }
 }
 
@@ -167,7 +156,8 @@ mod tests {
                 .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
             assert_eq!(header, retry, "{err}");
             assert_eq!(err.is_transient(), status == 503, "{err}");
-            assert_eq!(response.body(), &err.to_string());
+            let body: serde_json::Value = serde_json::from_str(response.body()).unwrap();
+            assert_eq!(body["error"], err.to_string());
         }
     }
 }
