@@ -122,9 +122,12 @@ pub(crate) struct Held {
 }
 
 /// Counts one send's outcome.
-fn record(out: &mut FanOut, result: Result<(), SendError>) {
+/// `Ok(false)` is a frame the connection skipped (a gate found it already
+/// sent, or holds it back for later): not delivered now.
+fn record(out: &mut FanOut, result: Result<bool, SendError>) {
     match result {
-        Ok(()) => out.delivered += 1,
+        Ok(true) => out.delivered += 1,
+        Ok(false) => {}
         Err(SendError::Dropped) => out.dropped += 1,
         Err(SendError::OverflowClosed) => out.overflow_closed += 1,
         Err(_) => {}
@@ -259,17 +262,17 @@ impl ConnectionRegistry {
         let mut out = FanOut::default();
         if let Some(entry) = self.by_id.get(&id.seq()) {
             if entry.id == *id {
-                record(&mut out, entry.sender.send(frame.clone()));
+                record(&mut out, entry.sender.send(frame.clone()).map(|()| true));
             }
         }
         out
     }
 
     pub(crate) fn send_to_all(&self, frame: &Bytes) -> FanOut {
-        self.fan_out_all(|sender| sender.send(frame.clone()))
+        self.fan_out_all(|sender| sender.send(frame.clone()).map(|()| true))
     }
 
-    fn fan_out_all(&self, send: impl Fn(&FrameSender) -> Result<(), SendError>) -> FanOut {
+    fn fan_out_all(&self, send: impl Fn(&FrameSender) -> Result<bool, SendError>) -> FanOut {
         let mut out = FanOut::default();
         for entry in self.by_id.iter() {
             record(&mut out, send(&entry.sender));
@@ -282,7 +285,7 @@ impl ConnectionRegistry {
     pub(crate) fn fan_out_on(
         &self,
         channel: &Channel,
-        send: impl Fn(&FrameSender) -> Result<(), SendError>,
+        send: impl Fn(&FrameSender) -> Result<bool, SendError>,
     ) -> FanOut {
         match channel {
             Channel::Topic(t) => fan_out_with(self.by_topic.get(t).as_deref(), send),
@@ -294,7 +297,7 @@ impl ConnectionRegistry {
 
     /// Queues `frame` to every connection that follows `channel`.
     pub(crate) fn send_on(&self, channel: &Channel, frame: &Bytes) -> FanOut {
-        self.fan_out_on(channel, |sender| sender.send(frame.clone()))
+        self.fan_out_on(channel, |sender| sender.send(frame.clone()).map(|()| true))
     }
 
     /// Every connection's sender, user and topics (sorted), e.g. for a
@@ -344,12 +347,12 @@ impl ConnectionRegistry {
 }
 
 fn fan_out(conns: Option<&SeqMap<FrameSender>>, frame: &Bytes) -> FanOut {
-    fan_out_with(conns, |sender| sender.send(frame.clone()))
+    fan_out_with(conns, |sender| sender.send(frame.clone()).map(|()| true))
 }
 
 fn fan_out_with(
     conns: Option<&SeqMap<FrameSender>>,
-    send: impl Fn(&FrameSender) -> Result<(), SendError>,
+    send: impl Fn(&FrameSender) -> Result<bool, SendError>,
 ) -> FanOut {
     let mut out = FanOut::default();
     for sender in conns.into_iter().flat_map(|m| m.values()) {

@@ -331,10 +331,17 @@ impl Resumer {
                 }
             }
             match release(&sender, Some(b"")) {
-                Ok(true) | Err(_) => return,
+                Ok(Some(released)) => {
+                    self.counters.fan_out(FanOut {
+                        delivered: released,
+                        ..FanOut::default()
+                    });
+                    return;
+                }
+                Err(_) => return,
                 // Live events overflowed the hold (or would overflow the
                 // queue): they are in the history, read on.
-                Ok(false) => {}
+                Ok(None) => {}
             }
         }
         tracing::warn!("replay could not catch up with live traffic; closing the stream");

@@ -258,12 +258,24 @@ async fn stats_and_metrics_agree() {
         );
     }
 
-    // A connection nobody reads overflows its queue and is closed.
-    let slow = a
+    // A connection nobody reads overflows its queue and is closed. It is
+    // read until it is live (its id-only frame: the resume seam has let go),
+    // then never again.
+    let mut slow = a
         .hub
         .connect(Subscription::new().topic("slow"))
         .await
-        .expect("slow connect");
+        .expect("slow connect")
+        .into_stream();
+    loop {
+        let frame = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut slow))
+            .await
+            .expect("the slow stream goes live")
+            .expect("a frame");
+        if frame.starts_with(b"id: ") {
+            break;
+        }
+    }
     for i in 0..12 {
         let _ = a
             .hub
@@ -297,34 +309,52 @@ async fn stats_and_metrics_agree() {
     })
     .await;
 
-    let stats = a.hub.stats();
-    assert!(stats.replays >= 1 && stats.replayed >= 3, "{stats:?}");
-    assert_eq!(stats.overflow_closed, 1, "{stats:?}");
-    let pairs = [
-        ("sse_connections", stats.connections),
-        ("sse_connects_total", stats.connections_total),
-        ("sse_events_published_total", stats.published),
-        ("sse_bus_messages_out_total", stats.bus_out),
-        ("sse_bus_messages_in_total", stats.bus_in),
-        ("sse_bus_malformed_total", stats.bus_malformed),
-        ("sse_bus_errors_total", stats.bus_errors),
-        ("sse_events_delivered_total", stats.delivered),
-        ("sse_events_dropped_total", stats.dropped),
-        ("sse_queue_overflows_total", stats.overflow_closed),
-        ("sse_bus_outages_total", stats.bus_outages),
-        ("sse_gap_events_total", stats.gap_events),
-        ("sse_resume_replays_total", stats.replays),
-        ("sse_resume_events_replayed_total", stats.replayed),
-        ("sse_resume_resets_total", stats.resets),
-    ];
-    let text = prometheus().render();
-    for (name, from_stats) in pairs {
-        let from_metrics = value(&text, name, &[("node", "agree-a")]).unwrap_or(0.0);
-        assert_eq!(
-            from_metrics, from_stats as f64,
-            "{name}: /metrics vs /stats"
+    // Replays count on their own tasks, after the frames are queued: wait
+    // until the hub is quiet, then both sides must agree on every counter.
+    let disagreement = || {
+        let stats = a.hub.stats();
+        let pairs = [
+            ("sse_connections", stats.connections),
+            ("sse_connects_total", stats.connections_total),
+            ("sse_events_published_total", stats.published),
+            ("sse_bus_messages_out_total", stats.bus_out),
+            ("sse_bus_messages_in_total", stats.bus_in),
+            ("sse_bus_malformed_total", stats.bus_malformed),
+            ("sse_bus_errors_total", stats.bus_errors),
+            ("sse_events_delivered_total", stats.delivered),
+            ("sse_events_dropped_total", stats.dropped),
+            ("sse_queue_overflows_total", stats.overflow_closed),
+            ("sse_bus_outages_total", stats.bus_outages),
+            ("sse_gap_events_total", stats.gap_events),
+            ("sse_resume_replays_total", stats.replays),
+            ("sse_resume_events_replayed_total", stats.replayed),
+            ("sse_resume_resets_total", stats.resets),
+        ];
+        let text = prometheus().render();
+        let differ: Vec<String> = pairs
+            .iter()
+            .filter_map(|(name, from_stats)| {
+                let from_metrics = value(&text, name, &[("node", "agree-a")]).unwrap_or(0.0);
+                (from_metrics != *from_stats as f64)
+                    .then(|| format!("{name}: /metrics {from_metrics} vs /stats {from_stats}"))
+            })
+            .collect();
+        (stats, differ)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let stats = loop {
+        let (stats, differ) = disagreement();
+        let settled = stats.replays >= 1 && stats.replayed >= 3;
+        if differ.is_empty() && settled {
+            break stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never agreed: {differ:?} {stats:?}"
         );
-    }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(stats.overflow_closed, 1, "{stats:?}");
     let (status, body) = support::get(a.addr, "/stats").await;
     assert_eq!(status, StatusCode::OK);
     let served: serde_json::Value = serde_json::from_str(&body).expect("stats json");

@@ -150,16 +150,18 @@ pub(crate) fn reset_body(reason: &str) -> Bytes {
 /// Queues a live event of a resumable channel: the connection's cursor
 /// skips what it already sent, holds it back during a replay, or gives it
 /// the connection's id line. A connection without a cursor gets the body.
-pub(crate) fn send_live(sender: &FrameSender, event: &Stamped) -> Result<(), SendError> {
+/// `Ok(true)` when a frame was queued now (held frames count when
+/// [`release`] queues them).
+pub(crate) fn send_live(sender: &FrameSender, event: &Stamped) -> Result<bool, SendError> {
     let sent = sender.with_gate(|cursor: &mut Cursor, queue| {
         match cursor.admit(event, true, queue.limits()) {
-            Admit::Frame(frame) => queue.push(frame),
-            Admit::Duplicate | Admit::Held => Ok(()),
+            Admit::Frame(frame) => queue.push(frame).map(|()| true),
+            Admit::Duplicate | Admit::Held => Ok(false),
         }
     })?;
     match sent {
         Some(result) => result,
-        None => sender.send(event.body.clone()),
+        None => sender.send(event.body.clone()).map(|()| true),
     }
 }
 
@@ -189,34 +191,38 @@ pub(crate) async fn send_replayed(sender: &FrameSender, event: &Stamped) -> Resu
 
 /// Ends a replay: queues the held-back live events the replay did not
 /// already send, then `last` with the cursor's id (e.g. an empty body for
-/// an id-only frame), and goes live. Returns `Ok(false)` instead when live
-/// events overflowed the hold or would not fit the queue now: they are in
-/// the history, so the replay must read on (live events stay held).
-pub(crate) fn release(sender: &FrameSender, last: Option<&[u8]>) -> Result<bool, SendError> {
+/// an id-only frame), and goes live; returns how many held events it
+/// queued. Returns `Ok(None)` instead when live events overflowed the hold
+/// or would not fit the queue now: they are in the history, so the replay
+/// must read on (live events stay held).
+pub(crate) fn release(sender: &FrameSender, last: Option<&[u8]>) -> Result<Option<u64>, SendError> {
     let released = sender.with_gate(|cursor: &mut Cursor, queue| {
         let Some(held) = cursor.held.take() else {
-            return true;
+            return Some(0);
         };
         let (room_frames, room_bytes) = queue.room();
         if held.overflowed || held.events.len() + 1 > room_frames || held.bytes + 4096 > room_bytes
         {
             cursor.held = Some(Held::default());
-            return false;
+            return None;
         }
         let limits = queue.limits();
+        let mut queued = 0;
         for event in &held.events {
             if let Admit::Frame(frame) = cursor.admit(event, false, limits) {
                 // Fits: checked above (ids add a little; the first frame
                 // always fits).
-                let _ = queue.push(frame);
+                if queue.push(frame).is_ok() {
+                    queued += 1;
+                }
             }
         }
         if let Some(body) = last {
             let _ = queue.push(cursor.frame(body));
         }
-        true
+        Some(queued)
     })?;
-    Ok(released.unwrap_or(true))
+    Ok(released.unwrap_or(Some(0)))
 }
 
 /// Gives `sender` a cursor over `keys`, holding live events back until the
@@ -288,15 +294,19 @@ mod tests {
         install(&tx, &[k]);
         with_cursor(&tx, |c| c.set(k, 7, Position::new(1, 0)));
         // Live 3 arrives during the replay: held.
-        send_live(&tx, &ev(k, 3)).unwrap();
+        assert_eq!(send_live(&tx, &ev(k, 3)), Ok(false));
         assert_eq!(tx.queued(), 0);
         // The replay sends 2 and 3.
         send_replayed(&tx, &ev(k, 2)).await.unwrap();
         send_replayed(&tx, &ev(k, 3)).await.unwrap();
-        assert_eq!(release(&tx, Some(b"")), Ok(true));
+        assert_eq!(
+            release(&tx, Some(b"")),
+            Ok(Some(0)),
+            "3 was replayed, not released"
+        );
         // Live 4 goes straight out; a late duplicate of 3 does not.
-        send_live(&tx, &ev(k, 3)).unwrap();
-        send_live(&tx, &ev(k, 4)).unwrap();
+        assert_eq!(send_live(&tx, &ev(k, 3)), Ok(false));
+        assert_eq!(send_live(&tx, &ev(k, 4)), Ok(true));
         let mut ids = Vec::new();
         for _ in 0..4 {
             let frame = rx.next().await.unwrap();
@@ -314,7 +324,7 @@ mod tests {
     async fn without_a_cursor_live_events_pass_as_they_are() {
         let cfg = StreamConfig::default().keep_alive(None).initial_retry(None);
         let (tx, mut rx) = channel(&cfg);
-        send_live(&tx, &ev(1, 1)).unwrap();
+        assert_eq!(send_live(&tx, &ev(1, 1)), Ok(true));
         assert_eq!(&rx.next().await.unwrap()[..], b"data: x\n\n");
     }
 }
