@@ -39,11 +39,14 @@ async fn conformance(backend: &dyn Backend, skipped: &[Scenario]) {
 // Memory
 // ---------------------------------------------------------------------------
 
+/// Each namespace's bus and its history store, once asked for.
+type Namespaces = HashMap<String, (MemoryBus, Option<Arc<MemoryHistory>>)>;
+
 /// One `MemoryBus` and `MemoryHistory` per namespace; outages simulated on
 /// every broker handed out.
 #[derive(Default)]
 struct Memory {
-    namespaces: Mutex<HashMap<String, (MemoryBus, Option<Arc<MemoryHistory>>)>>,
+    namespaces: Mutex<Namespaces>,
     brokers: Mutex<Vec<Arc<MemoryBroker>>>,
 }
 
@@ -62,10 +65,10 @@ impl Backend for Memory {
         namespace: &str,
         history: Option<Retention>,
     ) -> Result<NodeParts, BrokerError> {
-        let mut namespaces = self.namespaces.lock().unwrap();
+        let mut namespaces = self.namespaces.lock().expect("lock");
         let (bus, store) = namespaces.entry(namespace.to_owned()).or_default();
         let broker = bus.broker();
-        self.brokers.lock().unwrap().push(broker.clone());
+        self.brokers.lock().expect("lock").push(broker.clone());
         let mut parts = NodeParts::new(broker);
         if let Some(retention) = history {
             let store = store.get_or_insert_with(|| Arc::new(MemoryHistory::new(bus, retention)));
@@ -75,7 +78,7 @@ impl Backend for Memory {
     }
 
     async fn outage(&self, down: bool) {
-        for broker in self.brokers.lock().unwrap().iter() {
+        for broker in self.brokers.lock().expect("lock").iter() {
             broker.set_connected(!down);
         }
     }
@@ -191,7 +194,7 @@ mod redis {
         }
 
         async fn outage(&self, down: bool) {
-            let mut server = self.server.lock().unwrap();
+            let mut server = self.server.lock().expect("lock");
             tokio::task::block_in_place(|| match down {
                 true => server.kill(),
                 false => server.restart(),
@@ -199,7 +202,7 @@ mod redis {
         }
 
         async fn restart(&self) {
-            let mut server = self.server.lock().unwrap();
+            let mut server = self.server.lock().expect("lock");
             tokio::task::block_in_place(|| server.restart());
         }
     }
@@ -332,7 +335,7 @@ mod nats {
         }
 
         async fn outage(&self, down: bool) {
-            let mut server = self.server.lock().unwrap();
+            let mut server = self.server.lock().expect("lock");
             tokio::task::block_in_place(|| match down {
                 true => server.kill(),
                 false => server.restart(),
@@ -340,7 +343,7 @@ mod nats {
         }
 
         async fn restart(&self) {
-            let mut server = self.server.lock().unwrap();
+            let mut server = self.server.lock().expect("lock");
             tokio::task::block_in_place(|| server.restart());
         }
     }
