@@ -973,7 +973,7 @@ async fn resume(cx: &mut Cx<'_>) {
         publish(&b, Target::topic("r"), &format!("r:{i}")).await;
         publish(&b, Target::user("ru"), &format!("ru:{i}")).await;
     }
-    let replays = c.stats().replayed;
+    let replays = c.stats().replays;
     let mut client = Client::open(
         &c,
         follow().last_event_id(last_id),
@@ -990,9 +990,12 @@ async fn resume(cx: &mut Cx<'_>) {
             "channel {name}: each missed event once, in order"
         );
     }
+    // A missed event still in flight on the bus when the client subscribed
+    // may come live instead (the seam drops the duplicate), so the count
+    // of replayed events is not exact; a replay must have run.
     assert!(
-        c.stats().replayed - replays >= 2 * MISSED as u64,
-        "c replayed fewer events than it sent: {:?}",
+        c.stats().replays > replays,
+        "c resumed without a replay: {:?}",
         c.stats()
     );
     publish(&b, Target::topic("r"), "r:live").await;

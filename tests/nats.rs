@@ -864,7 +864,7 @@ async fn server_subjects(monitor: SocketAddr) -> BTreeSet<String> {
 /// leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_interest_follows_clients() {
-    let monitor_port = support::nats_server::free_port();
+    let monitor_port = support::server::free_port();
     let Some(server) = NatsServer::start_with(true, &["-m", &monitor_port.to_string()]) else {
         return;
     };
