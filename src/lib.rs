@@ -135,6 +135,7 @@
 //! | `hyper` | no | [`adapters::hyper`]: response and `Last-Event-ID` helpers for plain hyper 1 |
 //! | `redis` | no | `broker::redis`: Redis pub/sub, sharded pub/sub and Redis Cluster, with TLS |
 //! | `nats` | no | `broker::nats`: core NATS subjects, with credentials, token, user/password and TLS |
+//! | `testkit` | no | `testkit`: the conformance suite every backend passes, for authors of a `Broker` or `History` outside this crate |
 //!
 //! The in-memory broker ([`broker::memory`]) is always available.
 
@@ -164,6 +165,9 @@ pub mod broker;
 pub mod event;
 pub mod limits;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub mod testkit;
 pub mod wire;
 
 pub use broker::{Broker, BrokerError, BrokerStatus};

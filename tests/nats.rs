@@ -1,8 +1,10 @@
 //! The NATS backend against real `nats-server` processes (never a mock):
 //! cross-node delivery, demo-node processes, publishers that are not this
-//! crate, hostile topic and user names, malformed bus traffic, a server
-//! killed and restarted, token authentication, the subscriptions the server
-//! holds, subscriptions being live when the hub says so, and order.
+//! crate, hostile topic and user names, malformed bus traffic, token
+//! authentication, the subscriptions the server holds, subscriptions being
+//! live when the hub says so, connects piling up during an outage, and order
+//! across subjects. The generic promises (outage, restart, resume...) are
+//! the conformance suite's, run on NATS in `tests/conformance.rs`.
 //!
 //! Tests that inject no fault share the machine's NATS (127.0.0.1:4222),
 //! each under its own subject prefix; tests that kill things or need server
@@ -15,9 +17,8 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -759,163 +760,6 @@ async fn malformed_bus_messages_are_counted_and_ignored() {
 // Faults
 // ---------------------------------------------------------------------------
 
-/// The longest the re-subscription may trail Up in the restart test.
-/// async-nats emits `Connected` (which the broker turns into Up) when the
-/// handshake completes, *before* it writes the re-subscriptions
-/// (`handle_reconnect`, async-nats 0.51 `lib.rs`), so for a moment after Up
-/// the server does not yet route the subscriber's subjects to it: on an
-/// idle loopback microseconds, under the load of the whole suite on two
-/// CPUs up to tens of milliseconds. The test therefore owes delivery only
-/// from the moment a probe shows the server routes the topic to A again,
-/// and checks that this came within this bound. (That Up comes too early is
-/// a bug of its own, pinned by
-/// `up_after_a_reconnect_means_subscriptions_are_back`.)
-const RESUBSCRIBE_SETTLE: Duration = Duration::from_millis(500);
-
-/// SIGKILL nats-server while a publisher publishes every ~3 ms, restart it
-/// on the same port ~500 ms later: both hubs report the outage (status Down,
-/// `/healthz` 503, `bus_outages`) and come back by themselves; every event
-/// published once both were Up again and the server routed the topic to A
-/// again (within [`RESUBSCRIBE_SETTLE`]) is delivered exactly once, nothing is delivered twice or after a failed
-/// publish; the client gets a gap event; the counters account for every
-/// attempt.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_restart_is_survived_and_every_publish_accounted_for() {
-    let Some(mut server) = NatsServer::start(false) else {
-        return;
-    };
-    let prefix = unique_prefix();
-    let (a, a_broker) = nats_node(fast_config(&server.url(), &prefix), "a").await;
-    let (b, b_broker) = nats_node(fast_config(&server.url(), &prefix), "b").await;
-    assert!(both(&a.hub, &b.hub, BrokerStatus::Up));
-    let client = SseClient::connect(a.addr, "/events?topic=t").await;
-    let reader = spawn_reader(client, "done");
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = spawn_publisher(b.hub.clone(), "t", stop.clone());
-    wait_until("traffic before the outage", WAIT, || {
-        b.hub.stats().published >= 20
-    })
-    .await;
-
-    tokio::task::block_in_place(|| server.kill());
-    let killed = Instant::now();
-    wait_until("both hubs down", WAIT, || {
-        both(&a.hub, &b.hub, BrokerStatus::Down)
-    })
-    .await;
-    for node in [&a, &b] {
-        let (status, _) = get(node.addr, "/healthz").await;
-        assert_eq!(
-            status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "healthz while down"
-        );
-    }
-    // The outage lasts about half a second.
-    tokio::time::sleep_until(killed + Duration::from_millis(500)).await;
-    tokio::task::block_in_place(|| server.restart());
-    // async-nats retries with its own backoff (the broker's delay callback:
-    // up to 0.8-1.6 s by the 5th attempt), hence the 5 s limit.
-    wait_until("both hubs up again", WAIT, || {
-        both(&a.hub, &b.hub, BrokerStatus::Up)
-    })
-    .await;
-    let up = Instant::now();
-    settle(&server.addr(), &a.hub, &format!("{prefix}.topic.t")).await;
-    let owed = Instant::now();
-    assert!(
-        owed - up < RESUBSCRIBE_SETTLE,
-        "A re-subscribed {:?} after it reported Up",
-        owed - up
-    );
-    for node in [&a, &b] {
-        let (status, _) = get(node.addr, "/healthz").await;
-        assert_eq!(status, StatusCode::OK, "healthz after recovery");
-    }
-    tokio::time::sleep_until(owed + Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let attempts = publisher.await.expect("publisher task");
-    b.hub
-        .publish(
-            Target::topic("t"),
-            Event::new().event("done").expect("name"),
-        )
-        .await
-        .expect("publish after recovery");
-    let events = reader.await.expect("reader task");
-
-    // Counters account for every attempt (+1: the final "done").
-    let ok: BTreeSet<u64> = attempts.iter().filter(|a| a.ok).map(|a| a.seq).collect();
-    let failed = attempts.iter().filter(|a| !a.ok).count() as u64;
-    let stats = b.hub.stats();
-    assert!(failed > 0, "the outage failed no publish: {stats:?}");
-    assert_eq!(stats.published, ok.len() as u64 + 1, "{stats:?}");
-    assert_eq!(stats.bus_errors, failed, "{stats:?}");
-    assert_eq!(stats.bus_out, stats.published, "{stats:?}");
-    let broker_stats = b_broker.stats();
-    assert_eq!(
-        broker_stats.published,
-        ok.len() as u64 + 1,
-        "{broker_stats:?}"
-    );
-    assert_eq!(broker_stats.publish_failed, failed, "{broker_stats:?}");
-    for (node, broker) in [(&a, &a_broker), (&b, &b_broker)] {
-        let stats = node.hub.stats();
-        assert!(stats.bus_outages >= 1, "{stats:?}");
-        let broker_stats = broker.stats();
-        assert!(
-            broker_stats.disconnects >= 1 && broker_stats.connects >= 2,
-            "{broker_stats:?}"
-        );
-    }
-
-    // Deliveries: each at most once, only what was accepted, and all of what
-    // was published after both hubs were up again.
-    let mut received: BTreeMap<u64, usize> = BTreeMap::new();
-    let mut gaps = 0;
-    for event in &events {
-        if event.event == GAP_EVENT {
-            assert_eq!(event.data, r#"{"reason":"bus"}"#);
-            gaps += 1;
-        } else {
-            let seq: u64 = event.data.parse().expect("a sequence number");
-            *received.entry(seq).or_default() += 1;
-        }
-    }
-    let duplicates: Vec<_> = received.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicates.is_empty(), "delivered twice: {duplicates:?}");
-    let unexpected: Vec<_> = received.keys().filter(|s| !ok.contains(s)).collect();
-    assert!(
-        unexpected.is_empty(),
-        "delivered but failed: {unexpected:?}"
-    );
-    let after: Vec<u64> = attempts
-        .iter()
-        .filter(|a| a.started >= owed)
-        .map(|a| a.seq)
-        .collect();
-    assert!(
-        after.len() >= 10,
-        "too few publishes after recovery: {}",
-        after.len()
-    );
-    let failed_after: Vec<_> = attempts
-        .iter()
-        .filter(|a| a.started >= up && !a.ok)
-        .collect();
-    assert!(
-        failed_after.is_empty(),
-        "failed after recovery: {failed_after:?}"
-    );
-    let lost: Vec<_> = after.iter().filter(|s| !received.contains_key(s)).collect();
-    assert!(
-        lost.is_empty(),
-        "published after recovery, never delivered: {lost:?}"
-    );
-    assert!(gaps >= 1, "no gap event");
-    assert!(a.hub.stats().gap_events >= 1);
-}
-
 /// A token (`nats-server --auth`) authenticates with `NatsConfig::token`; a
 /// wrong or missing token leaves the broker Down (never Up), publishes fail
 /// with a transient error, `/healthz` says 503, nothing panics, and the token
@@ -1020,7 +864,7 @@ async fn server_subjects(monitor: SocketAddr) -> BTreeSet<String> {
 /// leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_interest_follows_clients() {
-    let monitor_port = support::nats_server::free_port();
+    let monitor_port = support::server::free_port();
     let Some(server) = NatsServer::start_with(true, &["-m", &monitor_port.to_string()]) else {
         return;
     };

@@ -1,8 +1,12 @@
 //! The Redis backend against real `redis-server` processes (never a mock):
-//! cross-node delivery, demo-node processes, publishers that are not this
-//! crate, malformed bus traffic, a server killed and restarted, killed
-//! subscriptions, a hub started while Redis is down, interest changed during
-//! an outage, sharded pub/sub, passwords and TLS.
+//! what is specific to Redis. Cross-node delivery with exact per-node
+//! accounting, demo-node processes, publishers that are not this crate,
+//! malformed bus traffic on node channels, an idle publish connection closed
+//! by the server, killed subscriptions, a hub started while Redis is down,
+//! interest changed during an outage, a frozen server, sharded pub/sub,
+//! passwords and TLS. The generic promises (outage, restart, order,
+//! resume...) are the conformance suite's, run on Redis in
+//! `tests/conformance.rs`.
 //!
 //! Tests that inject no fault share the machine's Redis (127.0.0.1:6379),
 //! each under its own channel prefix; tests that kill things start their own
@@ -13,7 +17,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -359,184 +363,6 @@ async fn malformed_bus_messages_are_counted_and_ignored() {
 // ---------------------------------------------------------------------------
 // Faults
 // ---------------------------------------------------------------------------
-
-/// SIGKILL Redis while a publisher publishes every ~3 ms, restart it on the
-/// same port: both hubs report the outage and come back; every event
-/// published once both were up again is delivered exactly once; the client
-/// gets a gap event; the counters account for every attempt.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_is_survived_and_every_publish_accounted_for() {
-    let test = "redis_restart_is_survived_and_every_publish_accounted_for";
-    let Some(mut server) = RedisServer::start(test) else {
-        return;
-    };
-    let prefix = unique_prefix(test);
-    let (a, _) = redis_node(fast_config(&server.url(), &prefix), "a").await;
-    let (b, b_broker) = redis_node(fast_config(&server.url(), &prefix), "b").await;
-    assert!(both(&a.hub, &b.hub, BrokerStatus::Up));
-    let client = SseClient::connect(a.addr, "/events?topic=t").await;
-    let reader = spawn_reader(client, "done");
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = spawn_publisher(b.hub.clone(), "t", stop.clone());
-    wait_until("traffic before the outage", WAIT, || {
-        b.hub.stats().published >= 20
-    })
-    .await;
-
-    tokio::task::block_in_place(|| server.kill());
-    let killed = Instant::now();
-    wait_until("both hubs down", WAIT, || {
-        both(&a.hub, &b.hub, BrokerStatus::Down)
-    })
-    .await;
-    for node in [&a, &b] {
-        let (status, _) = get(node.addr, "/healthz").await;
-        assert_eq!(
-            status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "healthz while down"
-        );
-    }
-    // The outage lasts about half a second.
-    tokio::time::sleep_until(killed + Duration::from_millis(500)).await;
-    tokio::task::block_in_place(|| server.restart());
-    wait_until("both hubs up again", WAIT, || {
-        both(&a.hub, &b.hub, BrokerStatus::Up)
-    })
-    .await;
-    // Both were up at the latest now: anything published from now on must arrive.
-    let up = Instant::now();
-    for node in [&a, &b] {
-        let (status, _) = get(node.addr, "/healthz").await;
-        assert_eq!(status, StatusCode::OK, "healthz after recovery");
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let attempts = publisher.await.expect("publisher task");
-    b.hub
-        .publish(
-            Target::topic("t"),
-            Event::new().event("done").expect("name"),
-        )
-        .await
-        .expect("publish after recovery");
-    let events = reader.await.expect("reader task");
-
-    // Counters account for every attempt (+1: the final "done").
-    let ok: BTreeSet<u64> = attempts.iter().filter(|a| a.ok).map(|a| a.seq).collect();
-    let failed = attempts.iter().filter(|a| !a.ok).count() as u64;
-    let stats = b.hub.stats();
-    assert!(failed > 0, "the outage failed no publish: {stats:?}");
-    assert_eq!(stats.published, ok.len() as u64 + 1, "{stats:?}");
-    assert_eq!(stats.bus_errors, failed, "{stats:?}");
-    assert_eq!(stats.bus_out, stats.published, "{stats:?}");
-    let broker_stats = b_broker.stats();
-    assert_eq!(
-        broker_stats.published,
-        ok.len() as u64 + 1,
-        "{broker_stats:?}"
-    );
-    assert_eq!(broker_stats.publish_failed, failed, "{broker_stats:?}");
-    for node in [&a, &b] {
-        assert!(node.hub.stats().bus_outages >= 1, "{:?}", node.hub.stats());
-    }
-
-    // Deliveries: each at most once, only what was accepted, and all of what
-    // was published after both hubs were up again.
-    let mut received: BTreeMap<u64, usize> = BTreeMap::new();
-    let mut gaps = 0;
-    for event in &events {
-        if event.event == GAP_EVENT {
-            assert_eq!(event.data, r#"{"reason":"bus"}"#);
-            gaps += 1;
-        } else {
-            let seq: u64 = event.data.parse().expect("a sequence number");
-            *received.entry(seq).or_default() += 1;
-        }
-    }
-    let duplicates: Vec<_> = received.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicates.is_empty(), "delivered twice: {duplicates:?}");
-    let unexpected: Vec<_> = received.keys().filter(|s| !ok.contains(s)).collect();
-    assert!(
-        unexpected.is_empty(),
-        "delivered but failed: {unexpected:?}"
-    );
-    let after: Vec<u64> = attempts
-        .iter()
-        .filter(|a| a.started >= up)
-        .map(|a| a.seq)
-        .collect();
-    assert!(
-        after.len() >= 10,
-        "too few publishes after recovery: {}",
-        after.len()
-    );
-    let failed_after: Vec<_> = attempts
-        .iter()
-        .filter(|a| a.started >= up && !a.ok)
-        .collect();
-    assert!(
-        failed_after.is_empty(),
-        "failed after recovery: {failed_after:?}"
-    );
-    let lost: Vec<_> = after.iter().filter(|s| !received.contains_key(s)).collect();
-    assert!(
-        lost.is_empty(),
-        "published after recovery, never delivered: {lost:?}"
-    );
-    assert!(gaps >= 1, "no gap event");
-    assert!(a.hub.stats().gap_events >= 1);
-    eprintln!(
-        "restart: {} attempts, {} ok, {failed} failed, {} after recovery, {} delivered, {gaps} gap(s)",
-        attempts.len(),
-        ok.len(),
-        after.len(),
-        received.len()
-    );
-}
-
-/// A node that did not publish during an outage can publish as soon as it
-/// reports Up again after Redis restarted.
-/// (The publish connection reports its own loss, so the broker reconnects it
-/// without waiting for a publish to fail on it.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_node_publishes_after_redis_restart() {
-    let test = "idle_node_publishes_after_redis_restart";
-    let Some(mut server) = RedisServer::start(test) else {
-        return;
-    };
-    let prefix = unique_prefix(test);
-    let (a, _) = redis_node(fast_config(&server.url(), &prefix), "a").await;
-    let (b, _) = redis_node(fast_config(&server.url(), &prefix), "b").await;
-    let mut client = SseClient::connect(b.addr, "/events?topic=t").await;
-    post_ok(a.addr, "/publish?topic=t", "before").await;
-    expect_data(&mut client, "client", &["before"]).await;
-
-    // A publishes nothing while Redis is away.
-    server.kill();
-    wait_until("both hubs down", WAIT, || {
-        both(&a.hub, &b.hub, BrokerStatus::Down)
-    })
-    .await;
-    server.restart();
-    wait_until("both hubs up again", Duration::from_secs(10), || {
-        both(&a.hub, &b.hub, BrokerStatus::Up)
-    })
-    .await;
-
-    let result = a
-        .hub
-        .publish(Target::topic("t"), Event::new().data("after"))
-        .await;
-    assert!(
-        result.is_ok(),
-        "A reports Up, yet its first publish after the restart fails: {result:?} \
-         (A's publish connection died with the server and nothing noticed)"
-    );
-    let event = client.next().await.expect("event after recovery");
-    assert_eq!(event.event, GAP_EVENT);
-    expect_data(&mut client, "client", &["after"]).await;
-}
 
 /// Redis closing an idle publish connection (server `timeout`, as managed
 /// Redis services and proxies do) must not fail the next publish of a node

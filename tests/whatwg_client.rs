@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 use support::process::{node_binary, NodeProcess};
-use support::redis_server::{machine_redis, skip, unique_prefix};
+use support::redis_server::{machine_redis, unique_prefix};
+use support::server::skip;
 
 /// The JS client's folder, if its dependencies are installed and `node` runs.
 fn js_client(test: &str) -> Option<PathBuf> {

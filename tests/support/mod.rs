@@ -14,6 +14,7 @@ pub mod redis_cluster;
 #[cfg(feature = "redis")]
 pub mod redis_server;
 pub mod resume;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::pin::Pin;

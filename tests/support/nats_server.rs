@@ -4,15 +4,17 @@
 //! std `TcpStream` that talk to the server without going through the crate
 //! or any NATS client library (the "non-Rust" publisher and subscriber).
 //!
-//! When NATS is not available, a test is skipped with a `SKIPPED:` line on
-//! stderr, unless `CI` is set: then it fails, so that a CI run cannot pass
-//! without having run the NATS tests.
+//! Starting, skipping and killing are shared with Redis: see `server`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::server::current_test;
+use super::server::{self, unique_name, ServerProcess};
 
 /// The machine's NATS, for tests that inject no fault.
 pub const MACHINE_NATS: &str = "127.0.0.1:4222";
@@ -24,42 +26,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeout of every raw protocol exchange.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// True when running in CI (`CI` set to anything but empty, `0` or `false`):
-/// a missing NATS then fails the test instead of skipping it.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
-}
-
-/// The running test's name: the test harness names each test's thread after
-/// it, and `#[tokio::test]` polls the test body on that thread.
-pub fn current_test() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("unknown test")
-        .to_owned()
-}
-
 /// Reports that the running test cannot run: panics in CI, else prints a
 /// `SKIPPED:` line on stderr and returns `None`, so that the test can return
 /// early.
 pub fn skip<T>(reason: &str) -> Option<T> {
-    let test = current_test();
-    if in_ci() {
-        panic!("{test}: {reason} (CI is set, so this fails instead of being skipped)");
-    }
-    eprintln!("SKIPPED: {test}: {reason}");
-    None
+    server::skip(&current_test(), reason)
 }
 
 /// A unique subject prefix on a shared NATS: one valid subject token (ASCII
 /// letters, digits, `-`, `_`; no dots, spaces or wildcards).
 pub fn unique_prefix() -> String {
-    let test: String = current_test()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .take(40)
-        .collect();
-    format!("t{}-{test}-{}", fastrand::u32(..), std::process::id())
+    unique_name(&current_test())
 }
 
 /// The machine's NATS URL (`nats://127.0.0.1:4222`) once it answered
@@ -73,34 +50,35 @@ pub fn machine_nats() -> Option<String> {
 
 /// `/usr/sbin/nats-server`, or `nats-server` on the PATH.
 fn server_binary() -> Result<PathBuf, String> {
-    let candidates = [PathBuf::from(SERVER_PATH), PathBuf::from("nats-server")];
     let mut errors = Vec::new();
-    for candidate in candidates {
-        match Command::new(&candidate)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-        {
-            Ok(status) if status.success() => return Ok(candidate),
-            Ok(status) => errors.push(format!("{}: --version: {status}", candidate.display())),
-            Err(err) => errors.push(format!("{}: {err}", candidate.display())),
+    for candidate in [PathBuf::from(SERVER_PATH), PathBuf::from("nats-server")] {
+        match server::runs(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(err) => errors.push(err),
         }
     }
     Err(format!("cannot run nats-server ({})", errors.join("; ")))
 }
 
 /// One `nats-server` process started by a test, on a loopback port. Killed
-/// on drop; its temp dir (log, JetStream store) is removed.
+/// on drop; its temp dir (log, JetStream store) is removed. The
+/// [`ServerProcess`] it derefs to restarts (same port and store) and kills it.
 pub struct NatsServer {
-    binary: PathBuf,
-    port: u16,
-    dir: PathBuf,
-    jetstream: bool,
-    extra: Vec<String>,
-    token: Option<String>,
-    child: Option<Child>,
+    process: ServerProcess,
+}
+
+impl Deref for NatsServer {
+    type Target = ServerProcess;
+
+    fn deref(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+impl DerefMut for NatsServer {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
 }
 
 impl NatsServer {
@@ -118,161 +96,37 @@ impl NatsServer {
             Ok(binary) => binary,
             Err(err) => return skip(&err),
         };
-        let dir = std::env::temp_dir().join(format!(
-            "sse-cluster-nats-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).expect("create nats temp dir");
+        let mut process = ServerProcess::new("nats-server", "nats.log", START_TIMEOUT);
         let token = extra
             .iter()
             .position(|a| *a == "--auth")
             .and_then(|at| extra.get(at + 1))
             .map(|t| t.to_string());
-        let mut server = NatsServer {
-            binary,
-            port: 0,
-            dir,
-            jetstream,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            token,
-            child: None,
-        };
-        // Another process may grab the free port between our probe and the
-        // server's bind: try a few ports.
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            server.port = free_port();
-            match server.spawn() {
-                Ok(()) => return Some(server),
-                Err(err) => {
-                    server.kill();
-                    last_error = err;
-                }
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (dir, log) = (process.dir().to_owned(), process.log_path().to_owned());
+        let command = move |port: u16| {
+            let mut command = Command::new(&binary);
+            command
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .arg("-l")
+                .arg(&log);
+            if jetstream {
+                command.arg("-js").arg("-sd").arg(dir.join("jetstream"));
             }
+            command.args(&extra);
+            command
+        };
+        let ready = move |addr: &str| ping(addr, token.as_deref());
+        match process.start(command, ready) {
+            Ok(()) => Some(NatsServer { process }),
+            Err(err) => panic!("nats-server did not start: {err}"),
         }
-        panic!("nats-server did not start: {last_error}");
     }
 
     /// `nats://127.0.0.1:PORT` (without the token, even with `--auth`).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.port())
     }
-
-    /// `127.0.0.1:PORT`, for the raw protocol helpers.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The port the server listens on.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The temp dir (log file, JetStream store), removed on drop.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Whether the process this helper started is running.
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// SIGKILLs the server (no shutdown, no goodbye to clients) and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // `Child::kill` is SIGKILL on Unix, sent to this child's pid only.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Kills the server if it runs, then starts it again on the same port
-    /// (and store dir) and waits until it answers `PING`.
-    pub fn restart(&mut self) {
-        self.kill();
-        // The port may take a moment to be free again.
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(err) if Instant::now() >= deadline => {
-                    panic!("nats-server did not restart on port {}: {err}", self.port)
-                }
-                Err(_) => {
-                    self.kill();
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let mut command = Command::new(&self.binary);
-        command
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .arg("-l")
-            .arg(self.dir.join("nats.log"));
-        if self.jetstream {
-            command
-                .arg("-js")
-                .arg("-sd")
-                .arg(self.dir.join("jetstream"));
-        }
-        let child = command
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", self.binary.display()))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = self.addr();
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!(
-                        "nats-server exited with {status}; log:\n{}",
-                        self.log_tail()
-                    ));
-                }
-            }
-            match ping(&addr, self.token.as_deref()) {
-                Ok(()) => return Ok(()),
-                Err(err) if Instant::now() >= deadline => {
-                    return Err(format!(
-                        "no PONG within {START_TIMEOUT:?}: {err}; log:\n{}",
-                        self.log_tail()
-                    ))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    }
-
-    /// The last lines of the server's log.
-    pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// The `CONNECT` line of the raw clients (with `auth_token` if given).

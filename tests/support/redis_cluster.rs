@@ -1,6 +1,7 @@
 //! A real three-shard Redis Cluster on loopback ports, for sharded pub/sub
 //! tests. Started with `redis-server --cluster-enabled yes` and joined with
-//! `redis-cli --cluster create`; every process is killed on drop.
+//! `redis-cli --cluster create`; every process is killed on drop. A missing
+//! binary skips the test, or fails it under `CI` (see `server::skip`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -32,13 +33,8 @@ fn free_port() -> u16 {
 /// under `CI` a missing binary fails the test.
 pub fn start(test: &str) -> Option<RedisCluster> {
     for bin in ["redis-server", "redis-cli"] {
-        if Command::new(bin).arg("--version").output().is_err() {
-            let reason = format!("`{bin}` is not installed");
-            if std::env::var_os("CI").is_some() {
-                panic!("{test}: {reason} (required under CI)");
-            }
-            eprintln!("SKIPPED: {test}: {reason}");
-            return None;
+        if let Err(err) = super::server::runs(std::path::Path::new(bin)) {
+            return super::server::skip(test, &err);
         }
     }
     let dir = std::env::temp_dir().join(format!(

@@ -3,15 +3,17 @@
 //! tests that inject no fault, and a raw RESP client that talks to Redis
 //! without going through the crate (a "non-Rust publisher").
 //!
-//! When Redis is not available, a test is skipped with a `SKIPPED:` line on
-//! stderr, unless `CI` is set: then it fails, so that a CI run cannot pass
-//! without having run the Redis tests.
+//! Starting, skipping and killing are shared with NATS: see `server`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::server::skip;
+use super::server::{self, unique_name, ServerProcess};
 
 /// The machine's Redis, for tests that inject no fault.
 pub const MACHINE_REDIS: &str = "127.0.0.1:6379";
@@ -21,27 +23,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of every raw RESP exchange.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// True when running in CI (`CI` set to anything but empty, `0` or `false`):
-/// a missing Redis then fails the test instead of skipping it.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
-}
-
-/// Reports that `test` cannot run: panics in CI, else prints a `SKIPPED:`
-/// line on stderr and returns `None`, so that the test can return early.
-pub fn skip<T>(test: &str, reason: &str) -> Option<T> {
-    if in_ci() {
-        panic!("{test}: {reason} (CI is set, so this fails instead of being skipped)");
-    }
-    // Straight to the process's stderr: libtest captures `eprintln!` of
-    // passing tests, and a skip must be visible.
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
-    None
-}
-
 /// A unique channel prefix for `test` on a shared Redis.
 pub fn unique_prefix(test: &str) -> String {
-    format!("t-{test}-{}-{}:", std::process::id(), fastrand::u32(..))
+    format!("{}:", unique_name(test))
 }
 
 /// The machine's Redis URL (`redis://127.0.0.1:6379`) once it answered
@@ -54,13 +38,24 @@ pub fn machine_redis(test: &str) -> Option<String> {
 }
 
 /// One `redis-server` process started by a test, on a loopback port, with no
-/// persistence. Killed on drop.
+/// persistence. Killed on drop; the [`ServerProcess`] it derefs to restarts,
+/// signals and kills it.
 pub struct RedisServer {
-    port: u16,
-    dir: PathBuf,
-    args: Vec<String>,
-    tls: bool,
-    child: Option<Child>,
+    process: ServerProcess,
+}
+
+impl Deref for RedisServer {
+    type Target = ServerProcess;
+
+    fn deref(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+impl DerefMut for RedisServer {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
 }
 
 impl RedisServer {
@@ -85,27 +80,12 @@ impl RedisServer {
     }
 
     fn launch(test: &str, extra: &[&str], tls: bool) -> Option<RedisServer> {
-        if let Err(err) = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-        {
-            return skip(test, &format!("cannot run redis-server: {err}"));
+        if let Err(err) = server::runs(Path::new("redis-server")) {
+            return skip(test, &err);
         }
-        let dir = std::env::temp_dir().join(format!(
-            "sse-cluster-redis-{test}-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).expect("create redis temp dir");
-        let mut server = RedisServer {
-            port: 0,
-            dir,
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            tls,
-            child: None,
-        };
+        let mut process = ServerProcess::new("redis-server", "redis.log", START_TIMEOUT);
+        let dir = process.dir().to_owned();
+        let log = process.log_path().to_owned();
         if tls {
             let made = Command::new("openssl")
                 .args([
@@ -118,9 +98,9 @@ impl RedisServer {
                     "subjectAltName=IP:127.0.0.1",
                 ])
                 .arg("-keyout")
-                .arg(server.dir.join("key.pem"))
+                .arg(dir.join("key.pem"))
                 .arg("-out")
-                .arg(server.dir.join("cert.pem"))
+                .arg(dir.join("cert.pem"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -131,205 +111,86 @@ impl RedisServer {
                 Err(err) => return skip(test, &format!("cannot run openssl: {err}")),
             }
         }
-        // Another process may grab the free port between our probe and
-        // redis-server's bind: try a few ports.
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            server.port = free_port();
-            match server.spawn() {
-                Ok(()) => return Some(server),
-                Err(err) => {
-                    server.kill();
-                    last_error = err;
-                }
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let password = args
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|at| args.get(at + 1))
+            .cloned();
+        let command = move |port: u16| {
+            let port = port.to_string();
+            let mut command = Command::new("redis-server");
+            command.args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]);
+            if tls {
+                let cert = dir.join("cert.pem");
+                command
+                    .args([
+                        "--port",
+                        "0",
+                        "--tls-port",
+                        &port,
+                        "--tls-auth-clients",
+                        "no",
+                    ])
+                    .arg("--tls-cert-file")
+                    .arg(&cert)
+                    .arg("--tls-key-file")
+                    .arg(dir.join("key.pem"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(&cert);
+            } else {
+                command.args(["--port", &port]);
             }
+            command
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--logfile")
+                .arg(&log)
+                .args(&args);
+            command
+        };
+        let log = process.log_path().to_owned();
+        let ready = move |addr: &str| -> Result<(), String> {
+            if tls {
+                // No TLS client here: the log saying ready and the port
+                // accepting connections are enough.
+                TcpStream::connect(addr).map_err(|e| format!("TLS port not open: {e}"))?;
+                let ready = std::fs::read_to_string(&log)
+                    .is_ok_and(|log| log.contains("Ready to accept connections"));
+                return if ready {
+                    Ok(())
+                } else {
+                    Err("not ready".into())
+                };
+            }
+            let ping: &[&[u8]] = &[b"PING"];
+            let replies = match &password {
+                Some(pw) => resp_exchange(addr, &[&[b"AUTH".as_slice(), pw.as_bytes()], ping])?,
+                None => resp_exchange(addr, &[ping])?,
+            };
+            match replies.last() {
+                Some(reply) if reply.starts_with("+PONG") => Ok(()),
+                other => Err(format!("PING answered {other:?}")),
+            }
+        };
+        match process.start(command, ready) {
+            Ok(()) => Some(RedisServer { process }),
+            Err(err) if tls && err.to_ascii_lowercase().contains("tls") => {
+                skip(test, &format!("redis-server without TLS? {err}"))
+            }
+            Err(err) => panic!("redis-server did not start: {err}"),
         }
-        if tls && last_error.to_ascii_lowercase().contains("tls") {
-            return skip(test, &format!("redis-server without TLS? {last_error}"));
-        }
-        panic!("redis-server did not start: {last_error}");
     }
 
     /// `redis://127.0.0.1:PORT` (no password, even with `--requirepass`).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.port())
     }
 
     /// `rediss://127.0.0.1:PORT/#insecure` (the certificate is self-signed).
     pub fn tls_url(&self) -> String {
-        format!("rediss://127.0.0.1:{}/#insecure", self.port)
+        format!("rediss://127.0.0.1:{}/#insecure", self.port())
     }
-
-    /// The port the server listens on.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `127.0.0.1:PORT`, for [`resp_command`].
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The temp dir given as `--dir` (removed on drop).
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Sends `signal` (e.g. `STOP`, `CONT`) to the server process: `STOP`
-    /// freezes it with every connection open, a silent death.
-    pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("server running").id();
-        let status = std::process::Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} {pid}");
-    }
-
-    /// SIGKILLs the server (no shutdown, no goodbye to clients) and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Kills the server if it runs, then starts it again on the same port
-    /// and waits until it answers `PING`.
-    pub fn restart(&mut self) {
-        self.kill();
-        // The port may take a moment to be free again.
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(err) if Instant::now() >= deadline => {
-                    panic!("redis-server did not restart on port {}: {err}", self.port)
-                }
-                Err(_) => {
-                    self.kill();
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
-    }
-
-    fn password(&self) -> Option<&str> {
-        let at = self.args.iter().position(|a| a == "--requirepass")?;
-        self.args.get(at + 1).map(String::as_str)
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let port = self.port.to_string();
-        let log = self.dir.join("redis.log");
-        // A fresh log per run: readiness and errors are read from it.
-        let _ = std::fs::remove_file(&log);
-        let mut command = Command::new("redis-server");
-        command.args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]);
-        if self.tls {
-            let cert = self.dir.join("cert.pem");
-            command
-                .args([
-                    "--port",
-                    "0",
-                    "--tls-port",
-                    &port,
-                    "--tls-auth-clients",
-                    "no",
-                ])
-                .arg("--tls-cert-file")
-                .arg(&cert)
-                .arg("--tls-key-file")
-                .arg(self.dir.join("key.pem"))
-                .arg("--tls-ca-cert-file")
-                .arg(&cert);
-        } else {
-            command.args(["--port", &port]);
-        }
-        let child = command
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--logfile")
-            .arg(&log)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn redis-server: {e}"))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = self.addr();
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!(
-                        "redis-server exited with {status}; log:\n{}",
-                        self.log_tail()
-                    ));
-                }
-            }
-            if self.tls {
-                // No TLS client here: the log saying ready and the port
-                // accepting connections are enough.
-                let ready = std::fs::read_to_string(self.dir.join("redis.log"))
-                    .is_ok_and(|log| log.contains("Ready to accept connections"));
-                match TcpStream::connect(&addr) {
-                    Ok(_) if ready => return Ok(()),
-                    Err(err) if Instant::now() >= deadline => {
-                        return Err(format!("TLS port not open: {err}"))
-                    }
-                    _ if Instant::now() >= deadline => {
-                        return Err(format!("not ready; log:\n{}", self.log_tail()))
-                    }
-                    _ => {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                }
-            }
-            let answer = match self.password() {
-                Some(pw) => {
-                    resp_exchange(&addr, &[&[b"AUTH".as_slice(), pw.as_bytes()], &[b"PING"]])
-                        .map(|replies| replies.last().cloned().unwrap_or_default())
-                }
-                None => resp_exchange(&addr, &[&[b"PING"]])
-                    .map(|replies| replies.last().cloned().unwrap_or_default()),
-            };
-            match answer {
-                Ok(reply) if reply.starts_with("+PONG") => return Ok(()),
-                Ok(reply) if Instant::now() >= deadline => {
-                    return Err(format!("PING answered {reply:?}"))
-                }
-                Err(err) if Instant::now() >= deadline => {
-                    return Err(format!(
-                        "no PONG within {START_TIMEOUT:?}: {err}; log:\n{}",
-                        self.log_tail()
-                    ))
-                }
-                _ => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// Sends `PING` and expects `+PONG`.
