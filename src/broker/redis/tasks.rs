@@ -1,0 +1,307 @@
+//! The broker's two connection tasks: the subscriber (a dedicated RESP3
+//! connection with a liveness probe, resubscribing after every reconnect)
+//! and the publisher (the multiplexed connection publishes share), with
+//! their backoff.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{ProtocolVersion, PushInfo, PushKind, RedisResult};
+use tokio::sync::{mpsc, watch};
+
+use super::{unavailable, Control, RedisConfig, Shared};
+
+/// Exponential backoff with full jitter.
+pub(super) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new(config: &RedisConfig) -> Self {
+        Self {
+            min: config.backoff_min,
+            max: config.backoff_max,
+            next: config.backoff_min,
+        }
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    pub(super) fn delay(&mut self) -> Duration {
+        let ceiling = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let ms = u64::try_from(ceiling.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Duration::from_millis(fastrand::u64(ms / 2..=ms))
+    }
+}
+
+/// Resolves once the broker is stopping.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sleeps for `delay` unless the broker stops; false if it stopped.
+async fn pause(shared: &Shared, delay: Duration) -> bool {
+    let mut stop = shared.stop.subscribe();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => !shared.stopped(),
+        _ = stopped(&mut stop) => false,
+    }
+}
+
+/// A connection to one server, or to a Redis Cluster (sharded mode).
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn subscribe(&mut self, sharded: bool, names: &[String]) -> RedisResult<()> {
+        match self {
+            _ if names.is_empty() => Ok(()),
+            Conn::Single(conn) if !sharded => conn.subscribe(names).await,
+            Conn::Single(conn) => {
+                // One channel per command: each confirmation is the reply.
+                for name in names {
+                    redis::cmd("SSUBSCRIBE").arg(name).exec_async(conn).await?;
+                }
+                Ok(())
+            }
+            Conn::Cluster(conn) => {
+                // Channels live on the shard of their slot: one at a time.
+                for name in names {
+                    conn.ssubscribe(name).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, sharded: bool, name: &str) -> RedisResult<()> {
+        match self {
+            Conn::Single(conn) if !sharded => conn.unsubscribe(name).await,
+            Conn::Single(conn) => redis::cmd("SUNSUBSCRIBE").arg(name).exec_async(conn).await,
+            Conn::Cluster(conn) => conn.sunsubscribe(name).await,
+        }
+    }
+
+    async fn ping(&mut self) -> RedisResult<()> {
+        let ping = redis::cmd("PING");
+        match self {
+            Conn::Single(conn) => ping.exec_async(conn).await,
+            Conn::Cluster(conn) => ping.exec_async(conn).await,
+        }
+    }
+
+    /// Publishes one message. Concurrent publishes on clones of one
+    /// multiplexed connection are written back to back without waiting for
+    /// replies: under load they are pipelined by the connection itself.
+    pub(super) async fn publish(
+        &mut self,
+        sharded: bool,
+        channel: &str,
+        payload: &[u8],
+    ) -> RedisResult<()> {
+        let command = if sharded { "SPUBLISH" } else { "PUBLISH" };
+        let cmd = redis::cmd(command).arg(channel).arg(payload).take();
+        match self {
+            Conn::Single(conn) => cmd.exec_async(conn).await,
+            Conn::Cluster(conn) => cmd.exec_async(conn).await,
+        }
+    }
+}
+
+impl Shared {
+    async fn connect(&self, push: Option<PushHandler>) -> RedisResult<Conn> {
+        let config = &self.config;
+        if self.cluster_nodes.is_empty() {
+            let mut settings = self.connection_config();
+            if let Some(push) = push {
+                settings = settings.set_push_sender(push);
+            }
+            let conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&settings)
+                .await?;
+            return Ok(Conn::Single(conn));
+        }
+        let mut builder = ClusterClientBuilder::new(self.cluster_nodes.clone())
+            .use_protocol(ProtocolVersion::RESP3)
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.response_timeout)
+            .retries(1);
+        if let Some(push) = push {
+            builder = builder.push_sender(push);
+        }
+        let conn = builder.build()?.get_async_connection().await?;
+        Ok(Conn::Cluster(conn))
+    }
+}
+
+type PushHandler = Box<dyn Fn(PushInfo) -> Result<(), Infallible> + Send + Sync>;
+
+/// Keeps the subscription connection alive: connect, subscribe every
+/// interest, serve interest changes and probe liveness; on any failure,
+/// report Down, back off and start over.
+pub(super) async fn run_subscriber(
+    shared: Arc<Shared>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let sharded = shared.config.sharded;
+    let mut backoff = Backoff::new(&shared.config);
+    let mut stop = shared.stop.subscribe();
+    while !shared.stopped() {
+        let (lost_tx, mut lost) = mpsc::unbounded_channel();
+        let handler = {
+            let shared = Arc::downgrade(&shared);
+            move |info: PushInfo| -> Result<(), Infallible> {
+                if let Some(shared) = shared.upgrade() {
+                    shared.on_push(info, &lost_tx);
+                }
+                Ok(())
+            }
+        };
+        let connected = async {
+            let mut conn = shared.connect(Some(Box::new(handler))).await?;
+            let names: Vec<String> = shared.interests().iter().cloned().collect();
+            conn.subscribe(sharded, &names).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let result = tokio::select! {
+            result = connected => result,
+            _ = stopped(&mut stop) => return,
+        };
+        let mut conn = match result {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::debug!(error = %err, "redis subscription connect failed");
+                shared.set_up(&shared.sub_up, false);
+                // Interest changes meanwhile are already in `interests`.
+                while let Ok(cmd) = control.try_recv() {
+                    if let Control::Subscribe(_, done) = cmd {
+                        let _ = done.send(Err(unavailable(&err)));
+                    }
+                }
+                if !pause(&shared, backoff.delay()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+        shared.set_up(&shared.sub_up, true);
+        backoff.reset();
+        tracing::info!("redis subscription connected");
+
+        let mut probe = tokio::time::interval(shared.config.ping_interval);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe.tick().await;
+        let reason = loop {
+            tokio::select! {
+                _ = lost.recv() => break "connection lost".to_string(),
+                _ = probe.tick() => {
+                    if let Err(err) = conn.ping().await {
+                        break format!("liveness probe failed: {err}");
+                    }
+                }
+                cmd = control.recv() => match cmd {
+                    None => return,
+                    Some(Control::Subscribe(name, done)) => {
+                        let result = conn.subscribe(sharded, std::slice::from_ref(&name)).await;
+                        let failed = result.as_ref().err().map(ToString::to_string);
+                        let _ = done.send(result.map_err(unavailable));
+                        if let Some(err) = failed {
+                            break format!("subscribe failed: {err}");
+                        }
+                    }
+                    Some(Control::Unsubscribe(name)) => {
+                        // The interest may be back already (unsubscribe then
+                        // subscribe in quick succession): keep it then.
+                        if shared.interests().contains(&name) {
+                            continue;
+                        }
+                        if let Err(err) = conn.unsubscribe(sharded, &name).await {
+                            break format!("unsubscribe failed: {err}");
+                        }
+                    }
+                },
+                _ = stopped(&mut stop) => return,
+            }
+        };
+        shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+        shared.set_up(&shared.sub_up, false);
+        tracing::warn!(%reason, "redis subscription down; reconnecting");
+        drop(conn);
+        if !pause(&shared, backoff.delay()).await {
+            return;
+        }
+    }
+}
+
+/// Keeps the publish connection ready for callers: connects, hands it out,
+/// and replaces it as soon as it closes or a publish finds it broken.
+pub(super) async fn run_publisher(shared: Arc<Shared>) {
+    let mut backoff = Backoff::new(&shared.config);
+    let mut generation = 0u64;
+    let mut stop = shared.stop.subscribe();
+    while !shared.stopped() {
+        // The connection tells us when it closes (server restart, idle
+        // timeout), so an idle publisher reconnects before it is needed and
+        // never reports Up over a dead connection.
+        let (lost_tx, mut lost) = mpsc::unbounded_channel();
+        let handler: PushHandler = Box::new(move |info: PushInfo| {
+            if info.kind == PushKind::Disconnection {
+                let _ = lost_tx.send(());
+            }
+            Ok(())
+        });
+        let conn = match shared.connect(Some(handler)).await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::debug!(error = %err, "redis publish connect failed");
+                shared.set_up(&shared.pub_up, false);
+                if !pause(&shared, backoff.delay()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        generation += 1;
+        shared.pub_conn.send_replace(Some((generation, conn)));
+        shared.set_up(&shared.pub_up, true);
+        backoff.reset();
+        loop {
+            let broken = shared.pub_broken_notify.notified();
+            tokio::pin!(broken);
+            broken.as_mut().enable();
+            if shared.pub_broken.load(Ordering::SeqCst) == generation {
+                tracing::warn!("redis publish connection broken; reconnecting");
+                break;
+            }
+            tokio::select! {
+                _ = lost.recv() => {
+                    tracing::info!("redis publish connection closed; reconnecting");
+                    break;
+                }
+                _ = &mut broken => continue,
+                _ = stopped(&mut stop) => return,
+            }
+        }
+        // Reconnect at once; the status drops to Down only if that fails, so
+        // an idle timeout is not an outage.
+        shared.pub_conn.send_replace(None);
+        shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}
