@@ -174,17 +174,16 @@ impl Resumer {
     pub(crate) fn deliver(
         &self,
         channel: &Channel,
-        envelope: &mut Envelope<'_>,
+        envelope: &Envelope<'_>,
         position: Option<Position>,
     ) -> Option<FanOut> {
-        // The hub owns event ids on resumable channels.
-        envelope.id = None;
         let position = position.or_else(|| envelope.pos.as_deref().and_then(Position::parse))?;
         let epoch = match &envelope.epoch {
             Some(e) => epoch_tag(e),
             None => epoch_tag(&self.history.live_epoch(channel)?),
         };
-        let body = match envelope.encode_frame() {
+        // The hub owns event ids on resumable channels.
+        let body = match envelope.encode_frame_without_id() {
             Ok(frame) => frame,
             Err(err) => {
                 self.counters.bus_malformed(channel, &err);
@@ -399,10 +398,8 @@ impl Resumer {
     /// The frame (without its id line) of a stored envelope; `None`, and
     /// counted, when the store holds something malformed.
     fn replayed_frame(&self, channel: &Channel, payload: &Bytes) -> Option<Bytes> {
-        let result = Envelope::decode(payload).and_then(|mut envelope| {
-            envelope.id = None;
-            envelope.encode_frame()
-        });
+        let result =
+            Envelope::decode(payload).and_then(|envelope| envelope.encode_frame_without_id());
         match result {
             Ok(frame) => Some(frame),
             Err(err) => {

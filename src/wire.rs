@@ -178,6 +178,17 @@ impl<'a> Envelope<'a> {
     /// The SSE frame carried, checked like any [`Event`] and encoded
     /// straight from the envelope (no intermediate `Event`).
     pub(crate) fn encode_frame(&self) -> Result<Bytes, WireError> {
+        self.frame(true)
+    }
+
+    /// The SSE frame without its `id:` line, for a hub that writes its own
+    /// ids (resumable channels). The id is still checked: a message is
+    /// accepted or refused alike whatever the hub's history setting.
+    pub(crate) fn encode_frame_without_id(&self) -> Result<Bytes, WireError> {
+        self.frame(false)
+    }
+
+    fn frame(&self, with_id: bool) -> Result<Bytes, WireError> {
         if self
             .event
             .as_deref()
@@ -194,7 +205,7 @@ impl<'a> Envelope<'a> {
         }
         Ok(crate::event::Fields {
             name: self.event.as_deref(),
-            id: self.id.as_deref(),
+            id: self.id.as_deref().filter(|_| with_id),
             data: Some(&self.data),
             retry: self.retry.map(std::time::Duration::from_millis),
             comments: &[],

@@ -75,18 +75,19 @@ impl Inner {
         }
         let c = &self.counters;
         c.bus_in();
+
         // With history, this hub's own events reach its connections through
         // the bus (in position order), so the echo is not skipped.
         let resumer = self.resumer.as_ref().filter(|_| is_resumable(channel));
         if resumer.is_none() && payload.starts_with(&self.echo_prefix) {
             return c.bus_echo();
         }
-        let mut envelope = match Envelope::decode(payload) {
+        let envelope = match Envelope::decode(payload) {
             Ok(env) => env,
             Err(err) => return c.bus_malformed(channel, &err),
         };
         if let Some(resumer) = resumer {
-            if let Some(out) = resumer.deliver(channel, &mut envelope, position) {
+            if let Some(out) = resumer.deliver(channel, &envelope, position) {
                 return c.frame_from_bus(envelope.ts_us, out);
             }
         }
@@ -172,5 +173,44 @@ mod tests {
         assert_eq!(&stream.next().await.unwrap()[..], b"data: ok\n\n");
         let stats = hub.stats();
         assert_eq!((stats.bus_in, stats.bus_malformed), (5, 4));
+    }
+
+    #[tokio::test]
+    async fn a_hostile_id_is_refused_with_history_on_too() {
+        use crate::history::{memory::MemoryHistory, Retention};
+        let bus = MemoryBus::new();
+        let history = Arc::new(MemoryHistory::new(&bus, Retention::default()));
+        let hub = Hub::builder()
+            .broker(bus.broker())
+            .history(history)
+            .build()
+            .await
+            .unwrap();
+        let mut stream = hub
+            .connect(Subscription::new().topic("t"))
+            .await
+            .unwrap()
+            .into_stream();
+        let other = bus.broker();
+        other.start(Arc::new(Ignore)).await.unwrap();
+        let topic = Channel::Topic("t".into());
+        let stamped = br#"{"v":1,"id":"a\u0000b","data":"bad","pos":"1","epoch":"e"}"#;
+        other
+            .publish(&topic, Bytes::from_static(stamped))
+            .await
+            .unwrap();
+        let good = br#"{"v":1,"data":"good","pos":"2","epoch":"e"}"#;
+        other
+            .publish(&topic, Bytes::from_static(good))
+            .await
+            .unwrap();
+        loop {
+            let frame = stream.next().await.unwrap();
+            assert!(!frame.windows(3).any(|w| w == b"bad"), "{frame:?}");
+            if frame.windows(4).any(|w| w == b"good") {
+                break;
+            }
+        }
+        assert_eq!(hub.stats().bus_malformed, 1);
     }
 }
