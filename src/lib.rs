@@ -11,13 +11,19 @@
 //!
 //! ```no_run
 //! use axum::{extract::{Query, State}, routing::{get, post}, Router};
-//! use sse_cluster::{broker::memory::MemoryBus, Connection, Event, Hub, Subscription, Target};
+//! use sse_cluster::adapters::axum::LastEventId;
+//! use sse_cluster::{broker::memory::MemoryBus, ConnectError, Connection, Event, Hub, Subscription, Target};
 //!
 //! #[derive(serde::Deserialize)]
 //! struct Params { topic: String }
 //!
-//! async fn events(State(hub): State<Hub>, Query(p): Query<Params>) -> Result<Connection, String> {
-//!     hub.connect(Subscription::new().topic(p.topic)).await.map_err(|e| e.to_string())
+//! // A refusal (`ConnectError`) is answered with its HTTP status.
+//! async fn events(
+//!     State(hub): State<Hub>,
+//!     Query(p): Query<Params>,
+//!     LastEventId(last): LastEventId,
+//! ) -> Result<Connection, ConnectError> {
+//!     hub.connect(Subscription::new().topic(p.topic).resume_from(last)).await
 //! }
 //!
 //! async fn publish(State(hub): State<Hub>, Query(p): Query<Params>, body: String) -> &'static str {
@@ -113,6 +119,15 @@
 //! a randomized `retry:` (so reconnects spread out), ends every stream so the
 //! HTTP server's graceful shutdown can complete, waits for the streams to
 //! finish, then unsubscribes and shuts down the broker.
+//!
+//! **Layers.** Each module imports only from the layers below it: the
+//! adapters, then [`hub`] and [`publisher`], then [`presence`], [`auth`] and
+//! [`subscription`], then the two paths of an event ([`outbound`]: target →
+//! channel, envelope, size check, send to bus or store; [`resume`]: event
+//! ids, the cursor, replay), then [`registry`] and [`stream`], then
+//! [`history`] and [`broker`] (the backend contracts), and at the bottom
+//! [`wire`], [`event`], [`limits`] and [`telemetry`]. `ARCHITECTURE.md` in
+//! the repository follows one event through them.
 //!
 //! # Delivery guarantees
 //!

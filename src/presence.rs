@@ -17,7 +17,7 @@
 //! # How it works
 //!
 //! Request and response over the bus, so it works on every broker (it uses
-//! only the [`Broker`] trait):
+//! only the [`Broker`](crate::Broker) trait):
 //!
 //! 1. **Membership.** Every hub with presence enabled publishes a `hello` on
 //!    the broadcast channel every [`PresenceConfig::heartbeat`] (default 2 s)

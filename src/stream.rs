@@ -243,7 +243,7 @@ impl fmt::Debug for FrameSender {
 }
 
 impl FrameSender {
-    /// Queues one frame (normally from [`Event::encode`]). On a full queue the
+    /// Queues one frame (normally from [`Event::encode`](crate::Event::encode)). On a full queue the
     /// stream's [`OverflowPolicy`] decides, and the error says what it did.
     pub fn send(&self, frame: Bytes) -> Result<(), SendError> {
         let shared = &*self.shared;

@@ -6,7 +6,7 @@
 //! suite in their tests; a backend written outside the crate runs the very
 //! same suite, through the crate's public API only. The suite builds hubs
 //! from the parts your [`Backend::node`] returns, connects clients with
-//! [`Hub::connect`], publishes with [`Hub::publish`], and reads each stream
+//! [`Hub::connect`](crate::Hub::connect), publishes with [`Hub::publish`](crate::Hub::publish), and reads each stream
 //! with a real SSE parser.
 //!
 //! # Scenarios
@@ -21,10 +21,10 @@
 //! | [`Delivery`](Scenario::Delivery) | an event published on one node to a topic, a user, one connection or everyone reaches exactly the matching connections on the other node, and a local receiver once (its own echo is ignored) | |
 //! | [`Order`](Scenario::Order) | 200 events to a topic and a user, from one node, arrive on the other in publish order per target | |
 //! | [`InterestRouting`](Scenario::InterestRouting) | a node hears only the channels its connections need ([`HubStats::bus_in`](crate::HubStats::bus_in) does not move for others), and stops hearing a channel when its last follower leaves | [`Capabilities::interest_routing`] |
-//! | [`Outage`](Scenario::Outage) | the server goes away: every hub reports [`BrokerStatus::Down`], publishes reach local receivers and are accounted for (`published` or `bus_errors`), a connection can still be made; the server is back: every hub reports Up, streams get the [`GAP_EVENT`] with reason `bus`, and delivery works again, also for the connection made during the outage | [`Capabilities::outage`] |
+//! | [`Outage`](Scenario::Outage) | the server goes away: every hub reports [`BrokerStatus::Down`](crate::BrokerStatus::Down), publishes reach local receivers and are accounted for (`published` or `bus_errors`), a connection can still be made; the server is back: every hub reports Up, streams get the [`GAP_EVENT`](crate::stream::GAP_EVENT) with reason `bus`, and delivery works again, also for the connection made during the outage | [`Capabilities::outage`] |
 //! | [`Restart`](Scenario::Restart) | the server is killed and started again: every hub counts the outage, comes back Up and delivers to topic, connection and broadcast followers again | [`Capabilities::restart`] |
 //! | [`Resume`](Scenario::Resume) | a client reads some events on node A, leaves, misses events on a topic and its user, and reconnects to node C with its `Last-Event-ID`: it gets exactly the missed events, once, in order per channel, then live ones | [`Capabilities::history`] |
-//! | [`ResetBeyondRetention`](Scenario::ResetBeyondRetention) | a client that missed more than the store retains ([`Retention::max_len`]) gets the [`RESET_EVENT`] (reason `expired`) first, then live events | [`Capabilities::history`] |
+//! | [`ResetBeyondRetention`](Scenario::ResetBeyondRetention) | a client that missed more than the store retains ([`Retention::max_len`]) gets the [`RESET_EVENT`](crate::resume::RESET_EVENT) (reason `expired`) first, then live events | [`Capabilities::history`] |
 //! | [`HostileEnvelopes`](Scenario::HostileEnvelopes) | garbage, invalid JSON, an unknown version and envelopes with framing-breaking fields, published on a topic channel by a separate broker, are counted in [`HubStats::bus_malformed`](crate::HubStats::bus_malformed), reach no client, and the next valid message is still delivered | |
 //!
 //! When the backend has history, every scenario but the outage and restart
