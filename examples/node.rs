@@ -41,13 +41,19 @@ struct Args {
     presence_heartbeat: Option<Duration>,
     history: Option<String>,
     retention: sse_cluster::history::Retention,
+    /// Hyper's request-head timeout, which also bounds an idle keep-alive
+    /// connection's wait for its next request.
+    header_timeout: Duration,
+    /// How long a write may wait for a client that takes no bytes.
+    write_deadline: Duration,
 }
 
 const USAGE: &str =
     "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|nats://HOST:PORT] \
 [--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] [--auth-token TOKEN] \
 [--presence-heartbeat-ms MS] \
-[--history memory|redis|jetstream] [--history-max N] [--history-age SECS]";
+[--history memory|redis|jetstream] [--history-max N] [--history-age SECS] \
+[--header-timeout-ms MS] [--write-deadline-ms MS]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -61,6 +67,8 @@ fn parse_args() -> Result<Args, String> {
         presence_heartbeat: None,
         history: None,
         retention: sse_cluster::history::Retention::default(),
+        header_timeout: HEADER_TIMEOUT,
+        write_deadline: sse_cluster::adapters::DEFAULT_WRITE_DEADLINE,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -107,12 +115,29 @@ fn parse_args() -> Result<Args, String> {
                     .retention
                     .max_age(Some(Duration::from_secs(secs)).filter(|d| !d.is_zero()));
             }
+            "--header-timeout-ms" => args.header_timeout = millis(&flag, &value()?)?,
+            "--write-deadline-ms" => args.write_deadline = millis(&flag, &value()?)?,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
     Ok(args)
 }
+
+/// A positive number of milliseconds.
+fn millis(flag: &str, value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        Ok(_) => Err(format!("{flag} {value}: must be positive")),
+        Err(e) => Err(format!("{flag} {value}: {e}")),
+    }
+}
+
+/// Default of `--header-timeout-ms`: hyper's request-head timeout, which
+/// also closes a keep-alive connection idle for that long. With the SSE
+/// driver's own 30 s for the first head, a trickled head is closed within
+/// 45 s whichever of the two reads it.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -198,7 +223,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
         }),
     );
-    serve(listener, hub, app).await
+    serve(listener, hub, app, &args).await
 }
 
 /// Serves the routes over HTTP/1.1 until SIGTERM/SIGINT, then drains.
@@ -209,22 +234,32 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 /// BENCHMARKS.md, idle memory). Every other request goes to hyper with the
 /// router built once (not `axum::serve`, which rebuilds the route tables per
 /// connection and, detecting HTTP/2, grows hyper's read buffer to 16 KiB).
+///
+/// Timeouts: every connection has a write deadline (a client that takes no
+/// bytes for `--write-deadline-ms` is disconnected, which frees its stream,
+/// its registry entry and its presence), the driver closes a request head
+/// not complete within 30 s, and hyper one not complete within
+/// `--header-timeout-ms` (also the longest a keep-alive connection waits
+/// idle for its next request).
 async fn serve(
     listener: tokio::net::TcpListener,
     hub: Hub,
     app: axum::Router,
+    args: &Args,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     use sse_cluster::adapters::http1::{serve_sse, Served};
+    use sse_cluster::adapters::WriteDeadline;
     use tower::ServiceExt;
 
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(args.header_timeout);
     // Shared by every connection task: an SSE stream's task keeps only this
     // pointer (and the stream and socket) for its whole life.
-    let shared = std::sync::Arc::new((
-        app.with_state(()),
-        hyper::server::conn::http1::Builder::new(),
-    ));
+    let shared = std::sync::Arc::new((app.with_state(()), http));
+    let write_deadline = args.write_deadline;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let stop = common::termination();
     tokio::pin!(stop);
@@ -249,7 +284,7 @@ async fn serve(
                 tokio::spawn(async move {
                     let router = shared.0.clone();
                     let served = serve_sse(
-                        tcp,
+                        WriteDeadline::with_deadline(tcp, write_deadline),
                         |head| head.method == http::Method::GET && head.uri.path() == "/events",
                         |req| async move {
                             let req = req.map(|()| axum::body::Body::empty());

@@ -12,6 +12,7 @@
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
+pub mod deadline;
 #[cfg(feature = "http1")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http1")))]
 pub mod http1;
@@ -21,3 +22,4 @@ pub mod hyper;
 
 pub use crate::limits::MAX_LAST_EVENT_ID_LEN;
 pub use crate::resume::last_event_id;
+pub use deadline::{WriteDeadline, DEFAULT_WRITE_DEADLINE};
