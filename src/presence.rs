@@ -110,6 +110,13 @@ const CONTROL_PREFIX: &[u8] = b"{\"ctl\":";
 /// its peers' welcome `hello`s may still be on their way.
 const WARM_UP: Duration = Duration::from_millis(250);
 
+/// Most peers a hub believes alive at once. Presence trusts the bus (see the
+/// README's bus trust model); this bounds what forged `hello`s can make a
+/// node hold and send: a `hello` from an unknown node while the table is
+/// full (after forgetting silent peers) is ignored and counted
+/// ([`PresenceStats::peers_refused`]).
+pub const MAX_PEERS: usize = 1024;
+
 /// Shortest heartbeat interval; shorter settings are raised to it.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 
@@ -261,6 +268,8 @@ pub struct PresenceStats {
     /// Queries from other hubs dropped because [`MAX_ANSWERS_IN_FLIGHT`]
     /// answers were being computed.
     pub answers_dropped: u64,
+    /// Unknown nodes not recorded because [`MAX_PEERS`] were known.
+    pub peers_refused: u64,
 }
 
 /// Presence queries of one hub ([`Hub::presence`](crate::Hub::presence)).
@@ -384,6 +393,7 @@ impl Presence {
             queries: get(&c.queries),
             incomplete: get(&c.incomplete),
             answers_dropped: get(&c.answers_dropped),
+            peers_refused: get(&c.peers_refused),
         }
     }
 }

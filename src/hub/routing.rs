@@ -70,10 +70,20 @@ impl Inner {
         payload: &[u8],
         position: Option<Position>,
     ) {
+        let c = &self.counters;
+        let max_data = self.limits.max_event_size;
+        // Refused before parsing: no envelope of an event within the limit
+        // is this long (JSON escaping at most sextuples the data).
+        if payload.len() > max_data.saturating_mul(6).saturating_add(64 * 1024) {
+            c.bus_in();
+            return c.bus_malformed(
+                channel,
+                &format_args!("a bus message of {} bytes", payload.len()),
+            );
+        }
         if crate::presence::is_control(payload) {
             return self.presence.on_control(channel, payload);
         }
-        let c = &self.counters;
         c.bus_in();
 
         // With history, this hub's own events reach its connections through
@@ -86,6 +96,13 @@ impl Inner {
             Ok(env) => env,
             Err(err) => return c.bus_malformed(channel, &err),
         };
+        if envelope.data.len() > max_data {
+            let err = format_args!(
+                "event data of {} bytes over the limit of {max_data}",
+                envelope.data.len()
+            );
+            return c.bus_malformed(channel, &err);
+        }
         if let Some(resumer) = resumer {
             if let Some(out) = resumer.deliver(channel, &envelope, position) {
                 return c.frame_from_bus(envelope.ts_us, out);

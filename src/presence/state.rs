@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::{
     PresenceConfig, PresenceError, CONTROL_PREFIX, CONTROL_VERSION, MAX_ANSWERS_IN_FLIGHT,
-    MAX_ANSWER_USER_BYTES, MAX_QUERIES_IN_FLIGHT, WARM_UP,
+    MAX_ANSWER_USER_BYTES, MAX_PEERS, MAX_QUERIES_IN_FLIGHT, WARM_UP,
 };
 use crate::broker::{Broker, BrokerError, Channel};
 use crate::registry::ConnectionRegistry;
@@ -108,6 +108,7 @@ pub(super) struct Counters {
     pub(super) queries: AtomicU64,
     pub(super) incomplete: AtomicU64,
     pub(super) answers_dropped: AtomicU64,
+    pub(super) peers_refused: AtomicU64,
 }
 
 /// A hub's side of the presence protocol.
@@ -212,10 +213,19 @@ impl PresenceState {
     }
 
     /// Marks `node` (as `instance`) alive now; true if it was not known as
-    /// that instance.
+    /// that instance. A new node is not recorded while [`MAX_PEERS`] are
+    /// (after forgetting the silent ones).
     fn saw(&self, node: &str, instance: &str) -> bool {
+        let forget = self.config.unwrap_or_default().forget();
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
+        if !peers.contains_key(node) && peers.len() >= MAX_PEERS {
+            peers.retain(|_, p| now.saturating_duration_since(p.seen) < forget);
+            if peers.len() >= MAX_PEERS {
+                self.counters.peers_refused.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
         match peers.get_mut(node) {
             Some(peer) if peer.instance == instance => {
                 peer.seen = now;

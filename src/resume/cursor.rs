@@ -20,9 +20,20 @@ pub(crate) struct Stamped {
 }
 
 /// Per-connection resume state, kept under the connection's queue lock.
+///
+/// Per channel it keeps two places: the mark (the newest position sent,
+/// written into the connection's ids) and the floor (the newest position
+/// known to be sent *from the store*: the head at connect, or a replayed
+/// entry). Duplicates are judged against the floor, which only the store
+/// moves, so a bus message with a forged far-future position cannot make
+/// later legitimate events look like duplicates (it is delivered, as any
+/// message on the bus is, and at worst its position makes the client's next
+/// reconnect a reset).
 #[derive(Debug)]
 pub(crate) struct Cursor {
     marks: Vec<Mark>,
+    /// `(epoch, position)` per channel, in the order of `marks`.
+    floors: Vec<(u32, Position)>,
     resumable: bool,
     /// While replaying, live events wait here.
     pub(crate) held: Option<Held>,
@@ -35,6 +46,17 @@ pub(crate) struct Held {
     pub(crate) bytes: usize,
     /// Some were not kept: the replay must read the history again.
     pub(crate) overflowed: bool,
+}
+
+/// Where an event comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// Live from the bus: held back while a replay runs.
+    Live,
+    /// Live, held back during a replay and released now.
+    Released,
+    /// Read from the store by a replay: moves the floor.
+    Store,
 }
 
 /// What the cursor made of one event.
@@ -63,6 +85,7 @@ impl Cursor {
                     position: Position::ZERO,
                 })
                 .collect(),
+            floors: vec![(0, Position::ZERO); keys.len()],
             resumable,
             held: Some(Held::default()),
         }
@@ -77,17 +100,19 @@ impl Cursor {
         self.marks.iter().find(|m| m.key == key).map(|m| m.position)
     }
 
-    /// Sets where a channel stands (at connect, after reading heads).
+    /// Sets where a channel stands, mark and floor (at connect, after
+    /// reading heads; a position the store vouched for).
     pub(crate) fn set(&mut self, key: u32, epoch: u32, position: Position) {
-        if let Some(m) = self.marks.iter_mut().find(|m| m.key == key) {
-            m.epoch = epoch;
-            m.position = position;
+        if let Some(i) = self.marks.iter().position(|m| m.key == key) {
+            self.marks[i].epoch = epoch;
+            self.marks[i].position = position;
+            self.floors[i] = (epoch, position);
         }
     }
 
-    /// Decides about one event; `hold` is false for replayed events, which
-    /// go out even while live ones are held back.
-    pub(crate) fn admit(&mut self, event: &Stamped, hold: bool, max_held: (usize, usize)) -> Admit {
+    /// Decides about one event: live ones are held back while a replay
+    /// runs; replayed ones go out even then.
+    pub(crate) fn admit(&mut self, event: &Stamped, via: Via, max_held: (usize, usize)) -> Admit {
         if event.key == 0 {
             // Not a channel (a reset event): sent with the current id.
             return Admit::Frame(self.frame(&event.body));
@@ -97,10 +122,14 @@ impl Cursor {
             return Admit::Frame(event.body.clone());
         };
         let mark = self.marks[i];
-        if mark.epoch == event.epoch && event.position <= mark.position {
+        let (floor_epoch, floor) = self.floors[i];
+        let same_epoch = mark.epoch == event.epoch;
+        if (floor_epoch == event.epoch && event.position <= floor)
+            || (same_epoch && event.position == mark.position)
+        {
             return Admit::Duplicate;
         }
-        if hold {
+        if via == Via::Live {
             if let Some(held) = &mut self.held {
                 if !held.overflowed
                     && held.events.len() < max_held.0 / 2
@@ -116,8 +145,17 @@ impl Cursor {
                 return Admit::Held;
             }
         }
+        // The id never goes back within an epoch: a reconnect resumes after
+        // the newest event sent.
+        self.marks[i].position = if same_epoch {
+            mark.position.max(event.position)
+        } else {
+            event.position
+        };
         self.marks[i].epoch = event.epoch;
-        self.marks[i].position = event.position;
+        if via == Via::Store {
+            self.floors[i] = (event.epoch, event.position);
+        }
         Admit::Frame(self.frame(&event.body))
     }
 
@@ -154,7 +192,7 @@ pub(crate) fn reset_body(reason: &str) -> Bytes {
 /// [`release`] queues them).
 pub(crate) fn send_live(sender: &FrameSender, event: &Stamped) -> Result<bool, SendError> {
     let sent = sender.with_gate(|cursor: &mut Cursor, queue| {
-        match cursor.admit(event, true, queue.limits()) {
+        match cursor.admit(event, Via::Live, queue.limits()) {
             Admit::Frame(frame) => queue.push(frame).map(|()| true),
             Admit::Duplicate | Admit::Held => Ok(false),
         }
@@ -175,7 +213,7 @@ pub(crate) async fn send_replayed(sender: &FrameSender, event: &Stamped) -> Resu
                 queue.want_space();
                 return false;
             }
-            if let Admit::Frame(frame) = cursor.admit(event, false, queue.limits()) {
+            if let Admit::Frame(frame) = cursor.admit(event, Via::Store, queue.limits()) {
                 queue.enqueue(frame);
             }
             true
@@ -209,7 +247,7 @@ pub(crate) fn release(sender: &FrameSender, last: Option<&[u8]>) -> Result<Optio
         let limits = queue.limits();
         let mut queued = 0;
         for event in &held.events {
-            if let Admit::Frame(frame) = cursor.admit(event, false, limits) {
+            if let Admit::Frame(frame) = cursor.admit(event, Via::Released, limits) {
                 // Fits: checked above (ids add a little; the first frame
                 // always fits).
                 if queue.push(frame).is_ok() {
@@ -267,23 +305,52 @@ mod tests {
         let mut c = Cursor::new(&[k]);
         c.set(k, 7, Position::new(5, 0));
         assert!(matches!(
-            c.admit(&ev(k, 5), false, (8, 1024)),
+            c.admit(&ev(k, 5), Via::Store, (8, 1024)),
             Admit::Duplicate
         ));
-        assert!(matches!(c.admit(&ev(k, 7), true, (8, 1024)), Admit::Held));
-        let Admit::Frame(f) = c.admit(&ev(k, 6), false, (8, 1024)) else {
+        assert!(matches!(
+            c.admit(&ev(k, 7), Via::Live, (8, 1024)),
+            Admit::Held
+        ));
+        let Admit::Frame(f) = c.admit(&ev(k, 6), Via::Store, (8, 1024)) else {
             panic!("replayed events go out while live ones are held")
         };
         assert!(f.starts_with(b"id: r1."), "{f:?}");
         assert!(f.ends_with(b"\ndata: x\n\n"), "{f:?}");
         assert!(matches!(
-            c.admit(&ev(k, 6), false, (8, 1024)),
+            c.admit(&ev(k, 6), Via::Released, (8, 1024)),
             Admit::Duplicate
         ));
         // Another epoch: the history was rebuilt while connected.
         let mut other = ev(k, 1);
         other.epoch = 9;
-        assert!(matches!(c.admit(&other, false, (8, 1024)), Admit::Frame(_)));
+        assert!(matches!(
+            c.admit(&other, Via::Store, (8, 1024)),
+            Admit::Frame(_)
+        ));
+    }
+
+    #[test]
+    fn a_forged_far_future_position_cannot_silence_a_channel() {
+        let k = 42;
+        let mut c = Cursor::new(&[k]);
+        c.held = None;
+        c.set(k, 7, Position::new(5, 0));
+        let live = |c: &mut Cursor, p| c.admit(&ev(k, p), Via::Live, (8, 1024));
+        assert!(matches!(live(&mut c, 6), Admit::Frame(_)));
+        assert!(
+            matches!(live(&mut c, 6), Admit::Duplicate),
+            "an exact repeat"
+        );
+        // A forged message far ahead is delivered (the bus is trusted to
+        // that extent) and moves the id...
+        assert!(matches!(live(&mut c, u64::MAX / 2), Admit::Frame(_)));
+        assert_eq!(c.position(k), Some(Position::new(u64::MAX / 2, 0)));
+        // ...but the next legitimate events still go out, once each.
+        assert!(matches!(live(&mut c, 7), Admit::Frame(_)));
+        assert!(matches!(live(&mut c, 8), Admit::Frame(_)));
+        // What the store vouched for stays a duplicate.
+        assert!(matches!(live(&mut c, 5), Admit::Duplicate));
     }
 
     #[tokio::test]
