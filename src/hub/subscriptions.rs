@@ -131,47 +131,77 @@ struct Manager {
     active: Arc<DashMap<Channel, bool>>,
 }
 
+/// Most commands the manager takes in one round.
+const MAX_BATCH: usize = 4096;
+
 impl Manager {
+    /// Takes every command waiting (up to [`MAX_BATCH`]) as one round: each
+    /// channel once, its change computed from the registry now, and the
+    /// broker calls of the round issued together. A connect naming 256 new
+    /// topics then costs one round, not 256 turns in a queue that every
+    /// other connect waits behind. Rounds run one after the other, so two
+    /// changes of one channel never overtake each other.
     async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        while let Some(cmd) = commands.recv().await {
-            match cmd {
-                Command::Sync { channel, done } => {
-                    self.sync(channel).await;
-                    if let Some(done) = done {
-                        let _ = done.send(());
-                    }
+        let mut batch = Vec::new();
+        while let Some(first) = commands.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
                 }
-                Command::Stop(done) => {
-                    let channels: Vec<Channel> =
-                        self.active.iter().map(|e| e.key().clone()).collect();
-                    for channel in channels {
-                        if let Err(err) = self.broker.unsubscribe(&channel).await {
-                            tracing::debug!(%channel, error = %err, "unsubscribe at shutdown failed");
+            }
+            let mut channels = Vec::with_capacity(batch.len());
+            let mut seen = std::collections::HashSet::with_capacity(batch.len());
+            let mut dones = Vec::new();
+            let mut stop = None;
+            for cmd in batch.drain(..) {
+                match cmd {
+                    Command::Sync { channel, done } => {
+                        if seen.insert(channel.clone()) {
+                            channels.push(channel);
                         }
-                        self.active.remove(&channel);
+                        dones.extend(done);
                     }
-                    let _ = done.send(());
-                    return;
+                    Command::Stop(done) => stop = Some(done),
                 }
+            }
+            self.sync(channels).await;
+            for done in dones {
+                let _ = done.send(());
+            }
+            if let Some(done) = stop {
+                self.unsubscribe_all().await;
+                let _ = done.send(());
+                return;
             }
         }
     }
 
-    async fn sync(&self, channel: Channel) {
-        let active = self.active.contains_key(&channel);
-        if active {
-            // Mark it unsettled *before* reading the interest: a connect that
-            // registers meanwhile then waits for this change instead of
-            // trusting a subscription that may be about to go.
-            self.active.insert(channel.clone(), false);
+    /// Makes the broker's subscriptions to `channels` match the registry.
+    async fn sync(&self, channels: Vec<Channel>) {
+        let mut subscribe = Vec::new();
+        let mut unsubscribe = Vec::new();
+        for channel in channels {
+            let active = self.active.contains_key(&channel);
+            if active {
+                // Mark it unsettled *before* reading the interest: a connect
+                // that registers meanwhile then waits for this change
+                // instead of trusting a subscription that may be about to go.
+                self.active.insert(channel.clone(), false);
+            }
+            let wanted = self.registry.has_interest(&channel);
+            if wanted && active {
+                self.active.insert(channel, true);
+            } else if wanted {
+                subscribe.push(channel);
+            } else if active {
+                unsubscribe.push(channel);
+            }
         }
-        let wanted = self.registry.has_interest(&channel);
-        if wanted && active {
-            self.active.insert(channel, true);
-        } else if wanted {
-            // Marked active even on error: the broker keeps the interest and
-            // restores it when it reconnects (see the `Broker` contract).
-            match tokio::time::timeout(BROKER_CALL_LIMIT, self.broker.subscribe(&channel)).await {
+        let broker = &*self.broker;
+        let subscribed = subscribe.iter().map(|channel| async move {
+            match tokio::time::timeout(BROKER_CALL_LIMIT, broker.subscribe(channel)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {
                     tracing::warn!(%channel, error = %err, "subscribe failed; the broker will retry")
@@ -180,12 +210,31 @@ impl Manager {
                     tracing::warn!(%channel, "subscribe is taking long; the broker will retry")
                 }
             }
+        });
+        futures_util::future::join_all(subscribed).await;
+        // Marked active even on error: the broker keeps the interest and
+        // restores it when it reconnects (see the `Broker` contract).
+        for channel in subscribe {
             self.active.insert(channel, true);
-        } else if active {
-            match tokio::time::timeout(BROKER_CALL_LIMIT, self.broker.unsubscribe(&channel)).await {
+        }
+        let unsubscribed = unsubscribe.iter().map(|channel| async move {
+            match tokio::time::timeout(BROKER_CALL_LIMIT, broker.unsubscribe(channel)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => tracing::warn!(%channel, error = %err, "unsubscribe failed"),
                 Err(_) => tracing::warn!(%channel, "unsubscribe timed out"),
+            }
+        });
+        futures_util::future::join_all(unsubscribed).await;
+        for channel in unsubscribe {
+            self.active.remove(&channel);
+        }
+    }
+
+    async fn unsubscribe_all(&self) {
+        let channels: Vec<Channel> = self.active.iter().map(|e| e.key().clone()).collect();
+        for channel in channels {
+            if let Err(err) = self.broker.unsubscribe(&channel).await {
+                tracing::debug!(%channel, error = %err, "unsubscribe at shutdown failed");
             }
             self.active.remove(&channel);
         }
@@ -240,5 +289,76 @@ mod tests {
         subs.stop().await;
         assert_eq!(bus.subscribers(&Channel::Broadcast), 0);
         assert!(subs.ensure(vec![topic], &[]).await.is_err());
+    }
+
+    /// A broker whose subscribes each take 20 ms (of paused, virtual time).
+    #[derive(Debug)]
+    struct Slow(Arc<crate::broker::memory::MemoryBroker>);
+
+    #[async_trait::async_trait]
+    impl Broker for Slow {
+        async fn start(&self, sink: Arc<dyn BusSink>) -> Result<(), BrokerError> {
+            self.0.start(sink).await
+        }
+        async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<(), BrokerError> {
+            self.0.publish(channel, payload).await
+        }
+        async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            self.0.subscribe(channel).await
+        }
+        async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
+            self.0.unsubscribe(channel).await
+        }
+        fn status(&self) -> tokio::sync::watch::Receiver<BrokerStatus> {
+            self.0.status()
+        }
+    }
+
+    /// 16 connects of 256 fresh topics each are waiting when an ordinary
+    /// connect comes: it waits for one round of broker calls, not for 4096
+    /// of them one after the other (82 s at 20 ms each).
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_does_not_wait_behind_other_connects_topics() {
+        let bus = MemoryBus::new();
+        let broker = Arc::new(Slow(bus.broker()));
+        broker.start(Arc::new(Ignore)).await.unwrap();
+        let registry = Arc::new(ConnectionRegistry::default());
+        let subs = Arc::new(Subscriptions::start(broker, registry.clone()));
+        let mut keep = Vec::new();
+        let mut waits = Vec::new();
+        for c in 0..16u64 {
+            let topics: Vec<Arc<str>> = (0..256).map(|t| format!("c{c}-t{t}").into()).collect();
+            let channels: Vec<Channel> = topics.iter().cloned().map(Channel::Topic).collect();
+            let (tx, rx) = channel(&StreamConfig::default());
+            let id = ConnectionId::new("n.x", 1, c + 1);
+            let fresh = registry.register(id, None, topics.into(), tx);
+            keep.push(rx);
+            let subs = subs.clone();
+            waits.push(tokio::spawn(
+                async move { subs.ensure(channels, &fresh).await },
+            ));
+        }
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        let (tx, _rx) = channel(&StreamConfig::default());
+        let fresh = registry.register(
+            ConnectionId::new("n.x", 1, 99),
+            None,
+            vec!["mine".into()].into(),
+            tx,
+        );
+        subs.ensure(vec![Channel::Topic("mine".into())], &fresh)
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited <= std::time::Duration::from_millis(60),
+            "an ordinary connect waited {waited:?} of virtual time"
+        );
+        for wait in waits {
+            wait.await.unwrap().unwrap();
+        }
+        assert_eq!(bus.subscribers(&Channel::Topic("c15-t255".into())), 1);
     }
 }

@@ -16,6 +16,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::{unavailable, Control, RedisConfig, Shared};
 
+/// Most channels one `SUBSCRIBE` (or `SSUBSCRIBE`) names.
+const MAX_SUBSCRIBE_BATCH: usize = 512;
+
 /// Exponential backoff with full jitter.
 pub(super) struct Backoff {
     min: Duration,
@@ -73,27 +76,54 @@ impl Conn {
             _ if names.is_empty() => Ok(()),
             Conn::Single(conn) if !sharded => conn.subscribe(names).await,
             Conn::Single(conn) => {
-                // One channel per command: each confirmation is the reply.
-                for name in names {
-                    redis::cmd("SSUBSCRIBE").arg(name).exec_async(conn).await?;
-                }
-                Ok(())
+                // One channel per command (each confirmation is the reply),
+                // pipelined on the multiplexed connection.
+                let each = names.iter().map(|name| {
+                    let mut conn = conn.clone();
+                    async move {
+                        redis::cmd("SSUBSCRIBE")
+                            .arg(name)
+                            .exec_async(&mut conn)
+                            .await
+                    }
+                });
+                futures_util::future::try_join_all(each).await.map(drop)
             }
             Conn::Cluster(conn) => {
-                // Channels live on the shard of their slot: one at a time.
-                for name in names {
-                    conn.ssubscribe(name).await?;
-                }
-                Ok(())
+                // Channels live on the shard of their slot: one command
+                // each, issued together.
+                let each = names.iter().map(|name| {
+                    let mut conn = conn.clone();
+                    async move { conn.ssubscribe(name).await }
+                });
+                futures_util::future::try_join_all(each).await.map(drop)
             }
         }
     }
 
-    async fn unsubscribe(&mut self, sharded: bool, name: &str) -> RedisResult<()> {
+    async fn unsubscribe(&mut self, sharded: bool, names: &[String]) -> RedisResult<()> {
         match self {
-            Conn::Single(conn) if !sharded => conn.unsubscribe(name).await,
-            Conn::Single(conn) => redis::cmd("SUNSUBSCRIBE").arg(name).exec_async(conn).await,
-            Conn::Cluster(conn) => conn.sunsubscribe(name).await,
+            _ if names.is_empty() => Ok(()),
+            Conn::Single(conn) if !sharded => conn.unsubscribe(names).await,
+            Conn::Single(conn) => {
+                let each = names.iter().map(|name| {
+                    let mut conn = conn.clone();
+                    async move {
+                        redis::cmd("SUNSUBSCRIBE")
+                            .arg(name)
+                            .exec_async(&mut conn)
+                            .await
+                    }
+                });
+                futures_util::future::try_join_all(each).await.map(drop)
+            }
+            Conn::Cluster(conn) => {
+                let each = names.iter().map(|name| {
+                    let mut conn = conn.clone();
+                    async move { conn.sunsubscribe(name).await }
+                });
+                futures_util::future::try_join_all(each).await.map(drop)
+            }
         }
     }
 
@@ -216,27 +246,14 @@ pub(super) async fn run_subscriber(
                         break format!("liveness probe failed: {err}");
                     }
                 }
-                cmd = control.recv() => match cmd {
-                    None => return,
-                    Some(Control::Subscribe(name, done)) => {
-                        let result = conn.subscribe(sharded, std::slice::from_ref(&name)).await;
-                        let failed = result.as_ref().err().map(ToString::to_string);
-                        let _ = done.send(result.map_err(unavailable));
-                        if let Some(err) = failed {
-                            break format!("subscribe failed: {err}");
-                        }
+                cmd = control.recv() => {
+                    let Some(cmd) = cmd else {
+                        return;
+                    };
+                    if let Err(reason) = apply(&shared, &mut conn, &mut control, cmd).await {
+                        break reason;
                     }
-                    Some(Control::Unsubscribe(name)) => {
-                        // The interest may be back already (unsubscribe then
-                        // subscribe in quick succession): keep it then.
-                        if shared.interests().contains(&name) {
-                            continue;
-                        }
-                        if let Err(err) = conn.unsubscribe(sharded, &name).await {
-                            break format!("unsubscribe failed: {err}");
-                        }
-                    }
-                },
+                }
                 _ = stopped(&mut stop) => return,
             }
         };
@@ -248,6 +265,56 @@ pub(super) async fn run_subscriber(
             return;
         }
     }
+}
+
+/// Applies `first` and every interest change waiting behind it (up to
+/// [`MAX_SUBSCRIBE_BATCH`]) as one `SUBSCRIBE` and one `UNSUBSCRIBE`: a
+/// connect naming 256 topics, or 16 of them at once, costs a round trip or
+/// two, not one per channel in a queue every other connect waits behind.
+/// Subscribes go first; an unsubscribe is skipped if the interest is back,
+/// so the order between the two for one channel is kept. `Err` is why the
+/// connection must be replaced.
+async fn apply(
+    shared: &Shared,
+    conn: &mut Conn,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    first: Control,
+) -> Result<(), String> {
+    let sharded = shared.config.sharded;
+    let (mut names, mut dones, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+    let mut next = Some(first);
+    while let Some(cmd) = next.take() {
+        match cmd {
+            Control::Subscribe(name, done) => {
+                names.push(name);
+                dones.push(done);
+            }
+            Control::Unsubscribe(name) => gone.push(name),
+        }
+        if names.len() + gone.len() < MAX_SUBSCRIBE_BATCH {
+            next = control.try_recv().ok();
+        }
+    }
+    let result = conn.subscribe(sharded, &names).await;
+    let failed = result
+        .as_ref()
+        .err()
+        .map(|err| format!("subscribe failed: {err}"));
+    for done in dones {
+        let _ = done.send(result.as_ref().map(drop).map_err(unavailable));
+    }
+    if let Some(reason) = failed {
+        return Err(reason);
+    }
+    let gone: Vec<String> = {
+        let interests = shared.interests();
+        gone.into_iter()
+            .filter(|n| !interests.contains(n))
+            .collect()
+    };
+    conn.unsubscribe(sharded, &gone)
+        .await
+        .map_err(|err| format!("unsubscribe failed: {err}"))
 }
 
 /// Keeps the publish connection ready for callers: connects, hands it out,
