@@ -132,7 +132,7 @@ struct Manager {
 }
 
 /// Most commands the manager takes in one round.
-const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = 1024;
 
 impl Manager {
     /// Takes every command waiting (up to [`MAX_BATCH`]) as one round: each
