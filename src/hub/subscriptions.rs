@@ -27,14 +27,18 @@ enum Command {
 
 /// The hub's handle on its subscriptions.
 ///
-/// Changes are applied to the broker one at a time, in order, so that a
-/// subscribe and an unsubscribe of the same channel can never overtake each
-/// other. Each change re-reads the registry, so the broker converges on the
-/// registry's current interest whatever the order of connects and
-/// disconnects.
+/// Changes are applied to the broker in rounds, one round after the other,
+/// so that a subscribe and an unsubscribe of the same channel can never
+/// overtake each other. Each change re-reads the registry, so the broker
+/// converges on the registry's current interest whatever the order of
+/// connects and disconnects. Connects naming few channels go in a queue of
+/// their own that every round empties first, so they never wait behind
+/// other connects' hundreds of topics.
 #[derive(Debug)]
 pub(super) struct Subscriptions {
     commands: mpsc::UnboundedSender<Command>,
+    /// Changes a connect of at most [`SMALL_CONNECT`] channels waits for.
+    urgent: mpsc::UnboundedSender<Command>,
     /// Channels the broker is subscribed to; `false` while an unsubscribe
     /// is in flight.
     active: Arc<DashMap<Channel, bool>>,
@@ -46,14 +50,16 @@ impl Subscriptions {
     pub(super) fn start(broker: Arc<dyn Broker>, registry: Arc<ConnectionRegistry>) -> Self {
         let active = Arc::new(DashMap::new());
         let (commands, rx) = mpsc::unbounded_channel();
+        let (urgent, urgent_rx) = mpsc::unbounded_channel();
         let manager = Manager {
             broker: broker.clone(),
             registry,
             active: active.clone(),
         };
-        tokio::spawn(manager.run(rx));
+        tokio::spawn(manager.run(urgent_rx, rx));
         Self {
             commands,
+            urgent,
             active,
             broker,
         }
@@ -87,6 +93,11 @@ impl Subscriptions {
     /// subscribe); the others may still be settling. `Err` when the manager
     /// has stopped (the hub is shutting down).
     pub(super) async fn ensure(&self, channels: Vec<Channel>, fresh: &[Channel]) -> Result<(), ()> {
+        let queue = if channels.len() <= SMALL_CONNECT {
+            &self.urgent
+        } else {
+            &self.commands
+        };
         let mut pending = Vec::new();
         for channel in channels {
             let settled = self.active.get(&channel).is_some_and(|s| *s);
@@ -96,7 +107,7 @@ impl Subscriptions {
                     channel,
                     done: Some(done),
                 };
-                self.commands.send(cmd).map_err(drop)?;
+                queue.send(cmd).map_err(drop)?;
                 pending.push(wait);
             }
         }
@@ -131,8 +142,12 @@ struct Manager {
     active: Arc<DashMap<Channel, bool>>,
 }
 
-/// Most commands the manager takes in one round.
+/// Most commands the manager takes in one round (from each queue).
 const MAX_BATCH: usize = 1024;
+
+/// A connect of at most this many channels (a user and a few topics) is
+/// served by the urgent queue.
+const SMALL_CONNECT: usize = 8;
 
 impl Manager {
     /// Takes every command waiting (up to [`MAX_BATCH`]) as one round: each
@@ -141,14 +156,28 @@ impl Manager {
     /// topics then costs one round, not 256 turns in a queue that every
     /// other connect waits behind. Rounds run one after the other, so two
     /// changes of one channel never overtake each other.
-    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        self,
+        mut urgent: mpsc::UnboundedReceiver<Command>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
         let mut batch = Vec::new();
-        while let Some(first) = commands.recv().await {
+        loop {
+            let first = tokio::select! {
+                biased;
+                Some(cmd) = urgent.recv() => cmd,
+                Some(cmd) = commands.recv() => cmd,
+                else => return,
+            };
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match commands.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
+            for queue in [&mut urgent, &mut commands] {
+                let mut taken = 0;
+                while taken < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(cmd) => batch.push(cmd),
+                        Err(_) => break,
+                    }
+                    taken += 1;
                 }
             }
             let mut channels = Vec::with_capacity(batch.len());
