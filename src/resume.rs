@@ -76,7 +76,10 @@ use crate::wire::{Envelope, Position};
 mod cursor;
 mod id;
 
-use cursor::{hold, install, release, reset_body, send_live, send_replayed, with_cursor, Stamped};
+use cursor::{
+    hold, install, release, reset_body, send_live, send_replayed, send_unplaced, with_cursor,
+    Stamped,
+};
 #[cfg(fuzzing)]
 pub use id::fuzz_last_id;
 use id::{channel_key, epoch_tag, parse_last_id, LastId, Mark};
@@ -179,8 +182,8 @@ impl Resumer {
     ) -> Option<FanOut> {
         let position = position.or_else(|| envelope.pos.as_deref().and_then(Position::parse))?;
         let epoch = match &envelope.epoch {
-            Some(e) => epoch_tag(e),
-            None => epoch_tag(&self.history.live_epoch(channel)?),
+            Some(e) => Some(epoch_tag(e)),
+            None => self.history.live_epoch(channel).map(|e| epoch_tag(&e)),
         };
         // The hub owns event ids on resumable channels.
         let body = match envelope.encode_frame_without_id() {
@@ -189,6 +192,17 @@ impl Resumer {
                 self.counters.bus_malformed(channel, &err);
                 return Some(FanOut::default());
             }
+        };
+        let Some(epoch) = epoch else {
+            // A store that names its epoch out of band (JetStream) has not
+            // learnt it yet: this node's first connects are still reading
+            // their heads. The event is in the store already, so their
+            // replays send it; delivering it live too would send it twice,
+            // and out of order.
+            return Some(
+                self.registry
+                    .fan_out_on(channel, |sender| send_unplaced(sender, &body)),
+            );
         };
         let event = Stamped {
             key: channel_key(channel),

@@ -203,6 +203,23 @@ pub(crate) fn send_live(sender: &FrameSender, event: &Stamped) -> Result<bool, S
     }
 }
 
+/// Queues a live event whose epoch is not known yet (see
+/// `Resumer::deliver`): a connection whose replay is still to run skips it
+/// (the replay reads it from the store); a live one gets it with its current
+/// id; one without a cursor gets the body.
+pub(crate) fn send_unplaced(sender: &FrameSender, body: &Bytes) -> Result<bool, SendError> {
+    let sent = sender.with_gate(|cursor: &mut Cursor, queue| {
+        if cursor.held.is_some() {
+            return Ok(false);
+        }
+        queue.push(cursor.frame(body)).map(|()| true)
+    })?;
+    match sent {
+        Some(result) => result,
+        None => sender.send(body.clone()).map(|()| true),
+    }
+}
+
 /// Queues a replayed event, waiting (never dropping) while the queue is
 /// full. Fails only when the stream has ended.
 pub(crate) async fn send_replayed(sender: &FrameSender, event: &Stamped) -> Result<(), SendError> {
