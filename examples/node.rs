@@ -17,7 +17,8 @@
 //! Resume after reconnect: `--history memory|redis|jetstream` (matching the
 //! broker) keeps each channel's recent events, `--history-max N` of them
 //! (default 1000) for at most `--history-age SECS` (default 3600; 0 keeps
-//! them until `N` pushes them out).
+//! them until `N` pushes them out, but a Redis channel's keys still expire
+//! after 7 days without events, and JetStream keeps 7 days of events).
 
 mod common;
 

@@ -14,7 +14,7 @@
 //! | store | feature | positions | epoch (changes when the history is rebuilt) |
 //! |---|---|---|---|
 //! | [`memory::MemoryHistory`] | always | a counter per channel | random, per store |
-//! | `redis::RedisHistory` | `redis` | Redis Stream entry ids | random, stored beside each stream (`SET NX`) |
+//! | `redis::RedisHistory` | `redis` | Redis Stream entry ids | random, stored beside each stream by its first append (none before: the empty epoch) |
 //! | `jetstream::JetStreamHistory` | `nats` | JetStream stream sequences | the stream's creation time (changes when it is deleted and recreated) |
 //!
 //! Retention ([`Retention`]) is by count and by age, per store.
@@ -92,8 +92,18 @@ impl Retention {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Head {
-    /// The channel history's epoch; a store creates it if the channel has
-    /// none yet.
+    /// The channel history's epoch, or the empty string when the channel
+    /// has no history yet (nothing was ever appended, or its history expired
+    /// or was wiped) and the store keeps epochs per channel.
+    ///
+    /// [`History::heads`] serves connects and must not write: a store that
+    /// creates a channel's epoch with its first append (Redis) reports the
+    /// empty epoch until then, and a store with one epoch for all its
+    /// channels (memory, JetStream) reports that one. The epoch a store
+    /// stamps on appended events is never empty. The resume layer gives the
+    /// empty epoch the tag 0 in event ids: a client that connected while the
+    /// channel had no history resumes from its beginning in whatever epoch
+    /// it has by then (see [`resume`](crate::resume)).
     pub epoch: Arc<str>,
     /// The position of the newest event of the channel, or any position at
     /// or before the next one it will get ([`Position::ZERO`] for an empty
@@ -147,7 +157,9 @@ pub trait History: Send + Sync + fmt::Debug + 'static {
     async fn append(&self, channel: &Channel, payload: Bytes) -> Result<Position, BrokerError>;
 
     /// For each channel, its epoch, its newest position and whether
-    /// everything after the given position is still retained.
+    /// everything after the given position is still retained. Runs on every
+    /// connect: it reads only, and reports a channel without history with
+    /// the empty epoch (see [`Head::epoch`]) rather than creating one.
     async fn heads(
         &self,
         channels: &[(Channel, Option<Position>)],

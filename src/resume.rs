@@ -29,8 +29,13 @@
 //! (everyone, its user, its topics sorted): `KKKK` is a 24-bit hash of the
 //! channel, `EEEE` a 24-bit tag of the channel's epoch (both 4 base64url
 //! characters), and `POS` the position, in base 36 (`major` or
-//! `major-minor`). A typical entry is 17 characters; the longest possible id
-//! is [`MAX_EVENT_ID_LEN`] bytes. A connection follows at most
+//! `major-minor`). The tag of a real epoch is a hash that is never 0; the
+//! tag 0 (`AAAA`) stands for the empty epoch: the channel had no history
+//! yet when the connection started following it (a store that keeps epochs
+//! per channel creates one with the channel's first event, see
+//! [`Head::epoch`](crate::history::Head::epoch)). A typical entry is 17
+//! characters; the longest possible id is [`MAX_EVENT_ID_LEN`] bytes. A
+//! connection follows at most
 //! [`MAX_RESUMABLE_CHANNELS`] resumable channels; past that its events carry
 //! the bare id `r1`, and a reconnect with that id gets the reset event: such
 //! a connection is never resumed halfway.
@@ -55,6 +60,17 @@
 //! [`RESET_EVENT`] so the app can refetch its state, then goes live. A
 //! channel the connection did not follow before simply starts live.
 //!
+//! A channel that had no history when the client was last sent an id (its
+//! entry has the epoch tag 0 and position 0; every connect ends its replay
+//! with an id-only frame, so even a client that received no event holds
+//! one) resumes from the channel's first event in whatever epoch the
+//! channel has by now, if every event since its beginning is still
+//! retained; otherwise the client gets the reset event (`expired`). A client
+//! whose entry names a real epoch while the channel now has none (its
+//! history expired or was wiped) gets the reset event (`epoch`). Caveat: a
+//! channel that got events, was wiped and got events again while such a
+//! client was away is replayed from its new beginning only.
+//!
 //! Not resumable: events sent to one connection ([`Target::Connection`](crate::Target::Connection):
 //! a reconnect gets a new connection id), and anything published while no
 //! history is configured. Events published straight onto the bus by a
@@ -67,7 +83,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::broker::{BrokerError, Channel};
-use crate::history::History;
+use crate::history::{Head, History};
 use crate::registry::ConnectionRegistry;
 use crate::stream::FrameSender;
 use crate::telemetry::{Counters, FanOut};
@@ -82,7 +98,7 @@ use cursor::{
 };
 #[cfg(fuzzing)]
 pub use id::fuzz_last_id;
-use id::{channel_key, epoch_tag, parse_last_id, LastId, Mark};
+use id::{channel_key, epoch_tag, parse_last_id, LastId, Mark, NO_EPOCH};
 pub use id::{last_event_id, MAX_EVENT_ID_LEN, MAX_RESUMABLE_CHANNELS};
 
 /// Name of the event that starts a stream whose `Last-Event-ID` could not be
@@ -111,6 +127,33 @@ fn resumable_channels(user: Option<&Arc<str>>, topics: &[Arc<str>]) -> Vec<Chann
     channels.extend(user.cloned().map(Channel::User));
     channels.extend(topics.iter().cloned().map(Channel::Topic));
     channels
+}
+
+/// Where a client resumes one channel from its entry `mark` of the
+/// `Last-Event-ID`, given the channel's `head` (asked about `mark`'s
+/// position): the mark to replay after, or the reason for a reset.
+///
+/// An entry with no epoch (tag 0) at position 0 was written while the
+/// channel had no history: it resumes from the channel's beginning in
+/// whatever epoch the channel has now, if all of it is still retained.
+fn resume_from(mark: Mark, head: &Head) -> Result<Mark, &'static str> {
+    let epoch = epoch_tag(&head.epoch);
+    if mark.epoch == NO_EPOCH && mark.position == Position::ZERO {
+        return if head.retained {
+            Ok(Mark { epoch, ..mark })
+        } else {
+            Err("expired")
+        };
+    }
+    if mark.epoch != epoch {
+        // Includes a real epoch against none: the history expired or was
+        // wiped.
+        return Err("epoch");
+    }
+    if !head.retained || mark.position > head.last {
+        return Err("expired");
+    }
+    Ok(mark)
 }
 
 /// A hub's resume layer: built when the hub has a history store.
@@ -274,23 +317,27 @@ impl Resumer {
             Some(LastId::Invalid) => Some("invalid-id"),
             Some(LastId::NotResumable) => Some("not-resumable"),
         };
+        let mut starts: Vec<Option<Mark>> = Vec::with_capacity(marks.len());
         for (mark, head) in marks.iter().zip(&heads) {
-            if let (Some(mark), None) = (mark, reset) {
-                if mark.epoch != epoch_tag(&head.epoch) {
-                    reset = Some("epoch");
-                } else if !head.retained || mark.position > head.last {
-                    reset = Some("expired");
-                }
-            }
+            starts.push(match (mark, reset) {
+                (Some(mark), None) => match resume_from(*mark, head) {
+                    Ok(start) => Some(start),
+                    Err(reason) => {
+                        reset = Some(reason);
+                        None
+                    }
+                },
+                _ => None,
+            });
         }
         let mut plan = Vec::with_capacity(channels.len());
         with_cursor(&sender, |cursor| {
-            for (((channel, key), mark), head) in
-                channels.into_iter().zip(keys).zip(marks).zip(heads)
+            for (((channel, key), start), head) in
+                channels.into_iter().zip(keys).zip(starts).zip(heads)
             {
                 let epoch = epoch_tag(&head.epoch);
-                match mark {
-                    Some(mark) if reset.is_none() => cursor.set(key, mark.epoch, mark.position),
+                match start {
+                    Some(start) if reset.is_none() => cursor.set(key, start.epoch, start.position),
                     _ => cursor.set(key, epoch, head.last),
                 }
                 plan.push((channel, key, epoch));
@@ -368,7 +415,7 @@ impl Resumer {
         sender: &FrameSender,
         channel: &Channel,
         key: u32,
-        epoch: u32,
+        mut epoch: u32,
     ) -> Result<(), ()> {
         let Some(mut after) = with_cursor(sender, |c| c.position(key)).flatten() else {
             return Ok(());
@@ -383,6 +430,20 @@ impl Resumer {
                     return Err(());
                 }
             };
+            if epoch == NO_EPOCH && !entries.is_empty() {
+                // The channel had no history when the heads were read, and
+                // got its first events since: stamp them with the epoch
+                // those events got (the one their live copies carry), or
+                // the cursor would not know them for the same events.
+                epoch = match self.history.heads(&[(channel.clone(), None)]).await {
+                    Ok(heads) => heads.first().map_or(NO_EPOCH, |h| epoch_tag(&h.epoch)),
+                    Err(err) => {
+                        tracing::warn!(%channel, error = %err, "history unavailable; closing the stream");
+                        sender.close();
+                        return Err(());
+                    }
+                };
+            }
             let full = entries.len() == REPLAY_BATCH;
             let mut sent = 0;
             for entry in entries {
@@ -420,6 +481,265 @@ impl Resumer {
                 self.counters.bus_malformed(channel, &err);
                 None
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::history::Entry;
+    use crate::stream::{channel, SseStream, StreamConfig};
+
+    fn mark(epoch: u32, position: u64) -> Mark {
+        Mark {
+            key: channel_key(&Channel::Topic("t".into())),
+            epoch,
+            position: Position::new(position, 0),
+        }
+    }
+
+    fn head(epoch: &str, last: u64, retained: bool) -> Head {
+        Head::new(epoch.into(), Position::new(last, 0), retained)
+    }
+
+    #[test]
+    fn where_a_channel_resumes_from() {
+        let e = epoch_tag("E");
+        // Connected before the channel had history, still none: nothing to
+        // replay, no reset.
+        assert_eq!(resume_from(mark(0, 0), &head("", 0, true)), Ok(mark(0, 0)));
+        // ... and it got history since: from its beginning, in its epoch.
+        assert_eq!(resume_from(mark(0, 0), &head("E", 5, true)), Ok(mark(e, 0)));
+        // ... unless part of it is gone.
+        assert_eq!(
+            resume_from(mark(0, 0), &head("E", 5, false)),
+            Err("expired")
+        );
+        // A real epoch, and the channel has none now (expired, wiped).
+        assert_eq!(resume_from(mark(e, 3), &head("", 0, true)), Err("epoch"));
+        assert_eq!(resume_from(mark(e, 3), &head("F", 5, true)), Err("epoch"));
+        assert_eq!(resume_from(mark(e, 3), &head("E", 5, true)), Ok(mark(e, 3)));
+        assert_eq!(
+            resume_from(mark(e, 3), &head("E", 5, false)),
+            Err("expired")
+        );
+        assert_eq!(resume_from(mark(e, 6), &head("E", 5, true)), Err("expired"));
+        // No epoch past position 0: the epoch key was lost beside a stream
+        // that lives on; resumable while it stays so, a reset once another
+        // epoch is made.
+        assert_eq!(resume_from(mark(0, 4), &head("", 4, true)), Ok(mark(0, 4)));
+        assert_eq!(resume_from(mark(0, 4), &head("E", 5, true)), Err("epoch"));
+    }
+
+    /// A store with one channel's history that the test scripts: its epoch
+    /// (empty: none), its entries, and what happens after each `heads`.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        state: Mutex<(String, Vec<Entry>)>,
+        /// Set as the state after the first `heads` call (an append racing
+        /// the connect).
+        after_heads: Mutex<Option<(String, Vec<Entry>)>>,
+    }
+
+    fn entry(p: u64) -> Entry {
+        Entry::new(
+            Position::new(p, 0),
+            Bytes::from(format!(r#"{{"v":1,"data":"x{p}"}}"#)),
+        )
+    }
+
+    #[async_trait]
+    impl History for Scripted {
+        async fn append(&self, _: &Channel, _: Bytes) -> Result<Position, BrokerError> {
+            unreachable!("the test appends by script")
+        }
+
+        async fn heads(
+            &self,
+            channels: &[(Channel, Option<Position>)],
+        ) -> Result<Vec<Head>, BrokerError> {
+            let mut state = self.state.lock().unwrap();
+            let heads = channels
+                .iter()
+                .map(|(channel, _)| match channel {
+                    Channel::Topic(_) => {
+                        let last = state.1.last().map_or(0, |e| e.position.major());
+                        head(&state.0, last, true)
+                    }
+                    _ => head("", 0, true),
+                })
+                .collect();
+            if let Some(next) = self.after_heads.lock().unwrap().take() {
+                *state = next;
+            }
+            Ok(heads)
+        }
+
+        async fn read(
+            &self,
+            channel: &Channel,
+            after: Position,
+            limit: usize,
+        ) -> Result<Vec<Entry>, BrokerError> {
+            if !matches!(channel, Channel::Topic(_)) {
+                return Ok(Vec::new());
+            }
+            let state = self.state.lock().unwrap();
+            Ok(state
+                .1
+                .iter()
+                .filter(|e| e.position > after)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+    }
+
+    /// A connection to topic `t` through a resumer over `store`.
+    fn connection(store: Arc<Scripted>) -> (Arc<Resumer>, FrameSender, SseStream, Vec<Channel>) {
+        let resumer = Arc::new(Resumer::new(
+            store,
+            Arc::new(ConnectionRegistry::default()),
+            Arc::new(Counters::new("test")),
+            "test".into(),
+        ));
+        let cfg = StreamConfig::default().keep_alive(None).initial_retry(None);
+        let (tx, rx) = channel(&cfg);
+        let channels = resumer.prepare(&tx, None, &["t".into()]);
+        (resumer, tx, rx, channels)
+    }
+
+    /// The frames up to and including the id-only frame that ends a replay.
+    async fn until_live(rx: &mut SseStream) -> Vec<String> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(5), rx.next())
+                .await
+                .expect("a frame")
+                .expect("stream open");
+            let frame = String::from_utf8(frame.to_vec()).unwrap();
+            let done = frame.starts_with("id: ") && !frame.contains("\ndata");
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
+
+    /// The entry of topic `t` in the id line of `frame`.
+    fn t_entry(frame: &str) -> Mark {
+        let id = frame
+            .strip_prefix("id: ")
+            .and_then(|f| f.split('\n').next())
+            .unwrap();
+        let LastId::Marks(marks) = parse_last_id(id) else {
+            panic!("{id}")
+        };
+        let key = channel_key(&Channel::Topic("t".into()));
+        marks.into_iter().find(|m| m.key == key).unwrap()
+    }
+
+    /// The client connected while `t` had no history (its id says tag 0 at
+    /// position 0); 3 events were published since: all 3 are replayed, no
+    /// reset, and the id moves into the channel's epoch.
+    #[tokio::test]
+    async fn a_channel_without_history_resumes_from_its_beginning() {
+        let store = Arc::new(Scripted::default());
+        *store.state.lock().unwrap() = ("E".into(), (1..=3).map(entry).collect());
+        let (resumer, tx, mut rx, channels) = connection(store);
+        let broadcast = Mark {
+            key: channel_key(&Channel::Broadcast),
+            ..mark(0, 0)
+        };
+        let from = LastId::Marks(vec![broadcast, mark(0, 0)]);
+        resumer.place(tx, channels, Some(from), "c").await.unwrap();
+        let frames = until_live(&mut rx).await;
+        assert!(
+            !frames.iter().any(|f| f.contains(RESET_EVENT)),
+            "{frames:?}"
+        );
+        let data: Vec<&str> = frames
+            .iter()
+            .filter_map(|f| f.split("data: ").nth(1))
+            .collect();
+        assert_eq!(data, ["x1\n\n", "x2\n\n", "x3\n\n"]);
+        assert_eq!(t_entry(frames.last().unwrap()), mark(epoch_tag("E"), 3));
+    }
+
+    /// A real epoch in the id, and the channel has none now: reset.
+    #[tokio::test]
+    async fn a_channel_that_lost_its_history_resets() {
+        let store = Arc::new(Scripted::default());
+        let (resumer, tx, mut rx, channels) = connection(store);
+        let from = LastId::Marks(vec![mark(epoch_tag("E"), 2)]);
+        resumer.place(tx, channels, Some(from), "c").await.unwrap();
+        let frames = until_live(&mut rx).await;
+        assert!(frames[0].contains(r#"{"reason":"epoch"}"#), "{frames:?}");
+        assert_eq!(t_entry(frames.last().unwrap()), mark(0, 0));
+    }
+
+    /// The first event of a channel is appended between the connect's heads
+    /// (no history yet) and its replay: the replay reads it and its live
+    /// copy arrives held. The client gets it once, and its id names the
+    /// epoch the event got, not the tag 0.
+    #[tokio::test]
+    async fn a_first_event_racing_the_connect_is_sent_once() {
+        let store = Arc::new(Scripted::default());
+        *store.after_heads.lock().unwrap() = Some(("E".into(), vec![entry(1)]));
+        let (resumer, tx, mut rx, channels) = connection(store);
+        let key = channel_key(&Channel::Topic("t".into()));
+        resumer
+            .place(tx.clone(), channels, None, "c")
+            .await
+            .unwrap();
+        // Current-thread runtime: the replay has not run yet.
+        let live = Stamped {
+            key,
+            epoch: epoch_tag("E"),
+            position: Position::new(1, 0),
+            body: Bytes::from_static(b"data: x1\n\n"),
+        };
+        assert_eq!(send_live(&tx, &live), Ok(false), "held during the replay");
+        let frames = until_live(&mut rx).await;
+        let data = frames.iter().filter(|f| f.contains("data: x1")).count();
+        assert_eq!(data, 1, "{frames:?}");
+        assert_eq!(t_entry(frames.last().unwrap()), mark(epoch_tag("E"), 1));
+        // Later live events go out.
+        let mut next = live.clone();
+        next.position = Position::new(2, 0);
+        assert_eq!(send_live(&tx, &next), Ok(true));
+    }
+
+    /// A connection whose cursor stands at tag 0 for a channel gets that
+    /// channel's first live events, which carry a real epoch.
+    #[tokio::test]
+    async fn live_events_with_an_epoch_pass_a_cursor_without_one() {
+        let store = Arc::new(Scripted::default());
+        let (resumer, tx, mut rx, channels) = connection(store);
+        resumer
+            .place(tx.clone(), channels, None, "c")
+            .await
+            .unwrap();
+        let frames = until_live(&mut rx).await;
+        assert_eq!(t_entry(frames.last().unwrap()), mark(0, 0));
+        let key = channel_key(&Channel::Topic("t".into()));
+        for p in 1..=2 {
+            let live = Stamped {
+                key,
+                epoch: epoch_tag("E"),
+                position: Position::new(p, 0),
+                body: Bytes::from_static(b"data: y\n\n"),
+            };
+            assert_eq!(send_live(&tx, &live), Ok(true), "event {p}");
+            let frame = rx.next().await.unwrap();
+            let frame = String::from_utf8(frame.to_vec()).unwrap();
+            assert_eq!(t_entry(&frame), mark(epoch_tag("E"), p));
         }
     }
 }

@@ -7,7 +7,9 @@
 //! reads it whole and keeps what its hub subscribed to. The history keeps a
 //! log per channel, stamps each appended envelope with its position and the
 //! log's epoch, and publishes it under the log's lock, so every subscriber
-//! sees a channel in position order.
+//! sees a channel in position order. Like the Redis store, it makes a
+//! channel's log (and its epoch) with the channel's first append: `heads`
+//! reads only and reports a channel without one with the empty epoch.
 
 #![cfg(all(feature = "testkit", feature = "axum"))]
 
@@ -238,13 +240,21 @@ impl History for ToyHistory {
         channels: &[(Channel, Option<Position>)],
     ) -> Result<Vec<Head>, BrokerError> {
         self.server.check_up()?;
-        let mut logs = self.server.logs.lock().expect("lock");
+        let logs = self.server.logs.lock().expect("lock");
         Ok(channels
             .iter()
-            .map(|(channel, after)| {
-                let log = logs.entry(channel.clone()).or_insert_with(Log::new);
-                let retained = after.is_none_or(|p| p.major() >= log.trimmed);
-                Head::new(log.epoch.clone(), Position::new(log.last, 0), retained)
+            .map(|(channel, after)| match logs.get(channel) {
+                Some(log) => {
+                    let retained = after.is_none_or(|p| p.major() >= log.trimmed);
+                    Head::new(log.epoch.clone(), Position::new(log.last, 0), retained)
+                }
+                // No history yet: the empty epoch, and only position 0 is
+                // still "retained".
+                None => Head::new(
+                    "".into(),
+                    Position::ZERO,
+                    after.is_none_or(|p| p == Position::ZERO),
+                ),
             })
             .collect())
     }

@@ -38,6 +38,14 @@ async fn memory_replays_missed_events_on_another_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_first_events_after_connect_are_replayed() {
+    let (_bus, _h, nodes) = memory_nodes(3, Retention::default()).await;
+    let id = resume::first_events_after_connect_are_replayed(&nodes).await;
+    // The memory store has one epoch for all channels: a real tag.
+    assert!(!id.contains("AAAA0"), "{id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_seam_race_loses_and_repeats_nothing() {
     let (_bus, _h, nodes) = memory_nodes(3, Retention::default().max_len(100_000)).await;
     resume::seam_race(&nodes, 1000).await;
@@ -145,7 +153,188 @@ mod redis_store {
     use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
     use sse_cluster::broker::Channel;
     use sse_cluster::history::redis::RedisHistory;
-    use support::redis_server::{machine_redis, resp_command, unique_prefix, MACHINE_REDIS};
+    use sse_cluster::history::History;
+    use support::redis_server::{
+        machine_redis, resp_command, resp_integer, unique_prefix, RedisServer, MACHINE_REDIS,
+    };
+    use support::SseClient;
+
+    /// Every key of the Redis at `addr` (a server the test started).
+    fn all_keys(addr: &str) -> Vec<String> {
+        let reply = resp_command(addr, &[b"KEYS", b"*"]);
+        // `*N`, then `$len` and the key per key; keys have no line breaks.
+        reply
+            .split("\r\n")
+            .skip(1)
+            .filter(|line| !line.starts_with('$') && !line.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn dbsize(addr: &str) -> i64 {
+        resp_integer(&resp_command(addr, &[b"DBSIZE"])).expect("DBSIZE")
+    }
+
+    fn pttl(addr: &str, key: &str) -> i64 {
+        resp_integer(&resp_command(addr, &[b"PTTL", key.as_bytes()])).expect("PTTL")
+    }
+
+    /// A node with Redis history (`retention`) on a `redis-server` of its
+    /// own, so that the server's whole key count is the store's.
+    async fn private_node(test: &str, retention: Retention) -> Option<(RedisServer, Node)> {
+        let server = RedisServer::start(test)?;
+        let broker = RedisBroker::new(RedisConfig::new(server.url())).expect("broker");
+        let history = Arc::new(RedisHistory::new(broker.clone(), retention));
+        let node = history_node("p0".into(), broker, history, StreamConfig::default()).await;
+        Some((server, node))
+    }
+
+    /// Acceptance of "subscribing writes to Redis" (hostile peers): clients
+    /// naming never-published topics leave the number of Redis keys
+    /// unchanged, with no max age (`--history-age 0`), past the resumable
+    /// cap or not. A connection may name at most
+    /// `MAX_TOPICS_PER_CONNECTION` (256) topics, so "5 connects naming 1,000
+    /// topics" is 5 rounds of 4 connections of 250 new topic names each (and
+    /// a user), 5,000 names in all, plus one resumable connection (30 topics)
+    /// per round; each connection waits for the id-only frame that ends its
+    /// connect. One publish then adds exactly the channel's two keys, so the
+    /// count does see the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_connects_to_unpublished_topics_write_no_keys() {
+        let test = "redis_connects_to_unpublished_topics_write_no_keys";
+        let Some((server, node)) = private_node(test, Retention::default().max_age(None)).await
+        else {
+            return;
+        };
+        let addr = format!("127.0.0.1:{}", server.port());
+        let before = dbsize(&addr);
+        for round in 0..5 {
+            let mut clients: Vec<SseClient> = Vec::new();
+            for conn in 0..5 {
+                let n = if conn < 4 { 250 } else { 30 };
+                let mut query = format!("user=u{round}-{conn}");
+                for i in 0..n {
+                    query.push_str(&format!("&topic=t{round}-{conn}-{i}"));
+                }
+                let mut client = open(&node, &query, None).await;
+                let id = resume::last_id_sent(&mut client).await;
+                assert_eq!(
+                    id == "r1",
+                    conn < 4,
+                    "resumable only under the cap: {id:.40}"
+                );
+                clients.push(client);
+            }
+            drop(clients);
+            assert_eq!(dbsize(&addr), before, "after round {round}");
+        }
+        publish(&node, "topic=t0-0-0", "x").await;
+        assert_eq!(dbsize(&addr), before + 2, "{:?}", all_keys(&addr));
+    }
+
+    /// Every key the store creates has a TTL after one append, with no max
+    /// age: the idle TTL (7 days by default, or as configured), refreshed by
+    /// every append, also on keys that had none (made by an older version).
+    /// With a max age, the keys live that long.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_every_key_expires_even_without_max_age() {
+        let test = "redis_every_key_expires_even_without_max_age";
+        let Some(server) = RedisServer::start(test) else {
+            return;
+        };
+        let addr = format!("127.0.0.1:{}", server.port());
+        let broker = RedisBroker::new(RedisConfig::new(server.url())).expect("broker");
+        let _hub = sse_cluster::Hub::builder()
+            .broker(broker.clone())
+            .build()
+            .await
+            .expect("hub");
+        let envelope = || bytes::Bytes::from_static(br#"{"v":1,"data":"x"}"#);
+        let week = 7 * 24 * 3600 * 1000;
+        let forever = Retention::default().max_age(None);
+
+        let history = RedisHistory::new(broker.clone(), forever);
+        let old = Channel::Topic("old".into());
+        let (_, old_epoch) = history.keys(&old);
+        resp_command(&addr, &[b"SET", old_epoch.as_bytes(), b"e0"]);
+        assert_eq!(pttl(&addr, &old_epoch), -1, "made without a TTL");
+        for channel in [Channel::Broadcast, Channel::User("u".into()), old.clone()] {
+            history.append(&channel, envelope()).await.expect("append");
+        }
+        let keys = all_keys(&addr);
+        assert_eq!(keys.len(), 6, "{keys:?}");
+        for key in &keys {
+            let ttl = pttl(&addr, key);
+            assert!(ttl > week - 60_000 && ttl <= week, "{key}: PTTL {ttl}");
+        }
+        let heads = history.heads(&[(old, None)]).await.expect("heads");
+        assert_eq!(
+            &*heads[0].epoch, "e0",
+            "the epoch is kept, only given a TTL"
+        );
+
+        let short = RedisHistory::new(broker.clone(), forever).idle_ttl(Duration::from_secs(60));
+        let hour = RedisHistory::new(
+            broker.clone(),
+            Retention::default().max_age(Some(Duration::from_secs(3600))),
+        );
+        for (store, name, max) in [(&short, "short", 60_000), (&hour, "hour", 3_600_000)] {
+            let channel = Channel::Topic(name.into());
+            store.append(&channel, envelope()).await.expect("append");
+            let (stream, epoch) = store.keys(&channel);
+            for key in [stream, epoch] {
+                let ttl = pttl(&addr, &key);
+                assert!(ttl > max - 60_000 && ttl <= max, "{key}: PTTL {ttl}");
+            }
+        }
+    }
+
+    /// `heads` on channels without history reads only: the empty epoch,
+    /// position 0, and no key made; after the first append, the epoch the
+    /// event was stamped with.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_heads_report_no_epoch_before_the_first_append() {
+        let test = "redis_heads_report_no_epoch_before_the_first_append";
+        let Some(server) = RedisServer::start(test) else {
+            return;
+        };
+        let addr = format!("127.0.0.1:{}", server.port());
+        let broker = RedisBroker::new(RedisConfig::new(server.url())).expect("broker");
+        let _hub = sse_cluster::Hub::builder()
+            .broker(broker.clone())
+            .build()
+            .await
+            .expect("hub");
+        let history = RedisHistory::new(broker, Retention::default());
+        let (a, b) = (Channel::Topic("a".into()), Channel::Topic("b".into()));
+        let heads = history
+            .heads(&[
+                (a.clone(), None),
+                (b.clone(), Some(sse_cluster::history::Position::ZERO)),
+            ])
+            .await
+            .expect("heads");
+        for head in &heads {
+            assert_eq!(&*head.epoch, "");
+            assert_eq!(head.last, sse_cluster::history::Position::ZERO);
+            assert!(head.retained);
+        }
+        assert_eq!(dbsize(&addr), 0);
+        let p = history
+            .append(&a, bytes::Bytes::from_static(br#"{"v":1}"#))
+            .await
+            .expect("append");
+        let heads = history
+            .heads(&[(a.clone(), Some(sse_cluster::history::Position::ZERO))])
+            .await
+            .expect("heads");
+        assert!(!heads[0].epoch.is_empty());
+        assert_eq!(heads[0].last, p);
+        assert!(heads[0].retained);
+        let (_, epoch) = history.keys(&a);
+        let stored = resp_command(&addr, &[b"GET", epoch.as_bytes()]);
+        assert!(stored.contains(&*heads[0].epoch), "{stored:?}");
+    }
 
     /// Runs `scenario` on `n` hubs, each with its own Redis broker and
     /// history (own connections) on one fresh prefix, then deletes the
@@ -181,6 +370,7 @@ mod redis_store {
             Channel::User("u1".into()),
             Channel::Topic("a".into()),
             Channel::Topic("b".into()),
+            Channel::Topic("late".into()),
         ] {
             let (stream, epoch) = history.keys(&channel);
             resp_command(
@@ -195,6 +385,24 @@ mod redis_store {
         let test = "redis_replays_missed_events_on_another_node";
         on_redis(test, 3, Retention::default(), async |nodes, _| {
             resume::replays_missed_events_on_another_node(nodes, 50).await
+        })
+        .await;
+    }
+
+    /// With Redis the channel has no epoch before its first event: the id
+    /// the client holds says tag 0 (`AAAA`) at position 0 for it, and the
+    /// reconnect replays the 3 events anyway.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_first_events_after_connect_are_replayed() {
+        let test = "redis_first_events_after_connect_are_replayed";
+        on_redis(test, 3, Retention::default(), async |nodes, _| {
+            let id = resume::first_events_after_connect_are_replayed(nodes).await;
+            let entries: Vec<&str> = id.split('.').skip(1).collect();
+            assert_eq!(entries.len(), 2, "everyone and the topic: {id}");
+            assert!(
+                entries.iter().all(|e| &e[4..] == "AAAA0"),
+                "no epoch yet: {id}"
+            );
         })
         .await;
     }

@@ -39,11 +39,27 @@
 //! It is created or updated the first time the store is used (the broker
 //! must be started, which building a hub does): subjects `{prefix}_h.>`,
 //! limits retention with `max_msgs_per_subject` = [`Retention::max_len`] and
-//! `max_age` = [`Retention::max_age`], discard old, direct gets allowed,
+//! `max_age` = [`Retention::max_age`] (or [`JetStreamConfig::idle_ttl`]
+//! when that is `None`: no message stays forever), discard old, direct gets allowed,
 //! [`JetStreamConfig::storage`] (file by default) and
 //! [`JetStreamConfig::replicas`]. Every node updates it with its own
 //! settings: give all nodes the same. The storage type of an existing stream
 //! cannot change (the update fails with a configuration error).
+//!
+//! # What a connect writes: nothing per channel
+//!
+//! Only appends store anything per channel. A connect reads: the stream's
+//! info and, per channel, its last message by a direct get
+//! ([`History::heads`]), then the replay reads each channel after the
+//! client's position, again with a direct get when nothing is there (a
+//! replay creates an ephemeral, memory-stored consumer on the channel's
+//! subject only when there are messages to send, and deletes it after).
+//! The one write is the stream itself, created by the first use if it does
+//! not exist (once per cluster, not per channel). The epoch is the stream's,
+//! shared by all channels, so [`History::heads`] never reports the empty
+//! epoch ([`Head::epoch`](super::Head::epoch)). Every stored message
+//! expires: after [`Retention::max_age`], or [`JetStreamConfig::idle_ttl`]
+//! (7 days by default) without one.
 //!
 //! # Epoch
 //!
@@ -120,6 +136,10 @@ use super::{Entry, Head, History, Position, Retention};
 use crate::broker::nats::NatsBroker;
 use crate::broker::{Broker, BrokerError, BrokerStatus, Channel};
 
+/// The stream's message age limit when [`Retention::max_age`] is `None`
+/// (see [`JetStreamConfig::idle_ttl`]): 7 days.
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Where the stream keeps its messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -148,6 +168,13 @@ pub struct JetStreamConfig {
     /// How long a JetStream request (publish ack, get, consumer) may take.
     /// Default: 5 s.
     pub timeout: Duration,
+    /// The stream's message age limit when [`Retention::max_age`] is `None`,
+    /// so that nothing the store writes stays forever. Default:
+    /// [`DEFAULT_IDLE_TTL`] (7 days). JetStream (before 2.11) can expire
+    /// messages only by age, not by a channel's idleness: unlike Redis,
+    /// where an active channel keeps [`Retention::max_len`] events however
+    /// old, an active channel here keeps only this much time of events.
+    pub idle_ttl: Duration,
 }
 
 impl JetStreamConfig {
@@ -159,7 +186,14 @@ impl JetStreamConfig {
             storage: Storage::File,
             replicas: 1,
             timeout: Duration::from_secs(5),
+            idle_ttl: DEFAULT_IDLE_TTL,
         }
+    }
+
+    /// Sets [`JetStreamConfig::idle_ttl`] (at least 1 s).
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl.max(Duration::from_secs(1));
+        self
     }
 
     /// Sets [`JetStreamConfig::stream`].
@@ -348,7 +382,7 @@ impl Inner {
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
             max_messages_per_subject: i64::try_from(retention.max_len.max(1)).unwrap_or(i64::MAX),
-            max_age: retention.max_age.unwrap_or(Duration::ZERO),
+            max_age: retention.max_age.unwrap_or(self.config.idle_ttl),
             storage: match self.config.storage {
                 Storage::File => stream::StorageType::File,
                 Storage::Memory => stream::StorageType::Memory,
@@ -588,6 +622,19 @@ impl History for JetStreamHistory {
         let inner = &self.inner;
         let ready = inner.ready().await?;
         let subject = inner.history_subject(channel);
+        // Nothing after `after`, the common case on a connect (every connect
+        // reads each channel from its head): answered by a direct get,
+        // without creating a consumer on the server.
+        match ready
+            .stream
+            .direct_get_last_for_subject(subject.clone())
+            .await
+        {
+            Ok(message) if message.sequence <= after.major() => return Ok(Vec::new()),
+            Ok(_) => {}
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(unavailable("get last", err)),
+        }
         let start = after.major().saturating_add(1);
         // One ephemeral consumer on the channel's subject, read in one batch.
         let consumer = ready
@@ -706,6 +753,32 @@ async fn retained(
 mod tests {
     use super::*;
     use crate::broker::nats::NatsConfig;
+
+    #[test]
+    fn every_message_expires() {
+        let broker = NatsBroker::new(NatsConfig::new("nats://127.0.0.1:1")).expect("broker");
+        let config = |retention: Retention| {
+            let history = JetStreamHistory::new(broker.clone(), JetStreamConfig::new(retention))
+                .expect("history");
+            history.inner.stream_config()
+        };
+        let forever = Retention::default().max_age(None);
+        assert_eq!(config(forever).max_age, DEFAULT_IDLE_TTL);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            config(Retention::default().max_age(Some(hour))).max_age,
+            hour
+        );
+        let history = JetStreamHistory::new(
+            broker.clone(),
+            JetStreamConfig::new(forever).idle_ttl(Duration::from_secs(60)),
+        )
+        .expect("history");
+        assert_eq!(
+            history.inner.stream_config().max_age,
+            Duration::from_secs(60)
+        );
+    }
 
     #[test]
     fn names_and_subjects() {

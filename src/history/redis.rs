@@ -1,25 +1,38 @@
 //! History in Redis Streams, beside the Redis bus.
 //!
-//! Each resumable channel has a stream (`XADD`, trimmed with `MAXLEN ~` and
-//! `MINID ~`) and an epoch key. One Lua script appends the event, trims, and
-//! publishes it stamped with its stream id, so Redis runs the three as one
-//! step: no subscriber sees an event the stream lacks, and every subscriber
-//! sees a channel's events in stream order, whoever published them.
+//! Each resumable channel that was published to has a stream (`XADD`,
+//! trimmed with `MAXLEN ~` and `MINID ~`) and an epoch key. One Lua script
+//! appends the event, trims, sets the TTLs and publishes it stamped with its
+//! stream id, so Redis runs them as one step: no subscriber sees an event
+//! the stream lacks, and every subscriber sees a channel's events in stream
+//! order, whoever published them.
 //!
-//! | key | holds |
-//! |---|---|
-//! | `{<channel name>}:h` | the stream (field `m`: the bus envelope) |
-//! | `{<channel name>}:e` | the epoch: random, created with `SET NX` semantics by the first append or connect |
+//! | key | holds | created by | expires |
+//! |---|---|---|---|
+//! | `{<channel name>}:h` | the stream (field `m`: the bus envelope) | the channel's first append | after the TTL without appends |
+//! | `{<channel name>}:e` | the epoch: random | the channel's first append (and the first after the key was lost) | with the stream |
 //!
 //! `<channel name>` is the Redis channel of the bus (e.g. `sse:topic:news`),
 //! wrapped in a hash tag so that in a Redis Cluster both keys live in the
 //! channel's slot (needed for `SPUBLISH` from the script). A name that
 //! already contains a hash tag keeps its own (`name:h`, `name:e`).
 //!
-//! A Redis that restarts without persistence loses streams and epochs: the
-//! next connect or append creates a new epoch, and clients holding ids of
-//! the old one get the reset event. With [`Retention::max_age`], both keys
-//! expire after that long without appends.
+//! # Nothing before the first publish, nothing forever
+//!
+//! Only appends write. Connects ([`History::heads`]) read: a channel without
+//! an epoch key reports the empty epoch (no history yet, see
+//! [`Head::epoch`]), so clients naming topics nobody publishes to leave no
+//! keys behind. Every append sets the TTL of both keys again: the TTL is
+//! [`Retention::max_age`] when set (by then every event has aged out), else
+//! the idle TTL ([`RedisHistory::idle_ttl`], default [`DEFAULT_IDLE_TTL`], 7
+//! days). A channel nobody publishes to for that long loses both keys.
+//!
+//! A Redis that restarts without persistence loses streams and epochs, and
+//! so does a channel whose keys expired: the next append creates a new
+//! epoch, and clients holding ids of the old one get the reset event
+//! (reason `epoch`). A client that connected while the channel had no
+//! history resumes from its first event instead (see
+//! [`resume`](crate::resume)).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -38,6 +51,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -48,12 +62,12 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::{BrokerError, Channel};
 use crate::wire::random_tag;
 
-/// Appends, trims, refreshes the TTL and publishes the stamped envelope.
+/// Appends, trims, sets both keys' TTL and publishes the stamped envelope.
 /// The entry id's time (the server's clock, as `XADD *` assigns it) dates
 /// the age trim.
 ///
 /// KEYS: stream, epoch. ARGV: bus channel, envelope, max_len, trim mode
-/// (`~` or `=`), max age ms (0: none), ttl ms (0: none), a new epoch,
+/// (`~` or `=`), max age ms (0: none), ttl ms (never 0), a new epoch,
 /// publish command.
 const APPEND: &str = r#"
 local epoch = redis.call('GET', KEYS[2])
@@ -62,19 +76,19 @@ if not epoch then
   redis.call('SET', KEYS[2], epoch)
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], ARGV[3], '*', 'm', ARGV[2])
--- Age trim and TTL refresh once per millisecond of appends (the first entry
--- of a millisecond has sequence 0), not on every append of a burst.
-local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-if seq == '0' then
-  if ARGV[5] ~= '0' then
+-- Every append: no key of the store lives without a TTL, whatever created
+-- it or cleared its TTL before.
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+-- Age trim once per millisecond of appends (the first entry of a
+-- millisecond has sequence 0), not on every append of a burst.
+if ARGV[5] ~= '0' then
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if seq == '0' then
     local oldest = tonumber(ms) - tonumber(ARGV[5])
     if oldest > 0 then
       redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', oldest))
     end
-  end
-  if ARGV[6] ~= '0' then
-    redis.call('PEXPIRE', KEYS[1], ARGV[6])
-    redis.call('PEXPIRE', KEYS[2], ARGV[6])
   end
 end
 local body = string.sub(ARGV[2], 1, -2)
@@ -82,23 +96,16 @@ redis.call(ARGV[8], ARGV[1], body .. ',"pos":"' .. id .. '","epoch":"' .. epoch 
 return id
 "#;
 
-/// The epoch (created if missing), the last id, and whether everything after
-/// ARGV[3] (empty: not asked) is still in the stream.
+/// The epoch (empty when there is none: the channel has no history yet),
+/// the last id, and whether everything after ARGV[1] (empty: not asked) is
+/// still in the stream. Reads only: connects write nothing.
 ///
-/// KEYS: stream, epoch. ARGV: a new epoch, ttl ms (0: none), position.
+/// KEYS: stream, epoch. ARGV: position.
 const HEAD: &str = r#"
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[1]
-  if ARGV[2] ~= '0' then
-    redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
-  else
-    redis.call('SET', KEYS[2], epoch)
-  end
-end
+local epoch = redis.call('GET', KEYS[2]) or ''
 local last = '0-0'
 local retained = 1
-local asked = ARGV[3]
+local asked = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
   local added, length = 0, 0
@@ -118,10 +125,19 @@ end
 return {epoch, last, retained}
 "#;
 
+/// The longest TTL sent to Redis (100 years): `PEXPIRE` refuses one that
+/// overflows the server's clock.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// How long a channel's keys live without appends when
+/// [`Retention::max_age`] is `None` (see [`RedisHistory::idle_ttl`]): 7 days.
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// History in Redis Streams, sharing the [`RedisBroker`]'s connection.
 pub struct RedisHistory {
     broker: Arc<RedisBroker>,
     retention: Retention,
+    idle_ttl: Duration,
     append: Script,
     head: Script,
 }
@@ -131,6 +147,7 @@ impl fmt::Debug for RedisHistory {
         f.debug_struct("RedisHistory")
             .field("broker", &self.broker)
             .field("retention", &self.retention)
+            .field("idle_ttl", &self.idle_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -141,9 +158,21 @@ impl RedisHistory {
         Self {
             broker,
             retention,
+            idle_ttl: DEFAULT_IDLE_TTL,
             append: Script::new(APPEND),
             head: Script::new(HEAD),
         }
+    }
+
+    /// How long a channel's keys live after its last append when
+    /// [`Retention::max_age`] is `None` (with an age, they live that long:
+    /// by then every event has aged out). Default: [`DEFAULT_IDLE_TTL`];
+    /// at least 1 ms. Every append sets the TTL again, so only channels
+    /// nobody publishes to lose their keys; a client that resumes one after
+    /// that gets the reset event (reason `epoch`).
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
     }
 
     /// The stream and epoch keys of `channel`.
@@ -156,10 +185,12 @@ impl RedisHistory {
         }
     }
 
+    /// The TTL every append gives both keys of its channel, in ms (never 0).
     fn ttl_ms(&self) -> u64 {
-        self.retention.max_age.map_or(0, |a| {
-            u64::try_from(a.as_millis()).unwrap_or(u64::MAX).max(1)
-        })
+        let ttl = self.retention.max_age.unwrap_or(self.idle_ttl);
+        u64::try_from(ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_TTL_MS)
     }
 }
 
@@ -244,8 +275,6 @@ impl History for RedisHistory {
                     self.head
                         .key(stream)
                         .key(epoch)
-                        .arg(random_tag(12))
-                        .arg(self.ttl_ms())
                         .arg(after.map_or(String::new(), |p| p.to_string())),
                 )
                 .await?;

@@ -370,6 +370,39 @@ mod tests {
         assert!(matches!(live(&mut c, 5), Admit::Duplicate));
     }
 
+    /// A cursor placed at a channel without history (tag 0, position 0)
+    /// lets the channel's first events through whatever their epoch and
+    /// position, then deduplicates in their epoch.
+    #[test]
+    fn a_cursor_without_an_epoch_admits_the_first_events() {
+        let k = 42;
+        let mut c = Cursor::new(&[k]);
+        c.set(k, 0, Position::ZERO);
+        let Admit::Frame(f) = c.admit(&ev(k, 1), Via::Store, (8, 1024)) else {
+            panic!("the channel's first event goes out")
+        };
+        // The id now names the event's epoch (7 is `AAAH`) and position.
+        assert!(f.starts_with(b"id: r1.AAAqAAAH1\n"), "{f:?}");
+        assert!(matches!(
+            c.admit(&ev(k, 1), Via::Store, (8, 1024)),
+            Admit::Duplicate
+        ));
+        // Same with a Redis-like position whose major part is large.
+        let mut c = Cursor::new(&[k]);
+        c.set(k, 0, Position::ZERO);
+        let mut first = ev(k, 1_700_000_000_000);
+        first.position = Position::new(1_700_000_000_000, 3);
+        assert!(matches!(c.admit(&first, Via::Live, (8, 1024)), Admit::Held));
+        assert!(matches!(
+            c.admit(&first, Via::Released, (8, 1024)),
+            Admit::Frame(_)
+        ));
+        assert!(matches!(
+            c.admit(&first, Via::Released, (8, 1024)),
+            Admit::Duplicate
+        ));
+    }
+
     #[tokio::test]
     async fn the_seam_holds_live_events_and_releases_them_once() {
         let cfg = StreamConfig::default().keep_alive(None).initial_retry(None);

@@ -78,9 +78,18 @@ pub(crate) fn channel_key(channel: &Channel) -> u32 {
     }
 }
 
-/// The tag of an epoch in event ids.
+/// The tag of no epoch in event ids: the channel had no history yet (the
+/// store reported the empty epoch). No real epoch's tag, as [`hash24`] is
+/// never 0.
+pub(crate) const NO_EPOCH: u32 = 0;
+
+/// The tag of an epoch in event ids: [`NO_EPOCH`] for the empty epoch.
 pub(crate) fn epoch_tag(epoch: &str) -> u32 {
-    hash24(&[epoch.as_bytes()])
+    if epoch.is_empty() {
+        NO_EPOCH
+    } else {
+        hash24(&[epoch.as_bytes()])
+    }
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -266,6 +275,30 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(parse_last_id(&text), LastId::Marks(marks));
         assert_eq!(parse_last_id("r1"), LastId::NotResumable);
+    }
+
+    #[test]
+    fn the_empty_epoch_has_tag_zero_and_no_real_epoch_does() {
+        assert_eq!(epoch_tag(""), NO_EPOCH);
+        // hash24 folds to 24 bits and never returns 0: a real epoch's tag is
+        // never taken for "no history yet".
+        for i in 0..100_000u32 {
+            assert_ne!(epoch_tag(&format!("e{i}")), NO_EPOCH);
+        }
+        assert_ne!(hash24(&[b""]), 0);
+        // Written as `AAAA`, read back as 0.
+        let mark = Mark {
+            key: channel_key(&Channel::Topic("never".into())),
+            epoch: NO_EPOCH,
+            position: Position::ZERO,
+        };
+        let mut out = Vec::new();
+        write_id(&mut out, std::iter::once(mark), true);
+        assert_eq!(&out[7..], b"AAAA0");
+        assert_eq!(
+            parse_last_id(std::str::from_utf8(&out).unwrap()),
+            LastId::Marks(vec![mark])
+        );
     }
 
     #[test]

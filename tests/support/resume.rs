@@ -38,6 +38,33 @@ pub async fn history_node(
 /// The reset event's name.
 pub const RESET: &str = "sse-cluster.reset";
 
+/// The last `id:` the stream sent `client` so far, as a browser's
+/// `EventSource` would hold it, waiting (up to [`WAIT`]) for the first one:
+/// the id-only frame that ends every connect's replay sets it even when no
+/// event came (the SSE parser dispatches no event for it, so it is read from
+/// the raw bytes).
+pub async fn last_id_sent(client: &mut SseClient) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let raw = client.raw();
+        let last = raw
+            .split('\n')
+            .filter_map(|line| line.strip_prefix("id: "))
+            .next_back();
+        if let Some(id) = last {
+            return id.trim_end_matches('\r').to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no id sent within {WAIT:?}: {raw:?}"
+        );
+        // Nothing to dispatch is expected: this only drives the body.
+        if let Some(event) = client.next_within(Duration::from_millis(20)).await {
+            panic!("unexpected event before the first id: {event:?}");
+        }
+    }
+}
+
 /// Publishes `data` to `target` (`topic=a`, `user=u`) through `node`.
 pub async fn publish(node: &Node, target: &str, data: &str) {
     let (status, body) = post(node.addr, &format!("/publish?{target}"), data.to_owned()).await;
@@ -239,6 +266,45 @@ pub async fn seam_race(nodes: &[Node], rounds: usize) {
         "the publisher kept publishing ({} events)",
         sent.len()
     );
+}
+
+/// What the client of [`first_events_after_connect_are_replayed`] follows:
+/// one topic nobody published to before (and everyone, which stays empty).
+pub const LATE: &str = "topic=late";
+
+/// A client follows a topic nobody has published to yet on `nodes[0]`, and
+/// leaves before anything is published, holding only the id of the id-only
+/// frame that ended its connect. 3 events are published through `nodes[1]`;
+/// it reconnects to the last node with that id: exactly the 3 events are
+/// replayed, in order, no reset, then the stream is live. Returns the id it
+/// held (a store that creates epochs on the first append, Redis, wrote the
+/// epoch tag 0 into it).
+pub async fn first_events_after_connect_are_replayed(nodes: &[Node]) -> String {
+    let (first, publisher, other) = (&nodes[0], &nodes[1 % nodes.len()], &nodes[nodes.len() - 1]);
+    let mut client = open(first, LATE, None).await;
+    let last_id = last_id_sent(&mut client).await;
+    assert!(last_id.starts_with("r1."), "hub-assigned id: {last_id:?}");
+    client.expect_quiet().await;
+    drop(client);
+
+    for i in 0..3 {
+        publish(publisher, LATE, &format!("late:{i}")).await;
+    }
+    let mut client = open(other, LATE, Some(&last_id)).await;
+    let replayed = read_n(&mut client, 3).await;
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|e| e.event.as_str())
+            .collect::<Vec<_>>(),
+        ["message"; 3],
+        "no reset: {replayed:?}"
+    );
+    assert_eq!(data(&replayed), ["late:0", "late:1", "late:2"]);
+    client.expect_quiet().await;
+    publish(publisher, LATE, "late:live").await;
+    assert_eq!(data(&read_n(&mut client, 1).await), ["late:live"]);
+    last_id
 }
 
 /// The client's position leaves the retained window (`retained` events per
