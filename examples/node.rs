@@ -248,18 +248,14 @@ async fn serve(
     app: axum::Router,
     args: &Args,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    use sse_cluster::adapters::http1::{serve_sse, Served};
-    use sse_cluster::adapters::WriteDeadline;
-    use tower::ServiceExt;
+    use hyper_util::rt::TokioTimer;
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(args.header_timeout);
     // Shared by every connection task: an SSE stream's task keeps only this
     // pointer (and the stream and socket) for its whole life.
-    let shared = std::sync::Arc::new((app.with_state(()), http));
+    let shared: Shared = std::sync::Arc::new((app.with_state(()), http));
     let write_deadline = args.write_deadline;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let stop = common::termination();
@@ -281,33 +277,67 @@ async fn serve(
                 // would hold one back until the client acknowledges the
                 // previous one (a delayed ACK: up to 40 ms).
                 let _ = tcp.set_nodelay(true);
-                let (shared, watcher) = (shared.clone(), graceful.watcher());
-                tokio::spawn(async move {
-                    let router = shared.0.clone();
-                    let served = serve_sse(
-                        WriteDeadline::with_deadline(tcp, write_deadline),
-                        |head| head.method == http::Method::GET && head.uri.path() == "/events",
-                        |req| async move {
-                            let req = req.map(|()| axum::body::Body::empty());
-                            match router.oneshot(req).await {
-                                Ok(response) => response,
-                                Err(never) => match never {},
-                            }
-                        },
-                    )
-                    .await;
-                    if let Ok(Served::Other(io)) = served {
-                        let (app, http) = &*shared;
-                        let service = TowerToHyperService::new(app.clone());
-                        let _ = watcher.watch(http.serve_connection(TokioIo::new(io), service)).await;
-                    }
-                });
+                tokio::spawn(serve_one(shared.clone(), graceful.watcher(), tcp, write_deadline));
             }
             _ = &mut stop => break,
         }
     }
-    hub.shutdown().await;
+    // Drain: the hub ends every stream with a spread-out `retry:` and
+    // `/healthz` turns 503 at once; connections that still arrive meanwhile
+    // (a balancer that has not noticed yet) are served: `/events` answers
+    // them with a retry, not an error an EventSource would give up on.
+    let drain = hub.shutdown();
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            () = &mut drain => break,
+            accepted = listener.accept() => {
+                if let Ok((tcp, _)) = accepted {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(serve_one(shared.clone(), graceful.watcher(), tcp, write_deadline));
+                }
+            }
+        }
+    }
     // Every stream has ended; what is left are requests in flight.
     let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
     Ok(())
+}
+
+type Shared = std::sync::Arc<(axum::Router, hyper::server::conn::http1::Builder)>;
+
+/// One connection: `GET /events` through the SSE driver, anything else
+/// through hyper with the router built once.
+async fn serve_one(
+    shared: Shared,
+    watcher: hyper_util::server::graceful::Watcher,
+    tcp: tokio::net::TcpStream,
+    write_deadline: Duration,
+) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    use sse_cluster::adapters::http1::{serve_sse, Served};
+    use sse_cluster::adapters::WriteDeadline;
+    use tower::ServiceExt;
+
+    let router = shared.0.clone();
+    let served = serve_sse(
+        WriteDeadline::with_deadline(tcp, write_deadline),
+        |head| head.method == http::Method::GET && head.uri.path() == "/events",
+        |req| async move {
+            let req = req.map(|()| axum::body::Body::empty());
+            match router.oneshot(req).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        },
+    )
+    .await;
+    if let Ok(Served::Other(io)) = served {
+        let (app, http) = &*shared;
+        let service = TowerToHyperService::new(app.clone());
+        let _ = watcher
+            .watch(http.serve_connection(TokioIo::new(io), service))
+            .await;
+    }
 }

@@ -224,6 +224,19 @@ pub fn channel(config: &StreamConfig) -> (FrameSender, SseStream) {
     (FrameSender { shared }, stream)
 }
 
+/// A body that is already complete: `frames`, then the end. For answers
+/// that are not live streams (a refusal, an error body).
+pub(crate) fn finished(frames: impl IntoIterator<Item = Bytes>) -> SseStream {
+    let config = StreamConfig::default().keep_alive(None).initial_retry(None);
+    let (sender, stream) = channel(&config);
+    for frame in frames {
+        // Bypasses the bounds: these are the whole body, written once.
+        sender.shared.lock().enqueue(frame);
+    }
+    sender.close();
+    stream
+}
+
 /// The sending half of an SSE connection: queues encoded frames without ever
 /// waiting. Cheap to clone.
 #[derive(Clone)]

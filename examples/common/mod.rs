@@ -74,10 +74,9 @@ async fn events(
             .event("connected")
             .unwrap_or_default()
     });
-    match hub.connect_request(&parts, sub).await {
-        Ok(conn) => conn.into_response(),
-        Err(err) => err.into_response(),
-    }
+    // A refusal that will pass reaches an EventSource as a retry, not an
+    // error status it would give up on (see `Hub::respond`).
+    hub.respond(&parts, sub).await.into_response()
 }
 
 /// Reads a `/publish` request: the target and event from the query, the
@@ -133,9 +132,14 @@ async fn publish(State(hub): State<Hub>, RawQuery(query): RawQuery, body: Bytes)
 }
 
 async fn healthz(State(hub): State<Hub>) -> Response {
-    match hub.broker_status() {
-        BrokerStatus::Up if !hub.is_shutting_down() => (StatusCode::OK, "ok").into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "broker down").into_response(),
+    // Unhealthy from the moment a drain begins, so that a balancer stops
+    // sending new connections; reconnects that still arrive get a retry.
+    if hub.is_healthy() {
+        (StatusCode::OK, "ok").into_response()
+    } else if hub.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker down").into_response()
     }
 }
 

@@ -11,19 +11,27 @@
 //! use hyper::{body::Incoming, Request, Response};
 //! use sse_cluster::{adapters::hyper as sse, Hub, SseStream, Subscription};
 //!
+//! // Authorizes, resumes from `Last-Event-ID`, and answers a refusal that
+//! // will pass with a retry an `EventSource` survives.
 //! async fn events(hub: Hub, req: Request<Incoming>) -> Result<Response<SseStream>, Infallible> {
-//!     let _resume_from = sse::last_event_id(&req);
-//!     match hub.connect(Subscription::new().topic("news")).await {
-//!         Ok(conn) => Ok(sse::response(conn)),
-//!         Err(_) => Ok(sse::unavailable()),
-//!     }
+//!     Ok(sse::respond(&hub, req, Subscription::new().topic("news")).await)
 //! }
 //! ```
+//!
+//! Wrap each accepted socket in [`WriteDeadline`](crate::adapters::WriteDeadline)
+//! and give hyper's builder a timer (see the README, "Limits and timeouts").
 
 use hyper::{Request, Response, StatusCode};
 
 use crate::stream::{channel, StreamConfig};
-use crate::{Connection, SseStream};
+use crate::{Connection, Hub, SseStream, Subscription};
+
+/// [`Hub::respond`] for a hyper request: the stream, or the refusal as the
+/// client should see it.
+pub async fn respond<B>(hub: &Hub, request: Request<B>, sub: Subscription) -> Response<SseStream> {
+    let (parts, _body) = request.into_parts();
+    hub.respond(&parts, sub).await
+}
 
 /// The SSE response for `conn`, with the SSE headers.
 pub fn response(conn: Connection) -> Response<SseStream> {

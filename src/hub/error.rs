@@ -1,13 +1,54 @@
 //! Why a hub could not be built, and why a connection was refused, with the
-//! HTTP status each refusal means.
+//! HTTP status each refusal means and the answer an `EventSource` survives.
+//!
+//! # Refusals and browsers
+//!
+//! A browser's `EventSource` gives up for good on any answer but `200
+//! text/event-stream` (WHATWG: "fail the connection"), so a refusal that
+//! will pass must not reach it as an error status. For a request that asks
+//! for an event stream (`Accept: text/event-stream`, which every
+//! `EventSource` sends), [`ConnectError::response_for`] (and
+//! [`Hub::respond`](crate::Hub::respond), which uses it) answers such a
+//! refusal with `200 text/event-stream`, a randomized `retry:` and a
+//! [`REFUSED_EVENT`], then ends the stream: the client reconnects after the
+//! delay, through the balancer, probably to another node. Other clients get
+//! the plain status (`503` + `Retry-After`, `429`).
+//!
+//! | refusal | reason in the event | plain status | for a browser |
+//! |---|---|---|---|
+//! | `ShuttingDown` (draining) | `draining` | 503 | retries |
+//! | `NodeFull` | `node-full` | 503 | retries |
+//! | `HistoryUnavailable` (store unreachable) | `history-unavailable` | 503 | retries |
+//! | `UserLimit` | `user-limit` | 429 | retries (old connections of the user may still be closing) |
+//! | `InvalidSubscription` | — | 400 | permanent: the same request fails again |
+//! | `Denied` | — | 401 / 403 | permanent: the page must sign in or ask for less |
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::StatusCode;
 
 use crate::auth::Denied;
 use crate::broker::BrokerError;
+use crate::event::retry_frame;
 use crate::outbound::error_response;
+use crate::stream::{finished, SseStream};
+
+/// Name of the event that tells an `EventSource` its connect was refused
+/// for now; the stream then ends and the client reconnects after the
+/// `retry:` sent before it. Its data is `{"reason": …, "retry_ms": …}` with
+/// a reason of the table in the [module docs](self).
+pub const REFUSED_EVENT: &str = "sse-cluster.refused";
+
+/// True when the request asks for an event stream (`Accept:
+/// text/event-stream`): an `EventSource` does.
+pub fn wants_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
+}
 
 /// Why a hub could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -112,11 +153,98 @@ impl ConnectError {
     pub fn to_http_response(&self) -> http::Response<String> {
         error_response(self.status(), self, self.retry_after())
     }
+
+    /// The word of [`REFUSED_EVENT`] for a refusal an `EventSource` should
+    /// retry; `None` for a permanent one (see the [module docs](self)).
+    pub fn retry_reason(&self) -> Option<&'static str> {
+        match self {
+            ConnectError::ShuttingDown => Some("draining"),
+            ConnectError::NodeFull { .. } => Some("node-full"),
+            ConnectError::HistoryUnavailable(_) => Some("history-unavailable"),
+            ConnectError::UserLimit => Some("user-limit"),
+            _ => None,
+        }
+    }
+
+    /// This refusal as an answer an `EventSource` survives: `200
+    /// text/event-stream`, `retry:` `retry`, a [`REFUSED_EVENT`], and the
+    /// end. `None` for a permanent refusal.
+    pub fn to_event_stream(&self, retry: Duration) -> Option<http::Response<SseStream>> {
+        let reason = self.retry_reason()?;
+        let ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
+        let event = format!(
+            "event: {REFUSED_EVENT}\ndata: {{\"reason\":\"{reason}\",\"retry_ms\":{ms}}}\n\n"
+        );
+        let mut response = finished([retry_frame(retry), Bytes::from(event)]).into_http_response();
+        // The reconnect must go through the balancer again, not down this
+        // kept-alive connection to the node that refused.
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        Some(response)
+    }
+
+    /// The answer to a request with `headers`: for a client that asks for
+    /// an event stream, a refusal that will pass is
+    /// [`ConnectError::to_event_stream`] (`retry`: the delay it suggests);
+    /// anything else is [`ConnectError::to_http_response`].
+    pub fn response_for(
+        &self,
+        headers: &http::HeaderMap,
+        retry: Duration,
+    ) -> http::Response<SseStream> {
+        if wants_event_stream(headers) {
+            if let Some(response) = self.to_event_stream(retry) {
+                return response;
+            }
+        }
+        self.to_http_response()
+            .map(|body| finished([Bytes::from(body)]))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn an_event_stream_client_is_told_to_retry_not_refused() {
+        let mut sse = http::HeaderMap::new();
+        sse.insert(http::header::ACCEPT, "text/event-stream".parse().unwrap());
+        let retry = Duration::from_millis(1500);
+        for (err, reason) in [
+            (ConnectError::ShuttingDown, "draining"),
+            (ConnectError::NodeFull { retry_after: retry }, "node-full"),
+            (ConnectError::UserLimit, "user-limit"),
+        ] {
+            let response = err.response_for(&sse, retry);
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            assert_eq!(response.headers()["connection"], "close");
+            let frames: Vec<Bytes> = response.into_body().collect().await;
+            assert_eq!(&frames[0][..], b"retry: 1500\n\n");
+            let event = String::from_utf8(frames[1].to_vec()).unwrap();
+            assert_eq!(
+                event,
+                format!("event: sse-cluster.refused\ndata: {{\"reason\":\"{reason}\",\"retry_ms\":1500}}\n\n")
+            );
+            // Other clients keep the plain status.
+            let plain = err.response_for(&http::HeaderMap::new(), retry);
+            assert_eq!(plain.status(), err.status());
+        }
+        let denied = ConnectError::Denied(Denied::Forbidden("no".into()));
+        assert_eq!(
+            denied.response_for(&sse, retry).status(),
+            StatusCode::FORBIDDEN
+        );
+        let invalid = ConnectError::InvalidSubscription("x".into());
+        assert_eq!(
+            invalid.response_for(&sse, retry).status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
 
     #[test]
     fn statuses_and_retry_after() {

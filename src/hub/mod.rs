@@ -33,7 +33,7 @@ pub use crate::outbound::{PublishError, PublishReceipt, Target};
 pub use crate::subscription::Subscription;
 pub use crate::telemetry::HubStats;
 pub use builder::HubBuilder;
-pub use error::{ConnectError, HubError};
+pub use error::{wants_event_stream, ConnectError, HubError, REFUSED_EVENT};
 
 use subscriptions::Subscriptions;
 
@@ -169,6 +169,44 @@ impl Hub {
     /// True once [`Hub::shutdown`] has been called.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// What a load balancer's health check should see: false from the
+    /// moment [`Hub::shutdown`] begins (so the balancer stops sending new
+    /// connections while the node drains), and while the broker cannot
+    /// reach its server.
+    pub fn is_healthy(&self) -> bool {
+        !self.is_shutting_down() && self.broker_status() == BrokerStatus::Up
+    }
+
+    /// Serves an SSE request: [`Hub::connect_request`], then the stream's
+    /// response; a refusal becomes [`ConnectError::response_for`]: a client
+    /// that asks for an event stream (every `EventSource`) gets, for a
+    /// refusal that will pass (draining, node full, store unreachable, user
+    /// limit), a `200` stream with a randomized `retry:` (from
+    /// [`HubBuilder::shutdown_retry`]) and a [`REFUSED_EVENT`], so it
+    /// reconnects instead of giving up; others get the plain status. The
+    /// body type is the same either way, so a handler returns this as it is.
+    pub async fn respond(
+        &self,
+        request: &http::request::Parts,
+        sub: Subscription,
+    ) -> http::Response<SseStream> {
+        match self.connect_request(request, sub).await {
+            Ok(conn) => conn.into_http_response(),
+            Err(err) => {
+                tracing::debug!(error = %err, "connect refused");
+                err.response_for(&request.headers, self.reconnect_delay())
+            }
+        }
+    }
+
+    /// A delay drawn from the reconnect range ([`HubBuilder::shutdown_retry`]),
+    /// so that clients told to come back do not all come back at once.
+    fn reconnect_delay(&self) -> Duration {
+        let (min, max) = self.inner.shutdown_retry;
+        let (min, max) = (min.as_millis() as u64, max.as_millis() as u64);
+        Duration::from_millis(fastrand::u64(min..=max))
     }
 
     /// A snapshot of the counters (the same figures the `metrics` facade
@@ -375,11 +413,9 @@ impl Hub {
             let _ = done.wait_for(|d| *d).await;
             return;
         }
-        let (min, max) = inner.shutdown_retry;
-        let (min, max) = (min.as_millis() as u64, max.as_millis() as u64);
         inner
             .registry
-            .close_all(|| Some(retry_frame(Duration::from_millis(fastrand::u64(min..=max)))));
+            .close_all(|| Some(retry_frame(self.reconnect_delay())));
 
         let deadline = tokio::time::Instant::now() + inner.drain_timeout;
         loop {

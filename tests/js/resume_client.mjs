@@ -3,7 +3,7 @@
 // usage: node resume_client.mjs URL SECONDS
 //
 // Prints one JSON line per event received ({"type","data","id"}) and one per
-// connection state change ({"type":"open"} / {"type":"error"}), and exits 0
+// connection state change ({"type":"open"} / {"type":"error","readyState"}), and exits 0
 // after the event whose data is "end", or 1 after SECONDS.
 import { EventSource } from 'eventsource';
 
@@ -19,8 +19,9 @@ const timer = setTimeout(() => {
 }, limit);
 
 es.onopen = () => out({ type: 'open' });
-es.onerror = () => out({ type: 'error' });
-for (const type of ['message', 'connected', 'sse-cluster.reset', 'sse-cluster.gap']) {
+// readyState 2 (CLOSED) after an error means the client gave up for good.
+es.onerror = () => out({ type: 'error', readyState: es.readyState });
+for (const type of ['message', 'connected', 'sse-cluster.reset', 'sse-cluster.gap', 'sse-cluster.refused']) {
   es.addEventListener(type, (event) => {
     out({ type, data: event.data, id: event.lastEventId });
     if (type === 'message' && event.data === 'end') {
