@@ -17,7 +17,10 @@
 //! Resume after reconnect: `--history memory|redis|jetstream` (matching the
 //! broker) keeps each channel's recent events, `--history-max N` of them
 //! (default 1000) for at most `--history-age SECS` (default 3600; 0 keeps
-//! them until `N` pushes them out).
+//! them until `N` pushes them out). The memory store also keeps at most
+//! `--history-max-bytes N` bytes in all (default 67108864, 64 MiB; 0: no
+//! budget), evicting the oldest events of any channel first; Redis and
+//! JetStream ignore it. `/stats` reports `history_retained_bytes`.
 
 mod common;
 
@@ -47,7 +50,8 @@ const USAGE: &str =
     "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|nats://HOST:PORT] \
 [--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] [--auth-token TOKEN] \
 [--presence-heartbeat-ms MS] \
-[--history memory|redis|jetstream] [--history-max N] [--history-age SECS]";
+[--history memory|redis|jetstream] [--history-max N] [--history-age SECS] \
+[--history-max-bytes N (memory store, default 67108864; 0: no budget)]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -106,6 +110,13 @@ fn parse_args() -> Result<Args, String> {
                 args.retention = args
                     .retention
                     .max_age(Some(Duration::from_secs(secs)).filter(|d| !d.is_zero()));
+            }
+            "--history-max-bytes" => {
+                let v = value()?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|e| format!("--history-max-bytes {v}: {e}"))?;
+                args.retention = args.retention.max_bytes(Some(n));
             }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
