@@ -18,7 +18,18 @@
 //! broker) keeps each channel's recent events, `--history-max N` of them
 //! (default 1000) for at most `--history-age SECS` (default 3600; 0 keeps
 //! them until `N` pushes them out, but a Redis channel's keys still expire
-//! after 7 days without events, and JetStream keeps 7 days of events).
+//! after 7 days without events, and JetStream keeps 7 days of events). The
+//! memory store also keeps at most `--history-max-bytes N` bytes in all
+//! (default 67108864, 64 MiB; 0: no budget), evicting the oldest events of
+//! any channel first; Redis and JetStream ignore it. `/stats` reports
+//! `history_retained_bytes`.
+//!
+//! Timeouts: `--write-deadline-ms` (default 5000) disconnects a client that
+//! takes no bytes for that long; `--header-timeout-ms` (default 15000) is
+//! hyper's request-head timeout, which also closes idle keep-alive
+//! connections. On SIGTERM the node turns `/healthz` to 503 at once, ends
+//! every stream with a randomized `retry:`, and answers `/events` requests
+//! that still arrive with a retry (not a 503) until the drain is over.
 
 mod common;
 
@@ -54,6 +65,7 @@ const USAGE: &str =
 [--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] [--auth-token TOKEN] \
 [--presence-heartbeat-ms MS] \
 [--history memory|redis|jetstream] [--history-max N] [--history-age SECS] \
+[--history-max-bytes N (memory store, default 67108864; 0: no budget)] \
 [--header-timeout-ms MS] [--write-deadline-ms MS]";
 
 fn parse_args() -> Result<Args, String> {
@@ -118,6 +130,13 @@ fn parse_args() -> Result<Args, String> {
             }
             "--header-timeout-ms" => args.header_timeout = millis(&flag, &value()?)?,
             "--write-deadline-ms" => args.write_deadline = millis(&flag, &value()?)?,
+            "--history-max-bytes" => {
+                let v = value()?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|e| format!("--history-max-bytes {v}: {e}"))?;
+                args.retention = args.retention.max_bytes(Some(n));
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }

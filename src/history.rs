@@ -17,7 +17,9 @@
 //! | `redis::RedisHistory` | `redis` | Redis Stream entry ids | random, stored beside each stream by its first append (none before: the empty epoch) |
 //! | `jetstream::JetStreamHistory` | `nats` | JetStream stream sequences | the stream's creation time (changes when it is deleted and recreated) |
 //!
-//! Retention ([`Retention`]) is by count and by age, per store.
+//! Retention ([`Retention`]) is by count and by age, per store; the memory
+//! store also holds a store-wide byte budget ([`Retention::max_bytes`]) and
+//! reports what it holds ([`History::retained_bytes`]).
 //!
 //! # Writing a store
 //!
@@ -53,7 +55,8 @@ pub fn is_resumable(channel: &Channel) -> bool {
     !matches!(channel, Channel::Node(_))
 }
 
-/// How much history a store keeps per channel.
+/// How much history a store keeps: per channel, and for the memory store in
+/// all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Retention {
@@ -63,6 +66,16 @@ pub struct Retention {
     /// Events older than this are dropped; `None` keeps them until `max_len`
     /// pushes them out. Default: 1 hour.
     pub max_age: Option<Duration>,
+    /// Most bytes the memory store keeps across all channels (the stored
+    /// envelopes plus the channel names); past it the oldest entries of the
+    /// whole store go first (see [`memory`]). `None`: no budget, only
+    /// `max_len` and `max_age` bound the store. Default:
+    /// [`Retention::DEFAULT_MAX_BYTES`] (64 MiB).
+    ///
+    /// Redis and JetStream ignore it: their memory is the server's, bounded
+    /// by the server's own settings (Redis `maxmemory`, the JetStream
+    /// account's or stream's limits).
+    pub max_bytes: Option<usize>,
 }
 
 impl Default for Retention {
@@ -70,6 +83,7 @@ impl Default for Retention {
         Self {
             max_len: 1000,
             max_age: Some(Duration::from_secs(3600)),
+            max_bytes: Some(Self::DEFAULT_MAX_BYTES),
         }
     }
 }
@@ -81,9 +95,23 @@ impl Retention {
         self
     }
 
+    /// The default [`Retention::max_bytes`]: 64 MiB. Enough for 64 events
+    /// of the default largest size (1 MiB,
+    /// [`DEFAULT_MAX_EVENT_SIZE`](crate::limits::DEFAULT_MAX_EVENT_SIZE)) or
+    /// tens of thousands of typical small ones, so ordinary traffic is bound
+    /// by `max_len` and `max_age` first; small enough that a flood of large
+    /// events to many channels cannot take a node's memory.
+    pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+
     /// Sets [`Retention::max_age`].
     pub fn max_age(mut self, age: Option<Duration>) -> Self {
         self.max_age = age.filter(|a| !a.is_zero());
+        self
+    }
+
+    /// Sets [`Retention::max_bytes`] (`Some(0)` means `None`: no budget).
+    pub fn max_bytes(mut self, bytes: Option<usize>) -> Self {
+        self.max_bytes = bytes.filter(|b| *b > 0);
         self
     }
 }
@@ -177,6 +205,16 @@ pub trait History: Send + Sync + fmt::Debug + 'static {
     /// The epoch of live messages that arrive with a position but without an
     /// epoch (stores that stamp the position out of band). Default: none.
     fn live_epoch(&self, _channel: &Channel) -> Option<Arc<str>> {
+        None
+    }
+
+    /// How many bytes the store holds in this process now, if it knows
+    /// (the memory store: its stored envelopes and channel names; see
+    /// [`Retention::max_bytes`]). Default: `None` (a store whose data lives
+    /// on a server). A hub reports it as
+    /// [`HubStats::history_retained_bytes`](crate::HubStats::history_retained_bytes)
+    /// and the `sse_history_retained_bytes` gauge.
+    fn retained_bytes(&self) -> Option<u64> {
         None
     }
 }

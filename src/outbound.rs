@@ -201,6 +201,11 @@ impl Outbound {
         &self.origin
     }
 
+    /// The history store events go through, if any.
+    pub(crate) fn history(&self) -> Option<&Arc<dyn History>> {
+        self.history.as_ref()
+    }
+
     /// This path with `history` in place of its store.
     pub(crate) fn with_history(&self, history: Arc<dyn History>) -> Self {
         Self {

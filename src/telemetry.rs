@@ -27,6 +27,7 @@
 //! | `sse_resume_replays_total` | counter | `node` | resumes that replayed history to a reconnecting client |
 //! | `sse_resume_events_replayed_total` | counter | `node` | events replayed from history |
 //! | `sse_resume_resets_total` | counter | `node` | resumes that could not replay everything and sent the reset event |
+//! | `sse_history_retained_bytes` | gauge | `node` | bytes the history store holds in this process (the memory store; updated every second), 0 for a store whose data lives on a server |
 //! | `sse_publish_to_frame_seconds` | histogram | `node`, `path` | time from the publish to the frame queued to local connections; `path` is `local` (same node) or `bus` (another node, from the envelope's `ts_us`) |
 //! | `sse_presence_queries_total` | counter | `node` | presence queries this hub asked |
 //! | `sse_presence_incomplete_total` | counter | `node` | presence queries that timed out before every known node answered |
@@ -139,6 +140,11 @@ pub const METRICS: &[MetricInfo] = &[
     info(REPLAYED, C, "Events replayed from history."),
     info(RESETS, C, "Resumes that sent the reset event."),
     info(
+        HISTORY_BYTES,
+        G,
+        "Bytes the history store holds in this process.",
+    ),
+    info(
         LATENCY,
         H,
         "Seconds from publish to the frame queued to local connections.",
@@ -180,6 +186,7 @@ const GAP_EVENTS: &str = "sse_gap_events_total";
 const REPLAYS: &str = "sse_resume_replays_total";
 const REPLAYED: &str = "sse_resume_events_replayed_total";
 const RESETS: &str = "sse_resume_resets_total";
+const HISTORY_BYTES: &str = "sse_history_retained_bytes";
 const LATENCY: &str = "sse_publish_to_frame_seconds";
 const PRESENCE_QUERIES: &str = "sse_presence_queries_total";
 const PRESENCE_INCOMPLETE: &str = "sse_presence_incomplete_total";
@@ -246,6 +253,10 @@ pub struct HubStats {
     pub replayed: u64,
     /// Reset events sent (see [`RESET_EVENT`](crate::resume::RESET_EVENT)).
     pub resets: u64,
+    /// Bytes the history store holds in this process now
+    /// ([`History::retained_bytes`](crate::history::History::retained_bytes));
+    /// 0 without history or for a store whose data lives on a server.
+    pub history_retained_bytes: u64,
 }
 
 /// What one fan-out did.
@@ -310,6 +321,7 @@ pub(crate) struct Counters {
     replays: Both,
     replayed: Both,
     resets: Both,
+    history_bytes: Gauge,
     latency_local: Histogram,
     latency_bus: Histogram,
     presence_queries: Counter,
@@ -348,6 +360,7 @@ impl Counters {
             replays: b(REPLAYS),
             replayed: b(REPLAYED),
             resets: b(RESETS),
+            history_bytes: g(HISTORY_BYTES),
             latency_local: h("local"),
             latency_bus: h("bus"),
             presence_queries: c(PRESENCE_QUERIES),
@@ -359,9 +372,15 @@ impl Counters {
         }
     }
 
-    /// The counters now; `connections` and `subscriptions` are read from
-    /// the registry and the subscription table by the caller.
-    pub(crate) fn snapshot(&self, connections: u64, subscriptions: u64) -> HubStats {
+    /// The counters now; `connections`, `subscriptions` and
+    /// `history_retained_bytes` are read from the registry, the subscription
+    /// table and the store by the caller.
+    pub(crate) fn snapshot(
+        &self,
+        connections: u64,
+        subscriptions: u64,
+        history_retained_bytes: u64,
+    ) -> HubStats {
         HubStats {
             connections,
             connections_total: self.connects.get(),
@@ -380,6 +399,7 @@ impl Counters {
             replays: self.replays.get(),
             replayed: self.replayed.get(),
             resets: self.resets.get(),
+            history_retained_bytes,
         }
     }
 
@@ -470,6 +490,11 @@ impl Counters {
     /// A resume could not replay everything and sent the reset event.
     pub(crate) fn resume_reset(&self) {
         self.resets.add(1);
+    }
+
+    /// The history store holds `bytes` in this process now.
+    pub(crate) fn history_retained_bytes(&self, bytes: u64) {
+        self.history_bytes.set(bytes as f64);
     }
 
     /// A publish started at `started` reached local connections (`out`).
@@ -611,10 +636,11 @@ mod tests {
             overflow_closed: 1,
         });
         m.bus_malformed(&"topic:t", &"bad");
-        let s = m.snapshot(1, 4);
+        let s = m.snapshot(1, 4, 7);
         assert_eq!(s.connections_total, 1);
         assert_eq!((s.delivered, s.replayed), (5, 3));
         assert_eq!((s.dropped, s.overflow_closed), (1, 1));
         assert_eq!((s.bus_malformed, s.connections, s.subscriptions), (1, 1, 4));
+        assert_eq!(s.history_retained_bytes, 7);
     }
 }

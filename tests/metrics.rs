@@ -197,6 +197,41 @@ async fn every_documented_metric_is_exported_with_help() {
     node.hub.shutdown().await;
 }
 
+/// `sse_history_retained_bytes` follows the memory store by itself (the
+/// hub refreshes it every second; nobody calls `stats()`): up after a
+/// publish, back to 0 once the sweeper has dropped the expired events.
+#[tokio::test]
+async fn history_bytes_gauge_follows_the_store() {
+    use sse_cluster::history::{memory::MemoryHistory, Retention};
+    use sse_cluster::{Event, Target};
+    use std::time::Duration;
+
+    prometheus();
+    let bus = MemoryBus::new();
+    let retention = Retention::default().max_age(Some(Duration::from_secs(3)));
+    let hub = Hub::builder()
+        .node_id("metrics-history")
+        .broker(bus.broker())
+        .history(std::sync::Arc::new(MemoryHistory::new(&bus, retention)))
+        .build()
+        .await
+        .expect("hub");
+    assert_eq!(metric("sse_history_retained_bytes", "metrics-history"), 0.0);
+    for i in 0..3 {
+        hub.publish(
+            Target::topic(format!("h{i}")),
+            Event::new().data("x".repeat(1000)),
+        )
+        .await
+        .expect("publish");
+    }
+    let gauge = || metric("sse_history_retained_bytes", "metrics-history");
+    wait_until("the gauge to count the events", WAIT, || gauge() > 3000.0).await;
+    // 3 s of age, a sweep within 1 s, a refresh within 1 s.
+    wait_until("the gauge to drop to 0", 3 * WAIT, || gauge() == 0.0).await;
+    hub.shutdown().await;
+}
+
 /// `/stats` (the hub's `HubStats`) and `/metrics` (the recorder) agree on
 /// every counter after a scenario with replays, an overflow, a bus outage
 /// healed by a resync and a malformed message: each event is counted by one

@@ -122,6 +122,111 @@ async fn demo_node_serves_prometheus_metrics() {
     assert!(node.wait_exit(Duration::from_secs(3)).success());
 }
 
+/// The "hostile peers" acceptance on the real demo node: with `--history
+/// memory --history-age 2`, 100 one-MiB publishes to distinct topics leave
+/// under 1 MiB retained (`/stats` and `/metrics`) 4 s after the age has
+/// passed; with no age, `--history-max-bytes` holds after every publish.
+#[tokio::test]
+async fn demo_node_memory_history_is_bounded() {
+    const MIB: usize = 1 << 20;
+    let data = "x".repeat(MIB);
+    let stats = |addr| async move {
+        let (status, body) = get(addr, "/stats").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let stats: serde_json::Value = serde_json::from_str(&body).expect("json");
+        stats["history_retained_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no history_retained_bytes in {body}"))
+    };
+    let gauge = |addr| async move {
+        let (_, text) = get(addr, "/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("sse_history_retained_bytes{node=\"bounded\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no gauge in\n{text}"))
+    };
+
+    let node = NodeProcess::start(
+        &node_binary(None),
+        &[
+            "--node-id",
+            "bounded",
+            "--history",
+            "memory",
+            "--history-age",
+            "2",
+        ],
+    );
+    for i in 0..100 {
+        let (status, body) = post(
+            node.addr,
+            &format!("/publish?topic=flood-{i}"),
+            data.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let last = Instant::now();
+    let peak = stats(node.addr).await;
+    eprintln!("after the flood: {peak} B retained");
+    assert!(
+        peak > MIB as u64,
+        "the store kept the recent events: {peak}"
+    );
+    let deadline = last + Duration::from_secs(2 + 4);
+    let (mut held, mut reported) = (peak, f64::MAX);
+    while Instant::now() < deadline {
+        (held, reported) = (stats(node.addr).await, gauge(node.addr).await);
+        if held < MIB as u64 && reported < MIB as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "{:?} after the last publish: {held} B retained, gauge {reported}",
+        last.elapsed()
+    );
+    assert!(
+        held < MIB as u64 && reported < MIB as f64,
+        "{held} B / gauge {reported}"
+    );
+    drop(node);
+
+    let budget = 4 * MIB;
+    let node = NodeProcess::start(
+        &node_binary(None),
+        &[
+            "--history",
+            "memory",
+            "--history-age",
+            "0",
+            "--history-max-bytes",
+            &budget.to_string(),
+        ],
+    );
+    let mut most = 0;
+    for i in 0..12 {
+        let (status, _) = post(
+            node.addr,
+            &format!("/publish?topic=flood-{i}"),
+            data.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let held = stats(node.addr).await;
+        assert!(
+            held <= budget as u64,
+            "{held} over {budget} after publish {i}"
+        );
+        most = most.max(held);
+    }
+    eprintln!("without an age: at most {most} B of a {budget} B budget");
+    assert!(
+        most > (budget - 2 * MIB) as u64,
+        "the budget is used: {most}"
+    );
+}
+
 #[test]
 fn bad_arguments_are_refused() {
     let out = Command::new(node_binary(None))

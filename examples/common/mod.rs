@@ -11,7 +11,8 @@
 //!   `{"error": …}`, and nothing is published; data over the hub's
 //!   `max_event_size` → `413`.
 //! - `GET /healthz` → `200` when the broker is up, `503` otherwise.
-//! - `GET /stats` → JSON counters.
+//! - `GET /stats` → JSON counters (`HubStats`, with `history_retained_bytes`:
+//!   what the memory history store holds), plus `node_id` and `broker_up`.
 //! - `GET /presence?topic=T` → `200 {"topic","connections","users",
 //!   "users_exact","nodes_answered","complete"}` across the cluster;
 //!   `GET /presence?user=U` → `200 {"user","online","connections","nodes",
@@ -223,7 +224,7 @@ pub struct BrokerOptions {
     pub nats_prefix: Option<String>,
     /// `--history memory|redis|jetstream`.
     pub history: Option<String>,
-    /// `--history-max N` and `--history-age SECS`.
+    /// `--history-max N`, `--history-age SECS` and `--history-max-bytes N`.
     pub retention: sse_cluster::history::Retention,
 }
 

@@ -254,6 +254,7 @@ impl HubBuilder {
             .listen([node_channel, Channel::Broadcast])
             .await?;
         inner.presence.start();
+        super::report_history_bytes(&inner);
         Ok(Hub { inner })
     }
 }

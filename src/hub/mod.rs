@@ -216,6 +216,7 @@ impl Hub {
         inner.counters.snapshot(
             inner.registry.len() as u64,
             inner.subscriptions.len() as u64,
+            inner.history_retained_bytes().unwrap_or(0),
         )
     }
 
@@ -445,6 +446,41 @@ impl Hub {
         }
         inner.shutdown_done.send_replace(true);
     }
+}
+
+impl Inner {
+    /// What the history store holds in this process, if it knows.
+    fn history_retained_bytes(&self) -> Option<u64> {
+        self.outbound.history()?.retained_bytes()
+    }
+}
+
+/// How often the `sse_history_retained_bytes` gauge is refreshed.
+const HISTORY_GAUGE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Keeps the `sse_history_retained_bytes` gauge current without anyone
+/// calling [`Hub::stats`], for a store that knows its size: a task that
+/// reads it every second until the hub is dropped or shut down.
+fn report_history_bytes(inner: &Arc<Inner>) {
+    let Some(bytes) = inner.history_retained_bytes() else {
+        return;
+    };
+    inner.counters.history_retained_bytes(bytes);
+    let hub = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(HISTORY_GAUGE_PERIOD);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(inner) = hub.upgrade() else { return };
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            if let Some(bytes) = inner.history_retained_bytes() {
+                inner.counters.history_retained_bytes(bytes);
+            }
+        }
+    });
 }
 
 /// Unregisters its connection when the stream ends or is dropped.
