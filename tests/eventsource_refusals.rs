@@ -10,10 +10,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,23 +22,8 @@ use sse_cluster::broker::{BrokerError, Channel};
 use sse_cluster::history::memory::MemoryHistory;
 use sse_cluster::history::{Entry, Head, History, Position, Retention};
 use sse_cluster::{Event, Hub, HubBuilder, StreamConfig, Subscription, Target};
-use support::server::skip;
+use support::js::{js_client, spawn_eventsource};
 use support::Node;
-
-/// The JS client's folder, if its dependencies are installed and `node` runs.
-fn js_client(test: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    if !dir.join("node_modules/eventsource").exists() {
-        return skip(
-            test,
-            "tests/js/node_modules is missing: run `npm ci` in tests/js",
-        );
-    }
-    match Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => Some(dir),
-        _ => skip(test, "no `node` on PATH"),
-    }
-}
 
 /// A TCP balancer on loopback that sends each new connection to the
 /// backend the test names (as a balancer would before its health check
@@ -141,23 +123,8 @@ async fn an_eventsource_survives_draining_store_down_and_full_nodes() {
 
     let backend = Arc::new(Mutex::new(draining.addr));
     let lb = balancer(backend.clone()).await;
-    let mut client = Command::new("node")
-        .arg(js.join("resume_client.mjs"))
-        .arg(format!("http://{lb}/events?topic=t"))
-        .arg("60")
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("node");
-    let stdout = client.stdout.take().expect("stdout");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(value) = serde_json::from_str(&line) {
-                let _ = lines_tx.send(value);
-            }
-        }
-    });
+    let (mut client, mut lines) =
+        spawn_eventsource(&js, &format!("http://{lb}/events?topic=t"), 60);
     let log = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
     let mut next_line = {
         let log = log.clone();

@@ -32,6 +32,8 @@ struct LateEpoch {
     entered: Arc<Notify>,
     proceed: Arc<Notify>,
     gate: bool,
+    /// The epoch it reports once known.
+    epoch: Arc<str>,
 }
 
 #[async_trait]
@@ -65,6 +67,12 @@ impl History for LateEpoch {
         limit: usize,
     ) -> Result<Vec<Entry>, BrokerError> {
         self.store.read(channel, after, limit).await
+    }
+
+    fn live_epoch(&self, _channel: &Channel) -> Option<Arc<str>> {
+        self.known
+            .load(Ordering::SeqCst)
+            .then(|| self.epoch.clone())
     }
 }
 
@@ -113,15 +121,13 @@ async fn a_live_event_during_a_new_nodes_first_resume_is_sent_once_in_order() {
     let epoch = LateEpoch::epoch_of(&store);
     let config = StreamConfig::default().keep_alive(None).initial_retry(None);
     let history = |gate: bool| {
-        Arc::new(LateEpochWith {
-            inner: LateEpoch {
-                store: store.clone(),
-                bus: bus.clone(),
-                known: AtomicBool::new(false),
-                entered: Arc::new(Notify::new()),
-                proceed: Arc::new(Notify::new()),
-                gate,
-            },
+        Arc::new(LateEpoch {
+            store: store.clone(),
+            bus: bus.clone(),
+            known: AtomicBool::new(false),
+            entered: Arc::new(Notify::new()),
+            proceed: Arc::new(Notify::new()),
+            gate,
             epoch: epoch.clone(),
         })
     };
@@ -154,10 +160,7 @@ async fn a_live_event_during_a_new_nodes_first_resume_is_sent_once_in_order() {
     // Node B has just started: its store has not learnt the epoch. The
     // client resumes there; e3 is published while B reads the heads.
     let b_history = history(true);
-    let (entered, proceed) = (
-        b_history.inner.entered.clone(),
-        b_history.inner.proceed.clone(),
-    );
+    let (entered, proceed) = (b_history.entered.clone(), b_history.proceed.clone());
     let b = Hub::builder()
         .node_id("b")
         .broker(bus.broker())
@@ -190,41 +193,4 @@ async fn a_live_event_during_a_new_nodes_first_resume_is_sent_once_in_order() {
         .expect("publish");
     got.push(next_data(&mut on_b).await);
     assert_eq!(got, ["e2", "e3", "e4"], "each once, in order");
-}
-
-/// [`LateEpoch`] with the epoch it reports once known.
-#[derive(Debug)]
-struct LateEpochWith {
-    inner: LateEpoch,
-    epoch: Arc<str>,
-}
-
-#[async_trait]
-impl History for LateEpochWith {
-    async fn append(&self, channel: &Channel, payload: Bytes) -> Result<Position, BrokerError> {
-        self.inner.append(channel, payload).await
-    }
-
-    async fn heads(
-        &self,
-        channels: &[(Channel, Option<Position>)],
-    ) -> Result<Vec<Head>, BrokerError> {
-        self.inner.heads(channels).await
-    }
-
-    async fn read(
-        &self,
-        channel: &Channel,
-        after: Position,
-        limit: usize,
-    ) -> Result<Vec<Entry>, BrokerError> {
-        self.inner.read(channel, after, limit).await
-    }
-
-    fn live_epoch(&self, _channel: &Channel) -> Option<Arc<str>> {
-        self.inner
-            .known
-            .load(Ordering::SeqCst)
-            .then(|| self.epoch.clone())
-    }
 }

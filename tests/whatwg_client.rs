@@ -13,32 +13,14 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::StatusCode;
+use support::js::{js_client, spawn_eventsource};
 use support::process::{node_binary, NodeProcess};
 use support::redis_server::{machine_redis, unique_prefix};
-use support::server::skip;
-
-/// The JS client's folder, if its dependencies are installed and `node` runs.
-fn js_client(test: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    if !dir.join("node_modules/eventsource").exists() {
-        return skip(
-            test,
-            "tests/js/node_modules is missing: run `npm install` in tests/js",
-        );
-    }
-    match Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => Some(dir),
-        _ => skip(test, "no `node` on PATH"),
-    }
-}
 
 /// A TCP load balancer on loopback: each new connection goes to the first
 /// backend that accepts it.
@@ -96,23 +78,8 @@ async fn browser_eventsource_resumes_on_another_node_after_a_kill() {
     );
     let lb = balancer(Arc::new(Mutex::new(vec![a.addr, b.addr]))).await;
 
-    let mut client = Command::new("node")
-        .arg(js.join("resume_client.mjs"))
-        .arg(format!("http://{lb}/events?topic=t&user=u"))
-        .arg("60")
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("node");
-    let stdout = client.stdout.take().expect("stdout");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(value) = serde_json::from_str(&line) {
-                let _ = lines_tx.send(value);
-            }
-        }
-    });
+    let (mut client, mut lines) =
+        spawn_eventsource(&js, &format!("http://{lb}/events?topic=t&user=u"), 60);
     let mut log = Vec::new();
     let mut next_line = async || {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())

@@ -70,33 +70,37 @@ pub(super) enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// Runs `command` for every name at once, each on its own clone of `conn`
+/// (pipelined on a multiplexed or cluster connection).
+async fn for_each_name<C, F, Fut>(conn: &C, names: &[String], command: F) -> RedisResult<()>
+where
+    C: Clone,
+    F: Fn(C, String) -> Fut,
+    Fut: std::future::Future<Output = RedisResult<()>>,
+{
+    let each = names.iter().map(|name| command(conn.clone(), name.clone()));
+    futures_util::future::try_join_all(each).await.map(drop)
+}
+
 impl Conn {
+    /// Sharded channels need one command each (each confirmation is the
+    /// reply; on a cluster, each channel lives on its slot's shard): they
+    /// are issued together.
     async fn subscribe(&mut self, sharded: bool, names: &[String]) -> RedisResult<()> {
         match self {
             _ if names.is_empty() => Ok(()),
             Conn::Single(conn) if !sharded => conn.subscribe(names).await,
             Conn::Single(conn) => {
-                // One channel per command (each confirmation is the reply),
-                // pipelined on the multiplexed connection.
-                let each = names.iter().map(|name| {
-                    let mut conn = conn.clone();
-                    async move {
-                        redis::cmd("SSUBSCRIBE")
-                            .arg(name)
-                            .exec_async(&mut conn)
-                            .await
-                    }
-                });
-                futures_util::future::try_join_all(each).await.map(drop)
+                for_each_name(conn, names, |mut c, name| async move {
+                    redis::cmd("SSUBSCRIBE").arg(name).exec_async(&mut c).await
+                })
+                .await
             }
             Conn::Cluster(conn) => {
-                // Channels live on the shard of their slot: one command
-                // each, issued together.
-                let each = names.iter().map(|name| {
-                    let mut conn = conn.clone();
-                    async move { conn.ssubscribe(name).await }
-                });
-                futures_util::future::try_join_all(each).await.map(drop)
+                for_each_name(conn, names, |mut c, name| async move {
+                    c.ssubscribe(name).await
+                })
+                .await
             }
         }
     }
@@ -106,23 +110,19 @@ impl Conn {
             _ if names.is_empty() => Ok(()),
             Conn::Single(conn) if !sharded => conn.unsubscribe(names).await,
             Conn::Single(conn) => {
-                let each = names.iter().map(|name| {
-                    let mut conn = conn.clone();
-                    async move {
-                        redis::cmd("SUNSUBSCRIBE")
-                            .arg(name)
-                            .exec_async(&mut conn)
-                            .await
-                    }
-                });
-                futures_util::future::try_join_all(each).await.map(drop)
+                for_each_name(conn, names, |mut c, name| async move {
+                    redis::cmd("SUNSUBSCRIBE")
+                        .arg(name)
+                        .exec_async(&mut c)
+                        .await
+                })
+                .await
             }
             Conn::Cluster(conn) => {
-                let each = names.iter().map(|name| {
-                    let mut conn = conn.clone();
-                    async move { conn.sunsubscribe(name).await }
-                });
-                futures_util::future::try_join_all(each).await.map(drop)
+                for_each_name(conn, names, |mut c, name| async move {
+                    c.sunsubscribe(name).await
+                })
+                .await
             }
         }
     }
