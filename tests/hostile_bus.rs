@@ -3,6 +3,8 @@
 //! size limit is counted and never delivered, and forged `hello`s cannot
 //! grow presence without bound. On the in-memory bus and on a real Redis.
 
+#![cfg(feature = "axum")]
+
 mod support;
 
 use std::sync::Arc;

@@ -1,27 +1,5 @@
 //! Why a hub could not be built, and why a connection was refused, with the
 //! HTTP status each refusal means and the answer an `EventSource` survives.
-//!
-//! # Refusals and browsers
-//!
-//! A browser's `EventSource` gives up for good on any answer but `200
-//! text/event-stream` (WHATWG: "fail the connection"), so a refusal that
-//! will pass must not reach it as an error status. For a request that asks
-//! for an event stream (`Accept: text/event-stream`, which every
-//! `EventSource` sends), [`ConnectError::response_for`] (and
-//! [`Hub::respond`](crate::Hub::respond), which uses it) answers such a
-//! refusal with `200 text/event-stream`, a randomized `retry:` and a
-//! [`REFUSED_EVENT`], then ends the stream: the client reconnects after the
-//! delay, through the balancer, probably to another node. Other clients get
-//! the plain status (`503` + `Retry-After`, `429`).
-//!
-//! | refusal | reason in the event | plain status | for a browser |
-//! |---|---|---|---|
-//! | `ShuttingDown` (draining) | `draining` | 503 | retries |
-//! | `NodeFull` | `node-full` | 503 | retries |
-//! | `HistoryUnavailable` (store unreachable) | `history-unavailable` | 503 | retries |
-//! | `UserLimit` | `user-limit` | 429 | retries (old connections of the user may still be closing) |
-//! | `InvalidSubscription` | — | 400 | permanent: the same request fails again |
-//! | `Denied` | — | 401 / 403 | permanent: the page must sign in or ask for less |
 
 use std::time::Duration;
 
@@ -37,7 +15,7 @@ use crate::stream::{finished, SseStream};
 /// Name of the event that tells an `EventSource` its connect was refused
 /// for now; the stream then ends and the client reconnects after the
 /// `retry:` sent before it. Its data is `{"reason": …, "retry_ms": …}` with
-/// a reason of the table in the [module docs](self).
+/// a reason of the table in [`ConnectError`]'s docs.
 pub const REFUSED_EVENT: &str = "sse-cluster.refused";
 
 /// True when the request asks for an event stream (`Accept:
@@ -67,6 +45,28 @@ pub enum HubError {
 /// [`ConnectError::status`] gives the HTTP status each refusal means and
 /// [`ConnectError::retry_after`] the delay for a `Retry-After` header; the
 /// axum adapter turns a `ConnectError` into that response.
+///
+/// # Refusals and browsers
+///
+/// A browser's `EventSource` gives up for good on any answer but `200
+/// text/event-stream` (WHATWG: "fail the connection"), so a refusal that
+/// will pass must not reach it as an error status. For a request that asks
+/// for an event stream (`Accept: text/event-stream`, which every
+/// `EventSource` sends), [`ConnectError::response_for`] (and
+/// [`Hub::respond`](crate::Hub::respond), which uses it) answers such a
+/// refusal with `200 text/event-stream`, a randomized `retry:` and a
+/// [`REFUSED_EVENT`], then ends the stream: the client reconnects after the
+/// delay, through the balancer, probably to another node. Other clients get
+/// the plain status (`503` + `Retry-After`, `429`).
+///
+/// | refusal | reason in the event | plain status | for a browser |
+/// |---|---|---|---|
+/// | `ShuttingDown` (draining) | `draining` | 503 | retries |
+/// | `NodeFull` | `node-full` | 503 | retries |
+/// | `HistoryUnavailable` (store unreachable) | `history-unavailable` | 503 | retries |
+/// | `UserLimit` | `user-limit` | 429 | retries (old connections of the user may still be closing) |
+/// | `InvalidSubscription` | — | 400 | permanent: the same request fails again |
+/// | `Denied` | — | 401 / 403 | permanent: the page must sign in or ask for less |
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
@@ -155,7 +155,7 @@ impl ConnectError {
     }
 
     /// The word of [`REFUSED_EVENT`] for a refusal an `EventSource` should
-    /// retry; `None` for a permanent one (see the [module docs](self)).
+    /// retry; `None` for a permanent one (see the table in [`ConnectError`]'s docs).
     pub fn retry_reason(&self) -> Option<&'static str> {
         match self {
             ConnectError::ShuttingDown => Some("draining"),
