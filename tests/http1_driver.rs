@@ -109,6 +109,7 @@ async fn streams_sse_chunked_and_unregisters_when_the_client_leaves() {
         "{head}"
     );
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
     support::bus::wait_until("registered", support::WAIT, || hub.registry().len() == 1).await;
     hub.publish(Target::topic("news"), Event::new().data("hi"))
         .await
@@ -202,4 +203,29 @@ async fn a_trickled_head_times_out() {
         result.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::TimedOut)
     );
+}
+
+/// The SSE response head says `connection: close` once (RFC 9112 section
+/// 9.6), and the driver does close: after the last chunk the client reads
+/// end of file.
+#[tokio::test]
+async fn the_sse_head_says_connection_close_and_the_driver_closes() {
+    let hub = hub().await;
+    let (mut client, task) = one_connection(hub.clone()).await;
+    let head = open_events(&mut client).await;
+    let head = &head[..head.find("\r\n\r\n").expect("end of head")];
+    let connection: Vec<&str> = head
+        .split("\r\n")
+        .filter(|line| line.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    assert_eq!(connection, ["connection: close"], "{head}");
+    hub.shutdown().await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(support::WAIT, client.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
+    assert_eq!(task.await.expect("task"), None);
 }

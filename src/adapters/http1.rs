@@ -158,7 +158,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 /// with the response `respond` builds: an SSE response (status 200,
 /// `content-type: text/event-stream`) is streamed with chunked encoding
 /// until its body ends or the client leaves; any other response is written
-/// whole with `connection: close`. Otherwise hands the connection back.
+/// whole. Both say `connection: close`: the connection is closed after the
+/// response. Otherwise hands the connection back.
 ///
 /// Never answers more than one request on a connection: a browser opens a
 /// connection per `EventSource` anyway.
@@ -308,7 +309,9 @@ fn response_head(parts: &http::response::Parts, length: Option<usize>) -> Vec<u8
             out.extend_from_slice(n.to_string().as_bytes());
             out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
         }
-        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
+        // The connection is not reused after the stream either (RFC 9112
+        // section 9.6: a server that closes says so in the response).
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"),
     }
     out
 }
