@@ -13,7 +13,7 @@ use hyper::StatusCode;
 use sse_cluster::broker::memory::MemoryBus;
 use sse_cluster::broker::{Broker, Channel};
 use sse_cluster::{Event, EventError, Hub, OverflowPolicy, StreamConfig, Subscription, Target};
-use support::{cluster, cluster_with, post, stat, SseClient, WAIT};
+use support::{cluster, cluster_with, get, post, stat, SseClient, WAIT};
 
 #[tokio::test]
 async fn topic_events_cross_nodes() {
@@ -778,4 +778,63 @@ async fn user_events_never_reach_another_user() {
     }
     assert_eq!(wrong, 0, "deliveries to the wrong user");
     assert_eq!(sent.iter().sum::<u64>(), 100_000);
+}
+
+/// A topic, user or event name that is not UTF-8 once percent-decoded is a
+/// 400 with `{"error": …}` on `/events`, `/publish` and `/presence`, never
+/// replaced with U+FFFD: `topic=%FF` and `topic=%FE` were the same topic,
+/// the one named "\u{FFFD}". Valid percent-encoded UTF-8 still works.
+#[tokio::test]
+async fn names_that_are_not_utf8_are_refused_not_replaced() {
+    let (_bus, nodes) = cluster_with(1, |b| {
+        b.presence(sse_cluster::presence::PresenceConfig::default())
+    })
+    .await;
+    let addr = nodes[0].addr;
+    // Subscribed to the topic and user that `%FF` used to become.
+    let mut replaced = SseClient::connect(addr, "/events?topic=%EF%BF%BD&user=%EF%BF%BD").await;
+    let mut cafe = SseClient::connect(addr, "/events?topic=caf%C3%A9+au+lait").await;
+
+    let bad = [
+        ("GET", "/events?topic=%FF"),
+        ("GET", "/events?topic=ok&topic=%FE"),
+        ("GET", "/events?user=%C3"),
+        ("GET", "/presence?topic=%FF"),
+        ("GET", "/presence?user=a%FEb"),
+        ("POST", "/publish?topic=%FF"),
+        ("POST", "/publish?user=%FE"),
+        ("POST", "/publish?topic=t&event=%FF"),
+    ];
+    for (method, path) in bad {
+        // Bounded: an accepted `/events` would stream for ever.
+        let answer = async {
+            match method {
+                "GET" => get(addr, path).await,
+                _ => post(addr, path, "x").await,
+            }
+        };
+        let (status, body) = tokio::time::timeout(WAIT, answer)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no whole answer in time"));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert!(
+            json["error"].as_str().is_some_and(|e| e.contains("UTF-8")),
+            "{method} {path}: {body}"
+        );
+    }
+    replaced.expect_quiet().await;
+    assert_eq!(stat(addr, "published").await, 0);
+    assert_eq!(nodes[0].hub.registry().len(), 2, "no connection was added");
+
+    // Valid percent-encoded UTF-8, `+` as a space, and keys the demo does
+    // not read (whatever their bytes) are unchanged.
+    let (status, body) = post(addr, "/publish?topic=caf%C3%A9%20au%20lait&x=%FF", "hot").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(cafe.next().await.expect("event").data, "hot");
+    let (status, body) = get(addr, "/presence?topic=caf%C3%A9+au+lait").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(json["topic"], "café au lait", "{body}");
+    replaced.expect_quiet().await;
 }

@@ -1,7 +1,9 @@
 //! `adapters::http1::serve_sse` over real TCP: SSE requests are streamed
 //! with chunked encoding and end when the client leaves; refusals are
 //! written whole; anything else (other paths, malformed or oversized heads)
-//! is handed back with the bytes already read put back in front.
+//! is handed back with the bytes already read put back in front. Every
+//! response says `connection: close`; a non-SSE response the driver cannot
+//! write whole is an error, never a cut body.
 
 #![cfg(all(feature = "http1", feature = "axum"))]
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use sse_cluster::adapters::http1::{serve_sse, Served, MAX_HEAD};
+use sse_cluster::adapters::http1::{serve_sse, BodyTooLarge, Served, MAX_HEAD, MAX_PLAIN_BODY};
 use sse_cluster::{Event, Hub, StreamConfig, Subscription, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -109,6 +111,7 @@ async fn streams_sse_chunked_and_unregisters_when_the_client_leaves() {
         "{head}"
     );
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
     support::bus::wait_until("registered", support::WAIT, || hub.registry().len() == 1).await;
     hub.publish(Target::topic("news"), Event::new().data("hi"))
         .await
@@ -202,4 +205,134 @@ async fn a_trickled_head_times_out() {
         result.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::TimedOut)
     );
+}
+
+/// The SSE response head says `connection: close` once (RFC 9112 section
+/// 9.6), and the driver does close: after the last chunk the client reads
+/// end of file.
+#[tokio::test]
+async fn the_sse_head_says_connection_close_and_the_driver_closes() {
+    let hub = hub().await;
+    let (mut client, task) = one_connection(hub.clone()).await;
+    let head = open_events(&mut client).await;
+    let head = &head[..head.find("\r\n\r\n").expect("end of head")];
+    let connection: Vec<&str> = head
+        .split("\r\n")
+        .filter(|line| line.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    assert_eq!(connection, ["connection: close"], "{head}");
+    hub.shutdown().await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(support::WAIT, client.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
+    assert_eq!(task.await.expect("task"), None);
+}
+
+/// Serves one connection whose (non-SSE) response body is `frames`, then an
+/// error if `fail`; returns the client's socket and `serve_sse`'s result.
+async fn plain_connection(
+    frames: Vec<Bytes>,
+    fail: bool,
+) -> (TcpStream, tokio::task::JoinHandle<std::io::Result<()>>) {
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let respond = |_req| async move {
+            let mut items: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = frames
+                .into_iter()
+                .map(|b| Ok(http_body::Frame::data(b)))
+                .collect();
+            if fail {
+                items.push(Err(std::io::Error::other("the body broke")));
+            }
+            http::Response::builder()
+                .header("content-type", "text/plain")
+                // Wrong on purpose: the driver writes its own.
+                .header("content-length", "3")
+                .body(StreamBody::new(stream::iter(items)))
+                .expect("response")
+        };
+        let served = serve_sse(tcp, |_| true, respond).await?;
+        assert!(matches!(served, Served::Done), "{served:?}");
+        Ok(())
+    });
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    (client, task)
+}
+
+/// Everything the server sends until it closes: head and body.
+async fn response_of(client: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut all = Vec::new();
+    tokio::time::timeout(support::WAIT, client.read_to_end(&mut all))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a whole head");
+    let body = all.split_off(end + 4);
+    (String::from_utf8_lossy(&all).into_owned(), body)
+}
+
+#[tokio::test]
+async fn a_plain_response_up_to_the_limit_is_written_whole() {
+    // In several frames, the last one reaching the limit exactly.
+    let frame = Bytes::from(vec![b'x'; 64 * 1024]);
+    let mut frames = vec![frame; MAX_PLAIN_BODY / (64 * 1024) - 1];
+    frames.push(Bytes::from(vec![b'y'; 64 * 1024]));
+    let (mut client, task) = plain_connection(frames, false).await;
+    let (head, body) = response_of(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("\r\ncontent-length: {MAX_PLAIN_BODY}\r\n")),
+        "{head}"
+    );
+    assert!(!head.contains("content-length: 3"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert_eq!(body.len(), MAX_PLAIN_BODY);
+    assert!(body.ends_with(&[b'y'; 64 * 1024]));
+    task.await.expect("task").expect("served");
+}
+
+#[tokio::test]
+async fn a_plain_response_over_the_limit_is_an_error_not_a_cut_body() {
+    let over_by_one = vec![Bytes::from(vec![b'x'; MAX_PLAIN_BODY + 1])];
+    let mut in_frames = vec![Bytes::from(vec![b'x'; 64 * 1024]); MAX_PLAIN_BODY / (64 * 1024)];
+    in_frames.push(Bytes::from_static(b"x"));
+    for frames in [over_by_one, in_frames] {
+        let (mut client, task) = plain_connection(frames, false).await;
+        let (head, body) = response_of(&mut client).await;
+        let err = task.await.expect("task").expect_err("too large");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<BodyTooLarge>());
+        assert_eq!(inner.map(|e| e.limit), Some(MAX_PLAIN_BODY), "{err}");
+        assert!(
+            head.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\ncontent-length: 0\r\n"), "{head}");
+        assert!(body.is_empty(), "{} body bytes", body.len());
+    }
+}
+
+#[tokio::test]
+async fn a_plain_body_that_fails_is_an_error_not_a_cut_body() {
+    let (mut client, task) = plain_connection(vec![Bytes::from_static(b"half")], true).await;
+    let (head, body) = response_of(&mut client).await;
+    let err = task.await.expect("task").expect_err("failed body");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(head.starts_with("HTTP/1.1 500 "), "{head}");
+    assert!(body.is_empty(), "{body:?}");
 }

@@ -55,6 +55,16 @@ async fn demo_node_contract_and_graceful_drain() {
         assert!(
             serde_json::from_str::<serde_json::Value>(&body).expect("json")["error"].is_string()
         );
+        // Through the http1 driver: a topic that is not UTF-8 is refused
+        // with the demo's JSON 400, written whole.
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(5), get(node.addr, "/events?topic=%FF"))
+                .await
+                .expect("a whole answer, not a stream");
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&body).expect("json")["error"].is_string()
+        );
 
         let (status, body) = get(node.addr, "/stats").await;
         assert_eq!(status, StatusCode::OK);

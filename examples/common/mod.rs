@@ -20,6 +20,12 @@
 //!   (the nodes this one believes alive). Both `topic` and `user`, or an
 //!   invalid name → `400`; presence not enabled on the hub → `501`; the bus
 //!   refused the query or the hub is shutting down → `503`.
+//!
+//! Query values are percent-decoded (`+` is a space) to bytes: a `topic`,
+//! `user`, `event` or `connection` that is not UTF-8 then (`topic=%FF`) is
+//! refused with `400 {"error": …}` on every route, never replaced with
+//! U+FFFD (which made `%FF` and `%FE` the same topic). Other keys are
+//! ignored, as before.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -45,10 +51,61 @@ pub fn router(hub: Hub) -> Router {
         .with_state(hub)
 }
 
-fn query_pairs(query: &Option<String>) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
+/// The `keys` pairs of a query string (`application/x-www-form-urlencoded`,
+/// as `form_urlencoded::parse` splits and decodes it), in order; other keys
+/// are left out. `Err` (a bad request) if one of their values is not UTF-8
+/// once decoded: `form_urlencoded::parse` would replace it with U+FFFD.
+fn query_pairs(query: &Option<String>, keys: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    let query = query.as_deref().unwrap_or("").as_bytes();
+    for pair in query.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (key, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &[][..]),
+        };
+        let Ok(key) = String::from_utf8(percent_decode(key)) else {
+            continue;
+        };
+        if !keys.contains(&key.as_str()) {
+            continue;
+        }
+        match String::from_utf8(percent_decode(value)) {
+            Ok(value) => pairs.push((key, value)),
+            Err(_) => return Err(format!("{key} is not UTF-8 once percent-decoded")),
+        }
+    }
+    Ok(pairs)
+}
+
+/// Form decoding to bytes: `+` is a space, `%XX` the byte `XX`; a `%` not
+/// followed by two hex digits stays as it is (as in `form_urlencoded`).
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    fn hex(b: u8) -> Option<u8> {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let byte = match input[i] {
+            b'+' => b' ',
+            b'%' => match (
+                input.get(i + 1).and_then(|&b| hex(b)),
+                input.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    i += 2;
+                    hi << 4 | lo
+                }
+                _ => b'%',
+            },
+            other => other,
+        };
+        out.push(byte);
+        i += 1;
+    }
+    out
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -61,8 +118,12 @@ async fn events(
     LastEventId(last_event_id): LastEventId,
     parts: axum::http::request::Parts,
 ) -> Response {
+    let pairs = match query_pairs(&query, &["topic", "user"]) {
+        Ok(pairs) => pairs,
+        Err(reason) => return bad_request(reason),
+    };
     let mut sub = Subscription::new().resume_from(last_event_id);
-    for (key, value) in query_pairs(&query) {
+    for (key, value) in pairs {
         match key.as_str() {
             "topic" => sub = sub.topic(value),
             "user" => sub = sub.user(value),
@@ -85,7 +146,7 @@ async fn events(
 pub fn publish_request(query: &Option<String>, body: &Bytes) -> Result<(Target, Event), String> {
     let mut targets = Vec::new();
     let mut event = Event::new();
-    for (key, value) in query_pairs(query) {
+    for (key, value) in query_pairs(query, &["topic", "user", "connection", "event"])? {
         match key.as_str() {
             "topic" => targets.push(Target::Topic(value)),
             "user" => targets.push(Target::User(value)),
@@ -156,8 +217,12 @@ async fn stats(State(hub): State<Hub>) -> Response {
 
 async fn presence(State(hub): State<Hub>, RawQuery(query): RawQuery) -> Response {
     use sse_cluster::presence::PresenceError;
+    let pairs = match query_pairs(&query, &["topic", "user"]) {
+        Ok(pairs) => pairs,
+        Err(reason) => return bad_request(reason),
+    };
     let (mut topic, mut user) = (None, None);
-    for (key, value) in query_pairs(&query) {
+    for (key, value) in pairs {
         match key.as_str() {
             "topic" => topic = Some(value),
             "user" => user = Some(value),

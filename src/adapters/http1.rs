@@ -48,6 +48,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+
+use super::WriteDeadline;
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -66,8 +68,10 @@ const END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most headers parsed in a request head.
 const MAX_HEADERS: usize = 64;
 
-/// Largest non-SSE response body (an error, say) this driver writes.
-const MAX_PLAIN_BODY: usize = 1 << 20;
+/// Largest non-SSE response body (an error, say) this driver writes, in
+/// bytes. A larger one is not cut: [`serve_sse`] answers `500` with an
+/// empty body and returns an error (see there).
+pub const MAX_PLAIN_BODY: usize = 1 << 20;
 
 /// What [`serve_sse`] did with a connection.
 #[derive(Debug)]
@@ -158,10 +162,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 /// with the response `respond` builds: an SSE response (status 200,
 /// `content-type: text/event-stream`) is streamed with chunked encoding
 /// until its body ends or the client leaves; any other response is written
-/// whole with `connection: close`. Otherwise hands the connection back.
+/// whole. Both say `connection: close`: the connection is closed after the
+/// response. Otherwise hands the connection back.
 ///
 /// Never answers more than one request on a connection: a browser opens a
-/// connection per `EventSource` anyway.
+/// connection per `EventSource` anyway. The answer is written with
+/// [`DEFAULT_WRITE_DEADLINE`](super::DEFAULT_WRITE_DEADLINE): a client that
+/// takes no byte of it for that long is disconnected (wrap `io` in a
+/// [`WriteDeadline`] of your own for another bound).
+///
+/// # Errors
+///
+/// - [`io::ErrorKind::TimedOut`]: the request head did not arrive within
+///   [`HEAD_TIMEOUT`].
+/// - [`io::ErrorKind::InvalidData`]: a non-SSE response body is longer than
+///   [`MAX_PLAIN_BODY`], or yields an error, before it is complete. Its
+///   head is not written yet (the body is read first), so nothing of it is
+///   sent: the client gets `500 Internal Server Error` with an empty body,
+///   never a cut body presented as whole. The error's inner error is a
+///   [`BodyTooLarge`] in the first case.
+/// - Any error of `io` while reading the head or writing the response.
 pub async fn serve_sse<T, S, F, Fut, B>(mut io: T, is_sse: S, respond: F) -> io::Result<Served<T>>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -195,6 +215,10 @@ where
     }
     drop(head);
     let response = respond(http::Request::from_parts(parts, ())).await;
+    // Every write of the answer has the default write deadline: a client
+    // that stops reading cannot pin the connection (and its stream's
+    // registry entry) however the caller built `io`.
+    let mut io = WriteDeadline::new(&mut io);
     // In a block, so that the response head does not live on in this
     // future while the stream runs.
     let stream = {
@@ -208,9 +232,21 @@ where
             write_all(&mut io, &response_head(&parts, None)).await?;
             Some(body)
         } else {
-            let body = collect(body).await;
-            write_all(&mut io, &response_head(&parts, Some(body.len()))).await?;
-            write_all(&mut io, &body).await?;
+            match collect(body).await {
+                Ok(body) => {
+                    write_all(&mut io, &response_head(&parts, Some(body.len()))).await?;
+                    write_all(&mut io, &body).await?;
+                }
+                Err(err) => {
+                    // The client learns that this is not the response; the
+                    // caller, why.
+                    let (mut failed, ()) = http::Response::new(()).into_parts();
+                    failed.status = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    let _ = write_all(&mut io, &response_head(&failed, Some(0))).await;
+                    let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+                    return Err(err);
+                }
+            }
             None
         }
     };
@@ -308,7 +344,9 @@ fn response_head(parts: &http::response::Parts, length: Option<usize>) -> Vec<u8
             out.extend_from_slice(n.to_string().as_bytes());
             out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
         }
-        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
+        // The connection is not reused after the stream either (RFC 9112
+        // section 9.6: a server that closes says so in the response).
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"),
     }
     out
 }
@@ -402,19 +440,51 @@ fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
     digits + 2
 }
 
-/// The whole body of a small (non-SSE) response, up to [`MAX_PLAIN_BODY`].
-async fn collect<B: Body<Data = Bytes>>(body: B) -> Vec<u8> {
+/// The error inside the [`io::Error`] that [`serve_sse`] returns when a
+/// non-SSE response body is longer than [`MAX_PLAIN_BODY`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BodyTooLarge {
+    /// The limit the body went over ([`MAX_PLAIN_BODY`]).
+    pub limit: usize,
+}
+
+impl fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the response body is longer than the {} bytes the http1 driver writes",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+/// The whole body of a small (non-SSE) response: `Err` if it is longer than
+/// [`MAX_PLAIN_BODY`] or fails, never a part of it.
+async fn collect<B: Body<Data = Bytes>>(body: B) -> io::Result<Vec<u8>> {
     let mut body = std::pin::pin!(body);
     let mut out = Vec::new();
-    while let Some(Ok(frame)) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(frame) = frame else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the response body failed",
+            ));
+        };
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > MAX_PLAIN_BODY {
-                break;
+                let limit = MAX_PLAIN_BODY;
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    BodyTooLarge { limit },
+                ));
             }
             out.extend_from_slice(&data);
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
