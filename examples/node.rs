@@ -29,7 +29,8 @@
 //! hyper's request-head timeout, which also closes idle keep-alive
 //! connections. On SIGTERM the node turns `/healthz` to 503 at once, ends
 //! every stream with a randomized `retry:`, and answers `/events` requests
-//! that still arrive with a retry (not a 503) until the drain is over.
+//! that still arrive with a retry (not a 503) until the drain is over and
+//! `--drain-grace-ms` (default 1000) has passed, then exits.
 
 mod common;
 
@@ -58,6 +59,9 @@ struct Args {
     header_timeout: Duration,
     /// How long a write may wait for a client that takes no bytes.
     write_deadline: Duration,
+    /// How long a draining node keeps answering (503 on `/healthz`, a retry
+    /// on `/events`) before it closes its listener.
+    drain_grace: Duration,
 }
 
 const USAGE: &str =
@@ -66,7 +70,7 @@ const USAGE: &str =
 [--presence-heartbeat-ms MS] \
 [--history memory|redis|jetstream] [--history-max N] [--history-age SECS] \
 [--history-max-bytes N (memory store, default 67108864; 0: no budget)] \
-[--header-timeout-ms MS] [--write-deadline-ms MS]";
+[--header-timeout-ms MS] [--write-deadline-ms MS] [--drain-grace-ms MS]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -82,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         retention: sse_cluster::history::Retention::default(),
         header_timeout: HEADER_TIMEOUT,
         write_deadline: sse_cluster::adapters::DEFAULT_WRITE_DEADLINE,
+        drain_grace: DRAIN_GRACE,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -130,6 +135,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--header-timeout-ms" => args.header_timeout = millis(&flag, &value()?)?,
             "--write-deadline-ms" => args.write_deadline = millis(&flag, &value()?)?,
+            "--drain-grace-ms" => {
+                let v = value()?;
+                let ms: u64 = v.parse().map_err(|e| format!("--drain-grace-ms {v}: {e}"))?;
+                args.drain_grace = Duration::from_millis(ms);
+            }
             "--history-max-bytes" => {
                 let v = value()?;
                 let n: usize = v
@@ -158,6 +168,11 @@ fn millis(flag: &str, value: &str) -> Result<Duration, String> {
 /// driver's own 30 s for the first head, a trickled head is closed within
 /// 45 s whichever of the two reads it.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Default of `--drain-grace-ms`: long enough for a balancer's health check
+/// (every 500 ms or so) to see the draining node's 503 and for requests
+/// already on their way to get an answer instead of a reset.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -305,7 +320,11 @@ async fn serve(
     // `/healthz` turns 503 at once; connections that still arrive meanwhile
     // (a balancer that has not noticed yet) are served: `/events` answers
     // them with a retry, not an error an EventSource would give up on.
-    let drain = hub.shutdown();
+    // It keeps answering for at least `--drain-grace-ms`, so that requests
+    // already on their way get an answer, not a reset.
+    let drain = async {
+        tokio::join!(hub.shutdown(), tokio::time::sleep(args.drain_grace));
+    };
     tokio::pin!(drain);
     loop {
         tokio::select! {
