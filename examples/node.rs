@@ -137,7 +137,9 @@ fn parse_args() -> Result<Args, String> {
             "--write-deadline-ms" => args.write_deadline = millis(&flag, &value()?)?,
             "--drain-grace-ms" => {
                 let v = value()?;
-                let ms: u64 = v.parse().map_err(|e| format!("--drain-grace-ms {v}: {e}"))?;
+                let ms: u64 = v
+                    .parse()
+                    .map_err(|e| format!("--drain-grace-ms {v}: {e}"))?;
                 args.drain_grace = Duration::from_millis(ms);
             }
             "--history-max-bytes" => {
