@@ -22,6 +22,23 @@ use sse_cluster::history::memory::MemoryHistory;
 use sse_cluster::history::Retention;
 use sse_cluster::testkit::{self, Backend, Capabilities, NodeParts, Outcome, Scenario};
 
+/// Kills (`down`) or starts again (restarting it if it runs) a server a
+/// backend of this file spawned, off the async worker.
+#[cfg(any(feature = "redis", feature = "nats"))]
+fn stop_or_start<S>(server: &Mutex<S>, down: bool)
+where
+    S: std::ops::DerefMut<Target = support::server::ServerProcess>,
+{
+    let mut server = server.lock().expect("lock");
+    tokio::task::block_in_place(|| {
+        if down {
+            server.kill()
+        } else {
+            server.restart()
+        }
+    });
+}
+
 /// Runs the whole suite and checks that exactly `skipped` were skipped.
 async fn conformance(backend: &dyn Backend, skipped: &[Scenario]) {
     let report = testkit::run_all(backend).await;
@@ -194,16 +211,11 @@ mod redis {
         }
 
         async fn outage(&self, down: bool) {
-            let mut server = self.server.lock().expect("lock");
-            tokio::task::block_in_place(|| match down {
-                true => server.kill(),
-                false => server.restart(),
-            });
+            super::stop_or_start(&self.server, down);
         }
 
         async fn restart(&self) {
-            let mut server = self.server.lock().expect("lock");
-            tokio::task::block_in_place(|| server.restart());
+            super::stop_or_start(&self.server, false);
         }
     }
 
@@ -335,16 +347,11 @@ mod nats {
         }
 
         async fn outage(&self, down: bool) {
-            let mut server = self.server.lock().expect("lock");
-            tokio::task::block_in_place(|| match down {
-                true => server.kill(),
-                false => server.restart(),
-            });
+            super::stop_or_start(&self.server, down);
         }
 
         async fn restart(&self) {
-            let mut server = self.server.lock().expect("lock");
-            tokio::task::block_in_place(|| server.restart());
+            super::stop_or_start(&self.server, false);
         }
     }
 
