@@ -38,8 +38,6 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::http::header::CONTENT_TYPE;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sse_cluster::presence::PresenceConfig;
 use sse_cluster::Hub;
 
@@ -194,35 +192,8 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Installs the Prometheus recorder; must run before the hub is built (the
-/// hub registers its metric handles then).
-fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
-    // Buckets from 50 µs to 5 s: local fan-outs take microseconds, bus hops
-    // hundreds of microseconds to milliseconds.
-    let buckets = [
-        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-        0.5, 1.0, 2.5, 5.0,
-    ];
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("sse_publish_to_frame_seconds".into()),
-            &buckets,
-        )?
-        .install_recorder()?;
-    // Summaries and histograms need their upkeep now and then.
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    Ok(handle)
-}
-
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let prometheus = install_metrics()?;
+    let prometheus = common::install_metrics()?;
     // Presence on, with the default timings unless --presence-heartbeat-ms
     // (then peers are forgotten after three silent heartbeats).
     let mut presence = PresenceConfig::default();
@@ -251,15 +222,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.history(history);
     }
     let hub = builder.build().await?;
+    if hub.broker_status() != sse_cluster::BrokerStatus::Up {
+        // Started degraded (see HubBuilder::require_broker): say so even
+        // without a tracing subscriber.
+        eprintln!(
+            "warning: the broker ({}) is not reachable yet; serving degraded: /healthz answers 503 \
+             and publishes to other nodes fail until it is",
+            args.broker
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);
-    let app = common::router(hub.clone()).route(
-        "/metrics",
-        axum::routing::get(move || {
-            let text = prometheus.render();
-            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
-        }),
-    );
+    let app = common::router(hub.clone()).merge(common::metrics_route(prometheus));
     serve(listener, hub, app, &args).await
 }
 

@@ -432,3 +432,52 @@ pub async fn termination() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Installs the Prometheus recorder (`GET /metrics` renders it); must run
+/// before the hubs are built (a hub registers its metric handles then), and
+/// once per process.
+pub fn install_metrics(
+) -> Result<metrics_exporter_prometheus::PrometheusHandle, Box<dyn std::error::Error>> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    // Buckets from 50 µs to 5 s: local fan-outs take microseconds, bus hops
+    // hundreds of microseconds to milliseconds.
+    let buckets = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("sse_publish_to_frame_seconds".into()),
+            &buckets,
+        )?
+        .install_recorder()?;
+    // Summaries and histograms need their upkeep now and then.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// `GET /metrics`: what `prometheus` holds, in the Prometheus text format.
+pub fn metrics_route(prometheus: metrics_exporter_prometheus::PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let text = prometheus.render();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    text,
+                )
+            }
+        }),
+    )
+}

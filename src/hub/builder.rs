@@ -35,6 +35,7 @@ pub struct HubBuilder {
     pub(super) authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
     pub(super) presence: Option<PresenceConfig>,
     pub(super) history: Option<Arc<dyn History>>,
+    pub(super) require_broker: Option<Duration>,
 }
 
 /// Admission and size limits of a hub.
@@ -68,6 +69,7 @@ impl Default for HubBuilder {
             authorizer: None,
             presence: None,
             history: None,
+            require_broker: None,
         }
     }
 }
@@ -177,6 +179,38 @@ impl HubBuilder {
 
     /// Starts the hub: connects the broker and subscribes to the node and
     /// broadcast channels. Must run inside a Tokio runtime.
+    /// Makes [`build`](Self::build) wait up to `timeout` for the broker to
+    /// reach its server, and fail with [`HubError::BrokerUnreachable`] (the
+    /// hub shut down again) if it does not.
+    ///
+    /// Without it a hub starts degraded when its server is unreachable:
+    /// [`Hub::broker_status`] is [`BrokerStatus::Down`], connections are
+    /// accepted, local publishes work and bus publishes fail with a
+    /// transient error, and the broker keeps retrying in the background
+    /// (what a node restarted during a broker outage needs). Use this
+    /// where a server that cannot be reached at start-up is a mistake to
+    /// report, such as a wrong URL:
+    ///
+    /// ```
+    /// # async fn demo(broker: std::sync::Arc<dyn sse_cluster::Broker>) {
+    /// use std::time::Duration;
+    /// use sse_cluster::{Hub, HubError};
+    ///
+    /// match Hub::builder().broker(broker).require_broker(Duration::from_secs(5)).build().await {
+    ///     Ok(hub) => { /* serve */ }
+    ///     Err(HubError::BrokerUnreachable { waited, .. }) => eprintln!("no broker after {waited:?}"),
+    ///     Err(other) => eprintln!("{other}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn require_broker(mut self, timeout: Duration) -> Self {
+        self.require_broker = Some(timeout);
+        self
+    }
+
+    /// Starts the hub: the broker, its node and broadcast subscriptions,
+    /// presence; see [`require_broker`](Self::require_broker) for a broker
+    /// that cannot reach its server.
     pub async fn build(self) -> Result<Hub, HubError> {
         let node_id = match self.node_id {
             Some(id) => id,
@@ -255,6 +289,19 @@ impl HubBuilder {
             .await?;
         inner.presence.start();
         super::report_history_bytes(&inner);
-        Ok(Hub { inner })
+        let hub = Hub { inner };
+        if let Some(timeout) = self.require_broker {
+            let mut status = hub.inner.status.clone();
+            let up = tokio::time::timeout(timeout, status.wait_for(|s| *s == BrokerStatus::Up));
+            if !matches!(up.await, Ok(Ok(_))) {
+                let status = hub.broker_status();
+                hub.shutdown().await;
+                return Err(HubError::BrokerUnreachable {
+                    waited: timeout,
+                    status,
+                });
+            }
+        }
+        Ok(hub)
     }
 }

@@ -38,6 +38,15 @@ pub enum HubError {
     /// The broker refused to start or to subscribe the node's own channels.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The broker did not reach its server within the time given to
+    /// [`HubBuilder::require_broker`](crate::HubBuilder::require_broker).
+    #[error("the broker did not reach its server within {waited:?} (status {status:?}): check its URL and that the server runs")]
+    BrokerUnreachable {
+        /// How long the build waited.
+        waited: std::time::Duration,
+        /// The broker's status when the build gave up.
+        status: crate::BrokerStatus,
+    },
 }
 
 /// Why a connection was refused.
