@@ -9,26 +9,31 @@
 //!
 //! # Quick start (axum)
 //!
+//! With `axum = "0.8"`, `tokio` (features `rt-multi-thread`, `macros`,
+//! `net`, `signal`) and `serde` (feature `derive`) beside this crate:
+//!
 //! ```no_run
-//! use axum::{extract::{Query, State}, routing::{get, post}, Router};
-//! use sse_cluster::adapters::axum::LastEventId;
-//! use sse_cluster::{broker::memory::MemoryBus, ConnectError, Connection, Event, Hub, Subscription, Target};
+//! use axum::extract::{Query, Request, State};
+//! use axum::response::IntoResponse;
+//! use axum::{routing::{get, post}, Router};
+//! use sse_cluster::{broker::memory::MemoryBus, Event, Hub, Subscription, Target};
 //!
 //! #[derive(serde::Deserialize)]
 //! struct Params { topic: String }
 //!
-//! // A refusal (`ConnectError`) is answered with its HTTP status.
-//! async fn events(
-//!     State(hub): State<Hub>,
-//!     Query(p): Query<Params>,
-//!     LastEventId(last): LastEventId,
-//! ) -> Result<Connection, ConnectError> {
-//!     hub.connect(Subscription::new().topic(p.topic).resume_from(last)).await
+//! // `respond` reads the client's `Last-Event-ID` itself (so a reconnect
+//! // resumes when the hub has a history) and answers refusals the way an
+//! // `EventSource` needs.
+//! async fn events(State(hub): State<Hub>, Query(p): Query<Params>, request: Request) -> impl IntoResponse {
+//!     let (parts, _body) = request.into_parts();
+//!     hub.respond(&parts, Subscription::new().topic(p.topic)).await
 //! }
 //!
-//! async fn publish(State(hub): State<Hub>, Query(p): Query<Params>, body: String) -> &'static str {
-//!     let _ = hub.publish(Target::topic(p.topic), Event::new().data(body)).await;
-//!     "ok"
+//! async fn publish(State(hub): State<Hub>, Query(p): Query<Params>, body: String) -> impl IntoResponse {
+//!     match hub.publish(Target::topic(p.topic), Event::new().data(body)).await {
+//!         Ok(receipt) => receipt.id.into_response(),
+//!         Err(err) => err.to_http_response().into_response(),
+//!     }
 //! }
 //!
 //! #[tokio::main]
@@ -48,6 +53,10 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! For many nodes, give every hub the same network broker (`broker::redis`,
+//! `broker::nats`) and, for resume, the same history store
+//! ([`history`]); the README has a Redis and a NATS quick start.
 //!
 //! # How it works
 //!
@@ -131,15 +140,34 @@
 //!
 //! # Delivery guarantees
 //!
-//! At most once: an event reaches the connections that are registered when it
-//! is delivered on their node. Events from one task's successive publishes to
-//! one target arrive at each of its connections in publish order. Across
-//! targets (a topic event, then a user event, to a connection that gets both)
-//! the order also holds on the in-memory and Redis brokers, but not on NATS:
-//! async-nats hands each subject to its own subscription queue, so events of
-//! different subjects may overtake each other. If the broker is down, a
-//! publish still reaches local receivers and returns
-//! [`PublishError::Broker`]; other nodes miss it.
+//! - **Without a history store: at most once.** An event reaches the
+//!   connections registered when it is delivered on their node, once.
+//!   Events from one task's successive publishes to one target arrive at
+//!   each of its connections in publish order; across targets the order
+//!   also holds on the in-memory and Redis brokers, but not on NATS
+//!   (async-nats queues each subject separately). If the broker is down, a
+//!   publish still reaches local receivers and returns
+//!   [`PublishError::Broker`]; other nodes miss it, and their streams get a
+//!   gap event when the bus is back.
+//! - **With a history store ([`HubBuilder::history`]): exactly once, in
+//!   order per channel, inside the retention window.** A client that
+//!   reconnects to any node with its `Last-Event-ID` receives every event
+//!   of its topics, its user and broadcasts that it missed, once, then live
+//!   events; beyond the window it gets the documented reset event
+//!   ([`resume`]), never a silent hole. A broker outage is healed by a
+//!   replay instead of a gap event.
+//!
+//! The README's table gives both per backend, with the exceptions.
+//!
+//! # Resume
+//!
+//! Event ids encode the connection's position in each of its channels;
+//! [`Hub::respond`] and [`Hub::connect_request`] read `Last-Event-ID`
+//! (header or `last_event_id` query parameter) from the request, and
+//! [`Hub::connect`] takes it from [`Subscription::resume_from`]. The stores:
+//! [`history::memory`] (one process), `history::redis` (Redis Streams,
+//! feature `redis`) and `history::jetstream` (feature `nats`); the codec,
+//! the live/replay seam and the reset reasons are in [`resume`].
 //!
 //! # Features
 //!
@@ -195,7 +223,7 @@ pub use stream::{FrameSender, OverflowPolicy, SseStream, StreamConfig};
 pub use subscription::Subscription;
 pub use telemetry::HubStats;
 
-/// The README's examples, compiled as doctests.
-#[cfg(all(doctest, feature = "axum"))]
+/// The README's examples, compiled as doctests (they use every backend).
+#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "nats"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

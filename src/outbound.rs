@@ -162,7 +162,11 @@ pub(crate) fn error_response(
 pub struct PublishReceipt {
     /// The message id (`{node}.{instance}.m{n}`), carried on the bus as `msg`.
     pub id: String,
-    /// Connections on this node the event was queued for.
+    /// Connections on this node the publish call itself queued the event
+    /// for (the local fast path). With a history store this is 0: the
+    /// event goes through the store first and reaches this node's
+    /// connections from the store's publish, like every other node's, so
+    /// that each channel arrives in position order.
     pub delivered_locally: u64,
 }
 
