@@ -13,7 +13,7 @@ mod readme {
     include!("readme/handlers.rs");
 
     /// The router of both quick starts.
-    pub fn app(hub: Hub) -> Router {
+    pub(crate) fn app(hub: Hub) -> Router {
         Router::new()
             .route("/events", get(events))
             .route("/publish", post(publish))
