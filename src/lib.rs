@@ -215,7 +215,9 @@ pub mod wire;
 
 pub use broker::{Broker, BrokerError, BrokerStatus};
 pub use event::{Event, EventError};
-pub use hub::{ConnectError, Connection, Hub, HubBuilder, HubError, REFUSED_EVENT};
+pub use hub::{
+    ConnectError, Connection, Disconnect, Hub, HubBuilder, HubError, CLOSED_EVENT, REFUSED_EVENT,
+};
 pub use outbound::{PublishError, PublishReceipt, Target};
 pub use publisher::Publisher;
 pub use registry::{ConnectionId, ConnectionRegistry};

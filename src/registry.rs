@@ -321,6 +321,33 @@ impl ConnectionRegistry {
         }
     }
 
+    /// Closes every stream that `channel` reaches (a topic, a user, or
+    /// everyone; node channels reach none this way), each after its queued
+    /// frames and its own final frame from `last`; returns how many were
+    /// still open.
+    pub(crate) fn close_on(&self, channel: &Channel, last: impl Fn() -> Bytes) -> u64 {
+        let out = self.fan_out_on(channel, |sender| {
+            if sender.is_closed() {
+                return Ok(false);
+            }
+            sender.close_with(Some(last()));
+            Ok(true)
+        });
+        out.delivered
+    }
+
+    /// Closes connection `id`'s stream after its queued frames and `last`;
+    /// false if it is not held here or already closing.
+    pub(crate) fn close_connection(&self, id: &ConnectionId, last: Bytes) -> bool {
+        match self.by_id.get(&id.seq()) {
+            Some(entry) if entry.id == *id && !entry.sender.is_closed() => {
+                entry.sender.close_with(Some(last));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Connections following `topic` here, and their distinct users (in no
     /// particular order). O(connections of the topic); for presence answers.
     pub(crate) fn topic_presence(&self, topic: &str) -> (u64, Vec<Arc<str>>) {

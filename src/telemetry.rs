@@ -35,6 +35,7 @@
 //! | `sse_control_messages_in_total` | counter | `node` | presence control messages received (heartbeats, queries, answers) |
 //! | `sse_control_messages_out_total` | counter | `node` | presence control messages published |
 //! | `sse_control_malformed_total` | counter | `node` | control messages refused as malformed |
+//! | `sse_connections_closed_by_command_total` | counter | `node` | streams this node ended because of a disconnect command ([`Hub::disconnect`](crate::Hub::disconnect), from any node); the sum over nodes is the cluster's count |
 //!
 //! The same list is in [`METRICS`]; [`describe`] hands the descriptions to
 //! the installed recorder (a hub does it when it is built).
@@ -167,6 +168,11 @@ pub const METRICS: &[MetricInfo] = &[
         C,
         "Control messages refused as malformed.",
     ),
+    info(
+        CLOSED_BY_COMMAND,
+        C,
+        "Streams this node ended because of a disconnect command.",
+    ),
 ];
 
 const CONNECTIONS: &str = "sse_connections";
@@ -194,6 +200,7 @@ const PRESENCE_NODES: &str = "sse_presence_nodes";
 const CONTROL_IN: &str = "sse_control_messages_in_total";
 const CONTROL_OUT: &str = "sse_control_messages_out_total";
 const CONTROL_MALFORMED: &str = "sse_control_malformed_total";
+const CLOSED_BY_COMMAND: &str = "sse_connections_closed_by_command_total";
 
 /// Hands the name, kind, unit and description of every metric in
 /// [`METRICS`] to the installed recorder (Prometheus shows them as `# HELP`
@@ -257,6 +264,9 @@ pub struct HubStats {
     /// ([`History::retained_bytes`](crate::history::History::retained_bytes));
     /// 0 without history or for a store whose data lives on a server.
     pub history_retained_bytes: u64,
+    /// Streams this node ended because of a disconnect command
+    /// ([`Hub::disconnect`](crate::Hub::disconnect) here or on another node).
+    pub closed_by_command: u64,
 }
 
 /// What one fan-out did.
@@ -330,6 +340,7 @@ pub(crate) struct Counters {
     control_in: Counter,
     control_out: Counter,
     control_malformed: Counter,
+    closed_by_command: Both,
 }
 
 impl Counters {
@@ -369,6 +380,7 @@ impl Counters {
             control_in: c(CONTROL_IN),
             control_out: c(CONTROL_OUT),
             control_malformed: c(CONTROL_MALFORMED),
+            closed_by_command: b(CLOSED_BY_COMMAND),
         }
     }
 
@@ -400,6 +412,7 @@ impl Counters {
             replayed: self.replayed.get(),
             resets: self.resets.get(),
             history_retained_bytes,
+            closed_by_command: self.closed_by_command.get(),
         }
     }
 
@@ -407,6 +420,11 @@ impl Counters {
     pub(crate) fn connected(&self) {
         self.connects.add(1);
         self.connections.increment(1.0);
+    }
+
+    /// A disconnect command closed `n` streams here.
+    pub(crate) fn closed_by_command(&self, n: u64) {
+        self.closed_by_command.add(n);
     }
 
     /// A connection ended.

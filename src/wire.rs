@@ -35,7 +35,9 @@
 //!
 //! Presence control messages share the bus but are not envelopes: they
 //! start with `{"ctl":` and have no `v` (so [`Envelope::decode`] refuses
-//! them); see [`presence`](crate::presence).
+//! them); see [`presence`](crate::presence). Commands (`{"cmd":1,"op":
+//! "disconnect",…}`), which end streams rather than feed them, are neither;
+//! see [`command`].
 //!
 //! The channel a message is published on says who receives it; see the crate
 //! docs ("How it works") for the channel names of each broker.
@@ -47,7 +49,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventError};
 
+pub mod command;
 mod position;
+pub use command::{is_command, Command, CommandOp};
 pub(crate) use position::random_tag;
 pub use position::{stamp, Position};
 

@@ -10,6 +10,15 @@
 //!   `{"id": …}`; a bad event name, target or body → `400` with
 //!   `{"error": …}`, and nothing is published; data over the hub's
 //!   `max_event_size` → `413`.
+//! - `POST /disconnect?user=U | topic=T | connection=C [&reason=R]
+//!   [&reconnect=1]`: ends the matching streams on every node (each gets a
+//!   final `event: sse-cluster.closed`, `data: {"reason","reconnect"}`, and
+//!   a `retry:` of an hour, or of about a second with `reconnect=1`) →
+//!   `200 {"closed_locally": n, "reconnect", "node_id"}`; the other nodes'
+//!   counts are their `closed_by_command` in `/stats` (and
+//!   `sse_connections_closed_by_command_total`). No target, several, or an
+//!   invalid one → `400`; the bus down → `503` (the local streams are
+//!   closed all the same).
 //! - `GET /healthz` → `200` when the broker is up, `503` otherwise.
 //! - `GET /stats` → JSON counters (`HubStats`, with `history_retained_bytes`:
 //!   what the memory history store holds), plus `node_id` and `broker_up`.
@@ -48,6 +57,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/healthz", get(healthz))
         .route("/stats", get(stats))
         .route("/presence", get(presence))
+        .route("/disconnect", post(disconnect))
         .with_state(hub)
 }
 
@@ -190,6 +200,53 @@ async fn publish(State(hub): State<Hub>, RawQuery(query): RawQuery, body: Bytes)
     match publish_request(&query, &body) {
         Ok((target, event)) => publish_response(hub.publish(target, event).await),
         Err(reason) => bad_request(reason),
+    }
+}
+
+/// `POST /disconnect?user=U | topic=T | connection=C [&reason=R] [&reconnect=1]`:
+/// ends the matching streams on every node, each after a final
+/// `sse-cluster.closed` event; `200 {"closed_locally": n, …}`.
+async fn disconnect(State(hub): State<Hub>, RawQuery(query): RawQuery) -> Response {
+    let pairs = match query_pairs(
+        &query,
+        &["topic", "user", "connection", "reason", "reconnect"],
+    ) {
+        Ok(pairs) => pairs,
+        Err(reason) => return bad_request(reason),
+    };
+    let mut targets = Vec::new();
+    let (mut reason, mut reconnect) = ("disconnected".to_owned(), false);
+    for (key, value) in pairs {
+        match key.as_str() {
+            "topic" => targets.push(Target::Topic(value)),
+            "user" => targets.push(Target::User(value)),
+            "connection" => match ConnectionId::parse(&value) {
+                Some(id) => targets.push(Target::Connection(id)),
+                None => return bad_request("invalid connection id".into()),
+            },
+            "reason" => reason = value,
+            "reconnect" => reconnect = matches!(value.as_str(), "1" | "true"),
+            _ => {}
+        }
+    }
+    let target = match (targets.pop(), targets.is_empty()) {
+        (Some(target), true) => target,
+        _ => return bad_request("give exactly one of topic, user, connection".into()),
+    };
+    let how = if reconnect {
+        sse_cluster::Disconnect::reconnect(reason)
+    } else {
+        sse_cluster::Disconnect::revoke(reason)
+    };
+    let reconnect = how.reconnect;
+    match hub.disconnect(target, how).await {
+        Ok(closed) => Json(json!({
+            "closed_locally": closed,
+            "reconnect": reconnect,
+            "node_id": hub.node_id(),
+        }))
+        .into_response(),
+        Err(err) => err.into_response(),
     }
 }
 

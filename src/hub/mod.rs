@@ -4,7 +4,8 @@
 //! its connect, publish and shutdown), `builder.rs` ([`HubBuilder`]),
 //! `error.rs` ([`HubError`], [`ConnectError`] and the HTTP status of each
 //! refusal), `subscriptions.rs` (the subscription manager behind
-//! interest-based routing) and `routing.rs` (what arrives from the bus).
+//! interest-based routing), `routing.rs` (what arrives from the bus) and
+//! `disconnect.rs` (ending streams across the cluster).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +25,7 @@ use crate::stream::{self, SseStream, StreamConfig};
 use crate::telemetry::{Counters, FanOut};
 
 mod builder;
+mod disconnect;
 mod error;
 mod routing;
 mod subscriptions;
@@ -33,6 +35,7 @@ pub use crate::outbound::{PublishError, PublishReceipt, Target};
 pub use crate::subscription::Subscription;
 pub use crate::telemetry::HubStats;
 pub use builder::HubBuilder;
+pub use disconnect::{Disconnect, CLOSED_EVENT, NO_RECONNECT_RETRY};
 pub use error::{wants_event_stream, ConnectError, HubError, REFUSED_EVENT};
 
 use subscriptions::Subscriptions;
@@ -204,9 +207,7 @@ impl Hub {
     /// A delay drawn from the reconnect range ([`HubBuilder::shutdown_retry`]),
     /// so that clients told to come back do not all come back at once.
     fn reconnect_delay(&self) -> Duration {
-        let (min, max) = self.inner.shutdown_retry;
-        let (min, max) = (min.as_millis() as u64, max.as_millis() as u64);
-        Duration::from_millis(fastrand::u64(min..=max))
+        self.inner.reconnect_delay()
     }
 
     /// A snapshot of the counters (the same figures the `metrics` facade
@@ -449,6 +450,14 @@ impl Hub {
 }
 
 impl Inner {
+    /// A delay drawn from the reconnect range ([`HubBuilder::shutdown_retry`]),
+    /// so that clients told to come back do not all come back at once.
+    fn reconnect_delay(&self) -> Duration {
+        let (min, max) = self.shutdown_retry;
+        let (min, max) = (min.as_millis() as u64, max.as_millis() as u64);
+        Duration::from_millis(fastrand::u64(min..=max))
+    }
+
     /// What the history store holds in this process, if it knows.
     fn history_retained_bytes(&self) -> Option<u64> {
         self.outbound.history()?.retained_bytes()

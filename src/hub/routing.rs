@@ -84,6 +84,10 @@ impl Inner {
         if crate::presence::is_control(payload) {
             return self.presence.on_control(channel, payload);
         }
+        if crate::wire::is_command(payload) {
+            c.bus_in();
+            return self.on_command(channel, payload);
+        }
         c.bus_in();
 
         // With history, this hub's own events reach its connections through
