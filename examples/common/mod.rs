@@ -355,7 +355,7 @@ type Backend = (
     Option<std::sync::Arc<dyn sse_cluster::history::History>>,
 );
 
-/// The broker for `--broker memory|redis://…|rediss://…|nats://…|tls://…`.
+/// The broker for `--broker memory|redis://…|rediss://…|redis+sentinel://…|nats://…|tls://…`.
 pub async fn broker(
     url: &str,
     options: &BrokerOptions,
@@ -384,7 +384,11 @@ pub async fn backend(
             };
             Ok((bus.broker(), store))
         }
-        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+        url if url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+sentinel://")
+            || url.starts_with("rediss+sentinel://") =>
+        {
             redis_backend(url, options)
         }
         url if url.starts_with("nats://") || url.starts_with("tls://") => {
@@ -400,7 +404,12 @@ fn redis_backend(
     options: &BrokerOptions,
 ) -> Result<Backend, Box<dyn std::error::Error>> {
     use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
-    let mut config = RedisConfig::new(url).sharded(options.redis_sharded);
+    let config = if url.contains("+sentinel://") {
+        RedisConfig::from_sentinel_url(url)?
+    } else {
+        RedisConfig::new(url)
+    };
+    let mut config = config.sharded(options.redis_sharded);
     if let Some(prefix) = &options.redis_prefix {
         config = config.prefix(prefix.clone());
     }

@@ -53,6 +53,21 @@
 //! exponential backoff and full jitter, re-subscribes every current interest,
 //! and reports `Up` again.
 //!
+//! # Sentinel
+//!
+//! With [`RedisConfig::sentinel`] (or [`RedisConfig::from_sentinel_url`],
+//! `redis+sentinel://h1:26379,h2:26379/NAME`), every connect first asks the
+//! sentinels, in order, where the primary is, and checks with `ROLE` that
+//! the server reached is the primary; the liveness probe asks `ROLE` too.
+//! When the primary dies, both connections drop, the broker reports Down,
+//! and it reconnects (with backoff) to whatever the sentinels name once
+//! they have promoted a replica, re-subscribes everything and reports Up:
+//! the hub sends its gap event, or replays from the history. When the old
+//! primary is only demoted (a failover while it stayed reachable), the
+//! probe sees `ROLE` say `slave` within [`RedisConfig::ping_interval`] and
+//! does the same, so publishes never go on to a replica (where they would
+//! reach only that replica's subscribers) while the broker says Up.
+//!
 //! While the publish connection is down, [`Broker::publish`] fails at once
 //! with the transient [`BrokerError::Unavailable`] (no buffering: a late
 //! event can be worse than a lost one, and the caller knows which events
@@ -74,8 +89,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Broker, BrokerError, BrokerStatus, BusSink, Channel};
 
+mod sentinel;
 mod tasks;
 
+pub use sentinel::SentinelConfig;
 use tasks::{run_publisher, run_subscriber, Conn};
 
 /// Settings of a [`RedisBroker`].
@@ -103,6 +120,9 @@ pub struct RedisConfig {
     pub backoff_min: Duration,
     /// Longest reconnect delay. Default: 5 s.
     pub backoff_max: Duration,
+    /// Reach the primary through Redis Sentinel; `url` then gives only the
+    /// primary's credentials, database and TLS. Default: none.
+    pub sentinel: Option<SentinelConfig>,
 }
 
 impl RedisConfig {
@@ -118,7 +138,45 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            sentinel: None,
         }
+    }
+
+    /// A primary watched by Redis Sentinel: before every (re)connect the
+    /// broker asks `sentinel_urls` (`redis://host:26379`…, in order) where
+    /// primary `master` is, and it follows failovers (see the module docs,
+    /// "Sentinel"). Set the primary's credentials, database or TLS with
+    /// [`RedisConfig::url`] (its host and port are ignored), or use
+    /// [`RedisConfig::from_sentinel_url`].
+    pub fn sentinel<I, S>(sentinel_urls: I, master: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut config = Self::new("redis://127.0.0.1");
+        config.sentinel = Some(SentinelConfig {
+            sentinels: sentinel_urls.into_iter().map(Into::into).collect(),
+            master: master.into(),
+        });
+        config
+    }
+
+    /// `redis+sentinel://[user:password@]host:port[,host:port…]/NAME[/DB]`
+    /// (`rediss+sentinel://` for TLS): the sentinels, the primary's name,
+    /// and the primary's credentials and database (sentinels are asked
+    /// without credentials).
+    ///
+    /// ```
+    /// use sse_cluster::broker::redis::RedisConfig;
+    /// let config = RedisConfig::from_sentinel_url("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/sse")?;
+    /// assert_eq!(config.sentinel.map(|s| s.master).as_deref(), Some("sse"));
+    /// # Ok::<(), sse_cluster::BrokerError>(())
+    /// ```
+    pub fn from_sentinel_url(url: &str) -> Result<Self, BrokerError> {
+        let (sentinel, primary) = sentinel::parse_url(url)?;
+        let mut config = Self::new(primary);
+        config.sentinel = Some(sentinel);
+        Ok(config)
     }
 
     /// Sets [`RedisConfig::prefix`].

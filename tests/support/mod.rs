@@ -13,6 +13,8 @@ pub mod process;
 #[cfg(feature = "redis")]
 pub mod redis_cluster;
 #[cfg(feature = "redis")]
+pub mod redis_sentinel;
+#[cfg(feature = "redis")]
 pub mod redis_server;
 pub mod resume;
 pub mod server;

@@ -14,6 +14,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{ProtocolVersion, PushInfo, PushKind, RedisResult};
 use tokio::sync::{mpsc, watch};
 
+use super::sentinel::is_primary;
 use super::{unavailable, Control, RedisConfig, Shared};
 
 /// Most channels one `SUBSCRIBE` (or `SSUBSCRIBE`) names.
@@ -127,11 +128,16 @@ impl Conn {
         }
     }
 
-    async fn ping(&mut self) -> RedisResult<()> {
-        let ping = redis::cmd("PING");
+    /// The liveness probe: `PING`, or with Sentinel `ROLE`, which fails
+    /// if the server is no longer the primary.
+    async fn probe(&mut self, sentinel: bool) -> RedisResult<()> {
         match self {
-            Conn::Single(conn) => ping.exec_async(conn).await,
-            Conn::Cluster(conn) => ping.exec_async(conn).await,
+            Conn::Single(conn) if sentinel => match is_primary(conn).await? {
+                true => Ok(()),
+                false => Err(not_primary()),
+            },
+            Conn::Single(conn) => redis::cmd("PING").exec_async(conn).await,
+            Conn::Cluster(conn) => redis::cmd("PING").exec_async(conn).await,
         }
     }
 
@@ -161,10 +167,20 @@ impl Shared {
             if let Some(push) = push {
                 settings = settings.set_push_sender(push);
             }
-            let conn = self
-                .client
+            let Some(sentinel) = &config.sentinel else {
+                let conn = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&settings)
+                    .await?;
+                return Ok(Conn::Single(conn));
+            };
+            let primary = redis::Client::open(self.resolve_primary(sentinel).await?)?;
+            let mut conn = primary
                 .get_multiplexed_async_connection_with_config(&settings)
                 .await?;
+            if !is_primary(&mut conn).await? {
+                return Err(not_primary());
+            }
             return Ok(Conn::Single(conn));
         }
         let mut builder = ClusterClientBuilder::new(self.cluster_nodes.clone())
@@ -180,6 +196,14 @@ impl Shared {
     }
 }
 
+/// The server reached is not (or no longer) the primary.
+fn not_primary() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "the server is not the primary (a failover happened)",
+    ))
+}
+
 type PushHandler = Box<dyn Fn(PushInfo) -> Result<(), Infallible> + Send + Sync>;
 
 /// Keeps the subscription connection alive: connect, subscribe every
@@ -190,6 +214,7 @@ pub(super) async fn run_subscriber(
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
     let sharded = shared.config.sharded;
+    let sentinel = shared.config.sentinel.is_some();
     let mut backoff = Backoff::new(&shared.config);
     let mut stop = shared.stop.subscribe();
     while !shared.stopped() {
@@ -242,7 +267,15 @@ pub(super) async fn run_subscriber(
             tokio::select! {
                 _ = lost.recv() => break "connection lost".to_string(),
                 _ = probe.tick() => {
-                    if let Err(err) = conn.ping().await {
+                    if let Err(err) = conn.probe(sentinel).await {
+                        if sentinel {
+                            // The publish connection talks to the same
+                            // server: replace it too.
+                            let current = shared.pub_conn.borrow().as_ref().map(|(g, _)| *g);
+                            if let Some(generation) = current {
+                                shared.report_broken(generation);
+                            }
+                        }
                         break format!("liveness probe failed: {err}");
                     }
                 }
