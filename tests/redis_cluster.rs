@@ -145,3 +145,62 @@ async fn resume_with_stream_history_across_shards() {
     }
     support::resume::replays_missed_events_on_another_node(&nodes, 20).await;
 }
+
+/// A primary of a cluster with a replica per primary, killed (SIGKILL)
+/// under 100 events/s: the hubs report Down, follow the new topology (the
+/// sharded subscription moves with its slot to the promoted replica) and
+/// report Up within the failover time plus 2 s; the Redis Streams history
+/// on the cluster stays consistent: a client that reconnects to the other
+/// node has every acknowledged event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_followed_to_its_replica() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use sse_cluster::history::{redis::RedisHistory, Retention};
+    use support::failover::{expect_follow, Load};
+
+    let test = "a_killed_primary_is_followed_to_its_replica";
+    let Some(mut cluster) =
+        tokio::task::block_in_place(|| support::redis_cluster::start_with_replicas(test, 1))
+    else {
+        return;
+    };
+    let prefix = format!("{{fo{}}}:", fastrand::u32(..));
+    let node = |id: &'static str| {
+        let mut config = RedisConfig::cluster(cluster.urls())
+            .prefix(prefix.clone())
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .liveness(Duration::from_millis(200), Duration::from_millis(500));
+        config.connect_timeout = Duration::from_millis(500);
+        async move {
+            let broker = RedisBroker::new(config).expect("config");
+            let history = Arc::new(RedisHistory::new(broker.clone(), Retention::default()));
+            let hub = Hub::builder()
+                .node_id(id)
+                .broker(broker)
+                .history(history)
+                .require_broker(Duration::from_secs(5))
+                .build()
+                .await
+                .expect("hub");
+            support::Node::serve(hub).await
+        }
+    };
+    let a = node("a").await;
+    let b = node("b").await;
+    let client = SseClient::open(a.addr, "/events?topic=t", &[]).await;
+    assert_eq!(client.status, StatusCode::OK);
+    let load = Load::start(b.hub.clone(), "t", client);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The prefix's hash tag puts the channel and the history's keys in one
+    // slot: kill the primary that owns it.
+    let owner = cluster.owner_port(&format!("{prefix}topic:t"));
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| cluster.kill(owner));
+    expect_follow(&a.hub, &b.hub, killed, || cluster.healed_without(owner)).await;
+    assert_ne!(cluster.owner_port(&format!("{prefix}topic:t")), owner);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.finish_and_resume(b.addr, "t").await;
+}

@@ -6,6 +6,7 @@
 #[path = "../../examples/common/mod.rs"]
 pub mod app;
 pub mod bus;
+pub mod failover;
 pub mod js;
 #[cfg(feature = "nats")]
 pub mod nats_server;

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Three primaries, no replicas, all 16384 slots covered.
+/// Three primaries (and, from [`start_with_replicas`], a replica each), all
+/// 16384 slots covered.
 pub struct RedisCluster {
     children: Vec<Child>,
     ports: Vec<u16>,
@@ -32,6 +33,13 @@ fn free_port() -> u16 {
 /// `None` (with a SKIPPED line) when the binaries are missing outside CI;
 /// under `CI` a missing binary fails the test.
 pub fn start(test: &str) -> Option<RedisCluster> {
+    start_with_replicas(test, 0)
+}
+
+/// A cluster of three primaries with `replicas` replicas each, and a node
+/// timeout of one second, so that a killed primary's replica takes over
+/// within a few seconds.
+pub fn start_with_replicas(test: &str, replicas: usize) -> Option<RedisCluster> {
     for bin in ["redis-server", "redis-cli"] {
         if let Err(err) = super::server::runs(std::path::Path::new(bin)) {
             return super::server::skip(test, &err);
@@ -47,7 +55,7 @@ pub fn start(test: &str) -> Option<RedisCluster> {
         ports: Vec::new(),
         dir,
     };
-    for _ in 0..3 {
+    for _ in 0..3 * (1 + replicas) {
         let port = free_port();
         let node_dir = cluster.dir.join(port.to_string());
         std::fs::create_dir_all(&node_dir).expect("node dir");
@@ -60,6 +68,11 @@ pub fn start(test: &str) -> Option<RedisCluster> {
                 "nodes.conf",
             ])
             .args(["--save", "", "--appendonly", "no"])
+            // A replica promotes itself a second after its primary dies,
+            // however long ago it last heard from it.
+            .args(["--cluster-node-timeout", "1000"])
+            .args(["--cluster-replica-validity-factor", "0"])
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&node_dir)
             .stdout(Stdio::null())
@@ -82,7 +95,7 @@ pub fn start(test: &str) -> Option<RedisCluster> {
     let status = Command::new("redis-cli")
         .args(["--cluster", "create"])
         .args(&nodes)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -91,6 +104,13 @@ pub fn start(test: &str) -> Option<RedisCluster> {
     for &port in &cluster.ports {
         wait_until(Duration::from_secs(10), || {
             cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+        });
+    }
+    // A replica that has not synced yet would take over empty.
+    for &port in &cluster.ports {
+        wait_until(Duration::from_secs(20), || {
+            let info = cli(port, &["INFO", "replication"]);
+            info.contains("role:master") || info.contains("master_link_status:up")
         });
     }
     Some(cluster)
@@ -114,11 +134,19 @@ impl RedisCluster {
 
     /// The port of the node that owns `key`'s slot.
     pub fn owner_port(&self, key: &str) -> u16 {
-        let slot: u16 = cli(self.ports[0], &["CLUSTER", "KEYSLOT", key])
+        // Asked of the first node that answers (one may have been killed).
+        let ask = |args: &[&str]| {
+            self.ports
+                .iter()
+                .map(|&p| cli(p, args))
+                .find(|reply| !reply.trim().is_empty())
+                .unwrap_or_default()
+        };
+        let slot: u16 = ask(&["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
             .expect("slot");
-        let nodes = cli(self.ports[0], &["CLUSTER", "NODES"]);
+        let nodes = ask(&["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let owns = fields
@@ -141,6 +169,27 @@ impl RedisCluster {
             }
         }
         panic!("no owner for slot {slot}: {nodes}");
+    }
+
+    /// SIGKILLs the node on `port` (and reaps it).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(at) = self.ports.iter().position(|&p| p == port) {
+            let _ = self.children[at].kill();
+            let _ = self.children[at].wait();
+        }
+    }
+
+    /// Whether every live node says `cluster_state:ok` and lists the node
+    /// on `port` without slots (a replica took them over).
+    pub fn healed_without(&self, port: u16) -> bool {
+        let tag = format!(":{port}@");
+        self.ports.iter().filter(|&&p| p != port).all(|&p| {
+            cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                && cli(p, &["CLUSTER", "NODES"])
+                    .lines()
+                    .filter(|l| l.contains(&tag))
+                    .all(|l| l.split_whitespace().count() <= 8)
+        })
     }
 
     /// Runs `redis-cli` against the node on `port`.
