@@ -450,3 +450,68 @@ async fn pump(client: tokio::net::TcpStream, server: tokio::net::TcpStream, dela
     };
     tokio::join!(upstream_read, upstream_write, downstream);
 }
+
+/// Three `nats-server`s in one cluster (routes between them on loopback),
+/// each with JetStream, so that streams can be replicated over all three.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts the three servers and waits until each sees the two others.
+    pub fn start() -> Option<NatsCluster> {
+        let routes: Vec<u16> = (0..3).map(|_| server::free_port()).collect();
+        let name = unique_prefix();
+        let mut servers = Vec::new();
+        for (i, port) in routes.iter().enumerate() {
+            let others: Vec<String> = routes
+                .iter()
+                .filter(|p| *p != port)
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            let listen = format!("nats://127.0.0.1:{port}");
+            let server_name = format!("{name}-{i}");
+            let args = [
+                "--cluster_name",
+                name.as_str(),
+                "-n",
+                server_name.as_str(),
+                "--cluster",
+                listen.as_str(),
+                "--routes",
+                &others.join(","),
+            ];
+            servers.push(NatsServer::start_with(true, &args)?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for server in &servers {
+            loop {
+                let routes = route_count(server.port());
+                if routes >= Some(2) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the NATS cluster did not form: {routes:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Some(NatsCluster { servers })
+    }
+}
+
+/// How many routes the server on `port` has, from its `INFO` line's
+/// `connect_urls` (the other servers' client URLs it gossips).
+fn route_count(port: u16) -> Option<usize> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    let mut line = String::new();
+    BufReader::new(&mut stream).read_line(&mut line).ok()?;
+    let info: serde_json::Value = serde_json::from_str(line.strip_prefix("INFO ")?).ok()?;
+    Some(
+        info["connect_urls"]
+            .as_array()
+            .map_or(0, |urls| urls.len().saturating_sub(1)),
+    )
+}
