@@ -18,7 +18,8 @@ use crate::event::Event;
 use crate::history::{is_resumable, History};
 use crate::limits::check_name;
 use crate::registry::ConnectionId;
-use crate::wire::{Envelope, WireError};
+use crate::wire::command::MAX_REASON_LEN;
+use crate::wire::{Command, Envelope, WireError};
 
 /// Who receives a published event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +157,38 @@ pub(crate) fn error_response(
     response
 }
 
+/// How [`Hub::disconnect`](crate::Hub::disconnect) ends the streams: the reason the client is told,
+/// and whether it should come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Disconnect {
+    /// Why, in the final event's `reason` (at most 256 bytes, no control
+    /// characters).
+    pub reason: String,
+    /// Whether the client should reconnect (soon) or stay away.
+    pub reconnect: bool,
+}
+
+impl Disconnect {
+    /// Ends the streams for good: `reconnect: false` (a revoked user, an
+    /// expired session).
+    pub fn revoke(reason: impl Into<String>) -> Self {
+        Disconnect {
+            reason: reason.into(),
+            reconnect: false,
+        }
+    }
+
+    /// Ends the streams and asks the clients to come back soon (moving
+    /// connections to other nodes).
+    pub fn reconnect(reason: impl Into<String>) -> Self {
+        Disconnect {
+            reason: reason.into(),
+            reconnect: true,
+        }
+    }
+}
+
 /// What a successful publish returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -182,6 +215,44 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
+    /// The `disconnect` command for `target`, from this hub or publisher.
+    pub(crate) fn disconnect_command<'a>(
+        &'a self,
+        target: &'a Target,
+        how: &'a Disconnect,
+    ) -> Result<Command<'a>, PublishError> {
+        let mut command = Command::disconnect(&how.reason, how.reconnect);
+        command.origin = Some(self.origin.as_ref().into());
+        match target {
+            Target::Connection(id) => command.conn = Some(id.as_str().into()),
+            Target::Topic(name) | Target::User(name) => {
+                crate::limits::check_name(name).map_err(PublishError::InvalidTarget)?;
+            }
+            Target::All => {}
+        }
+        if let Err(err) = command.encode() {
+            return Err(PublishError::InvalidTarget(format!(
+                "disconnect reason: {err} (at most {MAX_REASON_LEN} bytes, no control characters)"
+            )));
+        }
+        Ok(command)
+    }
+
+    /// Publishes `command` on `channel`.
+    pub(crate) async fn send_command(
+        &self,
+        channel: &Channel,
+        command: &Command<'_>,
+    ) -> Result<(), PublishError> {
+        let payload = command
+            .encode()
+            .map_err(|e| PublishError::InvalidTarget(e.to_string()))?;
+        self.broker
+            .publish(channel, payload)
+            .await
+            .map_err(PublishError::Broker)
+    }
+
     pub(crate) fn new(
         broker: Arc<dyn Broker>,
         history: Option<Arc<dyn History>>,

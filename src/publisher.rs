@@ -27,7 +27,7 @@ use crate::broker::{Broker, BrokerError, BrokerStatus, BusSink, Channel};
 use crate::event::Event;
 use crate::history::History;
 use crate::limits::DEFAULT_MAX_EVENT_SIZE;
-use crate::outbound::{Outbound, PublishError, PublishReceipt, Target};
+use crate::outbound::{Disconnect, Outbound, PublishError, PublishReceipt, Target};
 use crate::wire::random_tag;
 
 /// Publishes to a cluster without holding connections. Cheap to clone.
@@ -101,5 +101,17 @@ impl Publisher {
         if let Err(err) = self.outbound.broker().shutdown().await {
             tracing::warn!(error = %err, "broker shutdown failed");
         }
+    }
+
+    /// Ends every stream `target` reaches, on every gateway node, each
+    /// after a final `sse-cluster.closed` event: the command of
+    /// [`Hub::disconnect`](crate::Hub::disconnect), sent from the
+    /// publish-only tier (a login service revoking a user, say). The
+    /// gateways count what they closed in `closed_by_command`.
+    pub async fn disconnect(&self, target: Target, how: Disconnect) -> Result<(), PublishError> {
+        let command = self.outbound.disconnect_command(&target, &how)?;
+        self.outbound
+            .send_command(&target.channel(), &command)
+            .await
     }
 }

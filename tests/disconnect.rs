@@ -174,6 +174,31 @@ mod memory {
         disconnect_a_topic_and_a_connection(&nodes).await;
     }
 
+    /// The publish-only tier disconnects too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publisher_disconnects_a_user() {
+        let bus = MemoryBus::new();
+        let nodes = three(|i| Hub::builder().node_id(format!("n{i}")).broker(bus.broker())).await;
+        let mut a = SseClient::connect(nodes[0].addr, "/events?user=42").await;
+        let mut other = SseClient::connect(nodes[1].addr, "/events?user=7").await;
+        let publisher = sse_cluster::Publisher::new(bus.broker())
+            .await
+            .expect("publisher");
+        let since = Instant::now();
+        publisher
+            .disconnect(
+                sse_cluster::Target::user("42"),
+                sse_cluster::Disconnect::revoke("logout"),
+            )
+            .await
+            .expect("sent");
+        let (events, took) = until_end(&mut a, since).await;
+        assert!(took < Duration::from_secs(1), "ended after {took:?}");
+        assert_eq!(closed_event(&events)["reason"], "logout");
+        other.expect_quiet().await;
+        assert_eq!(stat(&nodes[0], "closed_by_command").await, 1);
+    }
+
     /// A command from a foreign publisher, in the documented format.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_foreign_command_and_hostile_ones() {

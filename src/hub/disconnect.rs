@@ -10,9 +10,8 @@ use bytes::Bytes;
 use super::{Hub, Inner};
 use crate::broker::Channel;
 use crate::event::Event;
-use crate::outbound::{PublishError, Target};
+use crate::outbound::{Disconnect, PublishError, Target};
 use crate::registry::ConnectionId;
-use crate::wire::command::MAX_REASON_LEN;
 use crate::wire::{Command, CommandOp};
 
 /// The final event of a stream ended by [`Hub::disconnect`]:
@@ -29,38 +28,6 @@ pub const CLOSED_EVENT: &str = "sse-cluster.closed";
 
 /// The `retry:` of a [`CLOSED_EVENT`] that says not to reconnect: one hour.
 pub const NO_RECONNECT_RETRY: Duration = Duration::from_secs(3600);
-
-/// How [`Hub::disconnect`] ends the streams: the reason the client is told,
-/// and whether it should come back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Disconnect {
-    /// Why, in the final event's `reason` (at most 256 bytes, no control
-    /// characters).
-    pub reason: String,
-    /// Whether the client should reconnect (soon) or stay away.
-    pub reconnect: bool,
-}
-
-impl Disconnect {
-    /// Ends the streams for good: `reconnect: false` (a revoked user, an
-    /// expired session).
-    pub fn revoke(reason: impl Into<String>) -> Self {
-        Disconnect {
-            reason: reason.into(),
-            reconnect: false,
-        }
-    }
-
-    /// Ends the streams and asks the clients to come back soon (moving
-    /// connections to other nodes).
-    pub fn reconnect(reason: impl Into<String>) -> Self {
-        Disconnect {
-            reason: reason.into(),
-            reconnect: true,
-        }
-    }
-}
 
 impl Hub {
     /// Ends every stream that `target` reaches on every node (one
@@ -89,30 +56,17 @@ impl Hub {
     pub async fn disconnect(&self, target: Target, how: Disconnect) -> Result<u64, PublishError> {
         let inner = &self.inner;
         let channel = target.channel();
-        let mut command = Command::disconnect(&how.reason, how.reconnect);
-        command.origin = Some(inner.instance.as_ref().into());
-        let local_only = match &target {
-            Target::Connection(id) => {
-                command.conn = Some(id.as_str().into());
-                id.node() == &*inner.node_id
-            }
-            Target::Topic(name) | Target::User(name) => {
-                crate::limits::check_name(name).map_err(PublishError::InvalidTarget)?;
-                false
-            }
-            Target::All => false,
-        };
-        let payload = command.encode().map_err(|e| {
-            PublishError::InvalidTarget(format!(
-                "disconnect reason: {e} (at most {MAX_REASON_LEN} bytes)"
-            ))
-        })?;
+        let command = inner.outbound.disconnect_command(&target, &how)?;
+        let local_only = matches!(&target, Target::Connection(id) if id.node() == &*inner.node_id);
         let closed = inner.close_matching(&channel, command.conn.as_deref(), &command);
         if !local_only {
-            if let Err(err) = inner.outbound.broker().publish(&channel, payload).await {
-                inner.counters.bus_error();
-                return Err(PublishError::Broker(err));
-            }
+            inner
+                .outbound
+                .send_command(&channel, &command)
+                .await
+                .inspect_err(|_| {
+                    inner.counters.bus_error();
+                })?;
         }
         Ok(closed)
     }

@@ -31,11 +31,12 @@ mod routing;
 mod subscriptions;
 
 pub use crate::limits::{MAX_NAME_LEN, MAX_TOPICS_PER_CONNECTION};
+pub use crate::outbound::Disconnect;
 pub use crate::outbound::{PublishError, PublishReceipt, Target};
 pub use crate::subscription::Subscription;
 pub use crate::telemetry::HubStats;
 pub use builder::HubBuilder;
-pub use disconnect::{Disconnect, CLOSED_EVENT, NO_RECONNECT_RETRY};
+pub use disconnect::{CLOSED_EVENT, NO_RECONNECT_RETRY};
 pub use error::{wants_event_stream, ConnectError, HubError, REFUSED_EVENT};
 
 use subscriptions::Subscriptions;
