@@ -164,6 +164,7 @@ pub mod hub;
 pub mod publisher;
 
 pub mod auth;
+pub mod cors;
 pub mod presence;
 pub mod subscription;
 
@@ -192,7 +193,7 @@ pub use outbound::{PublishError, PublishReceipt, Target};
 pub use publisher::Publisher;
 pub use registry::{ConnectionId, ConnectionRegistry};
 pub use stream::{FrameSender, OverflowPolicy, SseStream, StreamConfig};
-pub use subscription::Subscription;
+pub use subscription::{Subscription, EXPIRED_EVENT};
 pub use telemetry::HubStats;
 
 /// The README's examples, compiled as doctests.

@@ -118,6 +118,8 @@ struct Inner {
     gap_events: bool,
     limits: builder::Limits,
     authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
+    /// The CORS policy of [`Hub::respond`]'s answers.
+    cors: Option<crate::cors::Cors>,
     /// This hub's side of the presence protocol.
     presence: Arc<PresenceState>,
     /// Connections admitted and not yet unregistered (the node limit is
@@ -187,18 +189,37 @@ impl Hub {
     /// [`HubBuilder::shutdown_retry`]) and a [`REFUSED_EVENT`], so it
     /// reconnects instead of giving up; others get the plain status. The
     /// body type is the same either way, so a handler returns this as it is.
+    ///
+    /// With a CORS policy ([`HubBuilder::cors`]), a preflight (`OPTIONS`
+    /// with `Access-Control-Request-Method`) gets its answer and opens
+    /// nothing, and every answer, a refusal too (401, 403, 429, 503),
+    /// carries the grant for an allowed `Origin` (see [`cors`](crate::cors)).
     pub async fn respond(
         &self,
         request: &http::request::Parts,
         sub: Subscription,
     ) -> http::Response<SseStream> {
-        match self.connect_request(request, sub).await {
+        let cors = self.inner.cors.as_ref();
+        if let Some(preflight) = cors.and_then(|c| c.preflight(request)) {
+            return preflight.map(|()| stream::finished([]));
+        }
+        let mut response = match self.connect_request(request, sub).await {
             Ok(conn) => conn.into_http_response(),
             Err(err) => {
                 tracing::debug!(error = %err, "connect refused");
                 err.response_for(&request.headers, self.reconnect_delay())
             }
+        };
+        if let Some(cors) = cors {
+            cors.apply(&request.headers, response.headers_mut());
         }
+        response
+    }
+
+    /// The CORS policy set with [`HubBuilder::cors`], for the app's other
+    /// routes (a publish endpoint, say) to answer alike.
+    pub fn cors(&self) -> Option<&crate::cors::Cors> {
+        self.inner.cors.as_ref()
     }
 
     /// A delay drawn from the reconnect range ([`HubBuilder::shutdown_retry`]),
@@ -293,6 +314,16 @@ impl Hub {
         let (sender, mut stream) = stream::channel(&inner.stream);
         if let Some(greeting) = sub.greeting {
             stream = stream.prepend(&greeting(&id));
+        }
+        if let Some(at) = sub.expires {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            // Past the timer's range: it never comes.
+            if let Some(at) = tokio::time::Instant::now().checked_add(left) {
+                let last = bytes::Bytes::from_static(crate::subscription::EXPIRED_FRAME);
+                stream = stream.end_at(at, last);
+            }
         }
         let mut channels: Vec<Channel> = topics.iter().cloned().map(Channel::Topic).collect();
         channels.extend(user.clone().map(Channel::User));
