@@ -318,7 +318,10 @@ mod tests {
         for other in ["https://b.example", "null", "https://a.example.evil"] {
             let mut response = HeaderMap::new();
             cors.apply(&from(other), &mut response);
-            assert!(response.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none(), "{other}");
+            assert!(
+                response.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none(),
+                "{other}"
+            );
             assert!(response.get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
             assert_eq!(response[VARY], "origin");
         }
@@ -366,7 +369,10 @@ mod tests {
             .preflight(&request("https://b.example", Method::OPTIONS, true))
             .unwrap();
         assert!(refused.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
-        assert!(refused.headers().get(ACCESS_CONTROL_ALLOW_METHODS).is_none());
+        assert!(refused
+            .headers()
+            .get(ACCESS_CONTROL_ALLOW_METHODS)
+            .is_none());
         assert!(cors
             .preflight(&request("https://a.example", Method::OPTIONS, false))
             .is_none());

@@ -16,7 +16,8 @@ use crate::registry::ConnectionId;
 pub const EXPIRED_EVENT: &str = "sse-cluster.expired";
 
 /// The [`EXPIRED_EVENT`] frame.
-pub(crate) const EXPIRED_FRAME: &[u8] = b"event: sse-cluster.expired\ndata: {\"reason\":\"expired\"}\n\n";
+pub(crate) const EXPIRED_FRAME: &[u8] =
+    b"event: sse-cluster.expired\ndata: {\"reason\":\"expired\"}\n\n";
 
 /// Builds a connection's first event from its id.
 pub(crate) type Greeting = Box<dyn FnOnce(&ConnectionId) -> Event + Send>;

@@ -106,7 +106,9 @@ impl Access {
         #[cfg(feature = "jwt")]
         if let Some(claims) = self.claims(request)? {
             if let Some(topic) = topics.iter().find(|t| !claims.can_subscribe(t)) {
-                return Err(forbidden(format!("the token does not grant topic {topic:?}")));
+                return Err(forbidden(format!(
+                    "the token does not grant topic {topic:?}"
+                )));
             }
         }
         let _ = (request, topics);

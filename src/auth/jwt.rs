@@ -366,7 +366,10 @@ impl JwtAuth {
 
     /// The request's token, from the first source present (see the
     /// [module docs](self)), if any.
-    pub fn token<'a>(&self, request: &'a http::request::Parts) -> Option<std::borrow::Cow<'a, str>> {
+    pub fn token<'a>(
+        &self,
+        request: &'a http::request::Parts,
+    ) -> Option<std::borrow::Cow<'a, str>> {
         if let Some(token) = bearer(&request.headers) {
             return Some(token.into());
         }
@@ -480,7 +483,10 @@ mod tests {
         let auth = JwtAuth::hs256(b"secret").unwrap();
         let all = request(
             "/e?access_token=q",
-            &[("authorization", "Bearer h"), ("cookie", "a=1; sse_token=c")],
+            &[
+                ("authorization", "Bearer h"),
+                ("cookie", "a=1; sse_token=c"),
+            ],
         );
         assert_eq!(auth.token(&all).as_deref(), Some("h"));
         let no_header = request("/e?x=1&access_token=q", &[("cookie", "sse_token=\"c\"")]);
@@ -498,12 +504,25 @@ mod tests {
     #[test]
     fn hostile_tokens_are_refused_not_panicked_on() {
         let auth = JwtAuth::hs256(b"secret").unwrap();
-        for token in ["", ".", "..", "a.b.c", "\u{0}.\u{0}.\u{0}", "eyJhbGciOiJub25lIn0.e30."] {
-            assert!(matches!(auth.verify_token(token), Err(TokenError::Invalid(_))), "{token:?}");
+        for token in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "\u{0}.\u{0}.\u{0}",
+            "eyJhbGciOiJub25lIn0.e30.",
+        ] {
+            assert!(
+                matches!(auth.verify_token(token), Err(TokenError::Invalid(_))),
+                "{token:?}"
+            );
         }
         assert!(JwtAuth::hs256(b"").is_err());
         assert!(JwtAuth::es256_pem(b"not a key").is_err());
-        assert!(JwtAuth::public_key_pem(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err());
+        assert!(JwtAuth::public_key_pem(
+            b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+        )
+        .is_err());
     }
 
     #[test]
@@ -527,7 +546,10 @@ mod tests {
             claims.restrict(Subscription::new().topic("a").topic("c")),
             Err(Denied::Forbidden(_))
         ));
-        let anonymous = Claims { sub: None, ..claims };
+        let anonymous = Claims {
+            sub: None,
+            ..claims
+        };
         assert!(matches!(
             anonymous.restrict(Subscription::new().user("x")),
             Err(Denied::Forbidden(_))
