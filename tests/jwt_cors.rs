@@ -158,6 +158,9 @@ async fn http(
     )
 }
 
+/// A query, request headers, and the status they get.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, StatusCode);
+
 #[tokio::test]
 async fn every_algorithm_reads_the_token_from_header_cookie_and_query_in_that_order() {
     for key in [Key::Hs256, Key::Es256, Key::Rs256] {
@@ -193,7 +196,7 @@ async fn every_algorithm_reads_the_token_from_header_cookie_and_query_in_that_or
         // The first source present decides: a bad token there is refused,
         // a bad one further down is never read.
         let auth_bad = bearer(&forged);
-        let cases: [(&str, Vec<(&str, &str)>, StatusCode); 5] = [
+        let cases: [Case; 5] = [
             (
                 &query_bad,
                 vec![("authorization", &auth_good), ("cookie", &cookie_bad)],
@@ -474,7 +477,7 @@ async fn check_cors(addr: SocketAddr, hub: &Hub, token: &str) {
     assert_eq!(grant(&headers), Some((APP, Some("true"))));
     assert!(headers["access-control-allow-methods"]
         .to_str()
-        .unwrap()
+        .expect("text")
         .contains("GET"));
     assert_eq!(
         headers["access-control-allow-headers"],

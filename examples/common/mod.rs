@@ -97,12 +97,13 @@ pub struct Access {
 impl Access {
     /// `Ok` if the request may read `topics` (all of them): without a JWT
     /// key always; with one, if its token is valid (else `401`) and grants
-    /// every topic (else `403`).
+    /// every topic (else `403`). The `Err` is the answer to send (boxed:
+    /// the `Ok` path should not carry its size).
     pub fn check_subscribe(
         &self,
         request: &axum::http::request::Parts,
         topics: &[String],
-    ) -> Result<(), Response> {
+    ) -> Result<(), Box<Response>> {
         #[cfg(feature = "jwt")]
         if let Some(claims) = self.claims(request)? {
             if let Some(topic) = topics.iter().find(|t| !claims.can_subscribe(t)) {
@@ -122,7 +123,7 @@ impl Access {
         &self,
         request: &axum::http::request::Parts,
         target: &Target,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Box<Response>> {
         #[cfg(feature = "jwt")]
         if let Some(claims) = self.claims(request)? {
             if !claims.can_publish(target) {
@@ -141,7 +142,7 @@ impl Access {
         request: &axum::http::request::Parts,
         topic: Option<&str>,
         user: Option<&str>,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Box<Response>> {
         #[cfg(feature = "jwt")]
         if let Some(claims) = self.claims(request)? {
             let allowed = match (topic, user) {
@@ -165,7 +166,7 @@ impl Access {
     pub fn claims(
         &self,
         request: &axum::http::request::Parts,
-    ) -> Result<Option<sse_cluster::auth::jwt::Claims>, Response> {
+    ) -> Result<Option<sse_cluster::auth::jwt::Claims>, Box<Response>> {
         let Some(jwt) = &self.jwt else {
             return Ok(None);
         };
@@ -177,14 +178,14 @@ impl Access {
                     axum::http::header::WWW_AUTHENTICATE,
                     axum::http::HeaderValue::from_static("Bearer"),
                 );
-                Err(response)
+                Err(response.into())
             }
         }
     }
 }
 
-fn forbidden(reason: impl std::fmt::Display) -> Response {
-    error(StatusCode::FORBIDDEN, reason)
+fn forbidden(reason: impl std::fmt::Display) -> Box<Response> {
+    Box::new(error(StatusCode::FORBIDDEN, reason))
 }
 
 /// The CORS policy on every route: a preflight is answered here; any other
@@ -359,7 +360,7 @@ async fn publish(
     match publish_request(&query, &body) {
         Ok((target, event)) => match access.check_publish(&parts, &target) {
             Ok(()) => publish_response(hub.publish(target, event).await),
-            Err(refused) => refused,
+            Err(refused) => *refused,
         },
         Err(reason) => bad_request(reason),
     }
@@ -407,7 +408,7 @@ async fn presence(
         }
     }
     if let Err(refused) = access.check_presence(&parts, topic.as_deref(), user.as_deref()) {
-        return refused;
+        return *refused;
     }
     let answer = match (topic, user) {
         (Some(topic), None) => hub.presence().topic(&topic).await.map(|p| {
