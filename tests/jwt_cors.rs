@@ -560,13 +560,18 @@ async fn cors_on_the_axum_path() {
 async fn demo_node_flags() {
     let dir = std::env::temp_dir().join(format!("sse-jwt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let key_file = dir.join("es256-public.pem");
-    std::fs::write(&key_file, ES_PUBLIC).expect("key file");
-    let key_file = key_file.to_str().expect("path").to_owned();
+    let key_file = |name: &str, pem: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("key file");
+        path.to_str().expect("path").to_owned()
+    };
+    let (es_file, rs_file) = (key_file("es.pem", ES_PUBLIC), key_file("rs.pem", RS_PUBLIC));
     let secret = std::str::from_utf8(SECRET).expect("utf-8");
     for (key, flags) in [
         (Key::Hs256, ["--jwt-secret", secret]),
-        (Key::Es256, ["--jwt-public-key", key_file.as_str()]),
+        // The key's kind picks the algorithm.
+        (Key::Es256, ["--jwt-public-key", es_file.as_str()]),
+        (Key::Rs256, ["--jwt-public-key", rs_file.as_str()]),
     ] {
         let node = NodeProcess::start(
             &node_binary(None),

@@ -601,6 +601,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn respond_grants_allowed_origins_on_streams_refusals_and_preflights() {
+        use crate::cors::Cors;
+        let bus = MemoryBus::new();
+        let cors = Cors::origins(["https://app.example"]).allow_credentials(true);
+        let hub = hub(&bus, |b| b.cors(cors).max_connections_per_user(1)).await;
+        let request = |origin: &str, accept: Option<&str>| {
+            let mut builder = http::Request::get("/events").header("origin", origin);
+            if let Some(accept) = accept {
+                builder = builder.header("accept", accept);
+            }
+            builder.body(()).unwrap().into_parts().0
+        };
+        let grant = |r: &http::Response<SseStream>| {
+            r.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let app = "https://app.example";
+        let held = hub
+            .respond(&request(app, None), Subscription::new().user("u"))
+            .await;
+        assert_eq!(held.status(), http::StatusCode::OK);
+        assert_eq!(grant(&held).as_deref(), Some(app));
+        // A user over its limit: 429 for a plain client, a retry for an
+        // EventSource; both readable by the page.
+        for accept in [None, Some("text/event-stream")] {
+            let refused = hub
+                .respond(&request(app, accept), Subscription::new().user("u"))
+                .await;
+            let status = if accept.is_some() { 200 } else { 429 };
+            assert_eq!(refused.status().as_u16(), status);
+            assert_eq!(grant(&refused).as_deref(), Some(app));
+            assert_eq!(
+                refused.headers()["access-control-allow-credentials"],
+                "true"
+            );
+        }
+        let other = hub
+            .respond(
+                &request("https://evil.example", None),
+                Subscription::new().user("u"),
+            )
+            .await;
+        assert_eq!(other.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(grant(&other), None);
+        // A preflight opens nothing.
+        let preflight = http::Request::options("/events")
+            .header("origin", app)
+            .header("access-control-request-method", "GET")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let answer = hub
+            .respond(&preflight, Subscription::new().topic("t"))
+            .await;
+        assert_eq!(answer.status(), http::StatusCode::NO_CONTENT);
+        assert_eq!(grant(&answer).as_deref(), Some(app));
+        assert_eq!(hub.registry().topic_connections("t"), 0);
+        // Draining: 503, with the grant.
+        drop(held);
+        hub.shutdown().await;
+        let draining = hub.respond(&request(app, None), Subscription::new()).await;
+        assert_eq!(draining.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(grant(&draining).as_deref(), Some(app));
+    }
+
+    #[tokio::test]
     async fn shutdown_ends_streams_with_a_retry_and_refuses_new_ones() {
         let bus = MemoryBus::new();
         let hub = hub(&bus, |b| {
