@@ -595,10 +595,9 @@ async fn demo_node_contract(addr: SocketAddr, key: Key) {
     let admin = bearer(&key.sign(&claims(Some("root"), &["*"], &["*"])));
 
     // /events: 401 without a token, 403 outside the claims.
-    assert_eq!(
-        open(addr, "topic=news", &[]).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    let unauthenticated = open(addr, "topic=news", &[]).await;
+    assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unauthenticated.headers["www-authenticate"], "Bearer");
     let forbidden = open(addr, "topic=admin", &[("cookie", &cookie(&reader))]).await;
     assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
     // Each source; `user=bob` is ignored: the token says alice.
