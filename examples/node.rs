@@ -6,6 +6,15 @@
 //! cargo run --release --features nats --example node -- --broker nats://127.0.0.1:4222 [--nats-prefix sse]
 //! ```
 //!
+//! Tokens and CORS: `--jwt-secret SECRET` (HS256) or `--jwt-public-key
+//! FILE` (a PEM public key: ES256 for an EC key, RS256 for an RSA one)
+//! protects `/events`, `/publish` and `/presence` with signed tokens
+//! (`Authorization: Bearer T`, else the cookie `sse_token=T`, else
+//! `?access_token=T`; needs the `jwt` feature); `--cors-origin ORIGIN`,
+//! repeatable, lets pages of those origins read the answers, with
+//! credentials. See `examples/common/mod.rs` (`Access`). `/metrics`,
+//! `/healthz` and `/stats` stay open: they are for the operator's network.
+//!
 //! Presence is on (`GET /presence`); `--presence-heartbeat-ms MS` sets its
 //! heartbeat (default 2000) and forgets silent peers after three of them.
 //!
@@ -49,6 +58,12 @@ struct Args {
     redis_sharded: bool,
     nats_prefix: Option<String>,
     auth_token: Option<String>,
+    /// `--jwt-secret`: HS256 tokens.
+    jwt_secret: Option<String>,
+    /// `--jwt-public-key FILE`: ES256 or RS256 tokens, by the key's kind.
+    jwt_public_key: Option<std::path::PathBuf>,
+    /// `--cors-origin`, repeatable.
+    cors_origins: Vec<String>,
     presence_heartbeat: Option<Duration>,
     history: Option<String>,
     retention: sse_cluster::history::Retention,
@@ -65,6 +80,7 @@ struct Args {
 const USAGE: &str =
     "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|nats://HOST:PORT] \
 [--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] [--auth-token TOKEN] \
+[--jwt-secret SECRET | --jwt-public-key PEM_FILE (ES256 or RS256)] [--cors-origin ORIGIN]... \
 [--presence-heartbeat-ms MS] \
 [--history memory|redis|jetstream] [--history-max N] [--history-age SECS] \
 [--history-max-bytes N (memory store, default 67108864; 0: no budget)] \
@@ -79,6 +95,9 @@ fn parse_args() -> Result<Args, String> {
         redis_sharded: false,
         nats_prefix: None,
         auth_token: None,
+        jwt_secret: None,
+        jwt_public_key: None,
+        cors_origins: Vec::new(),
         presence_heartbeat: None,
         history: None,
         retention: sse_cluster::history::Retention::default(),
@@ -103,6 +122,9 @@ fn parse_args() -> Result<Args, String> {
             "--redis-sharded" => args.redis_sharded = true,
             "--nats-prefix" => args.nats_prefix = Some(value()?),
             "--auth-token" => args.auth_token = Some(value()?),
+            "--jwt-secret" => args.jwt_secret = Some(value()?),
+            "--jwt-public-key" => args.jwt_public_key = Some(value()?.into()),
+            "--cors-origin" => args.cors_origins.push(value()?),
             "--presence-heartbeat-ms" => {
                 let v = value()?;
                 let ms: u64 = v
@@ -151,7 +173,36 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
+    let keys = [
+        args.auth_token.is_some(),
+        args.jwt_secret.is_some(),
+        args.jwt_public_key.is_some(),
+    ];
+    if keys.iter().filter(|k| **k).count() > 1 {
+        return Err(format!(
+            "give at most one of --auth-token, --jwt-secret, --jwt-public-key\n{USAGE}"
+        ));
+    }
     Ok(args)
+}
+
+/// The token check of `--jwt-secret` or `--jwt-public-key`, if given.
+#[cfg(feature = "jwt")]
+fn jwt_auth(
+    args: &Args,
+) -> Result<Option<std::sync::Arc<sse_cluster::auth::jwt::JwtAuth>>, Box<dyn std::error::Error>> {
+    use sse_cluster::auth::jwt::JwtAuth;
+    let auth = match (&args.jwt_secret, &args.jwt_public_key) {
+        (Some(secret), _) => JwtAuth::hs256(secret.as_bytes())?,
+        (None, Some(file)) => {
+            let pem = std::fs::read(file)
+                .map_err(|e| format!("--jwt-public-key {}: {e}", file.display()))?;
+            JwtAuth::public_key_pem(&pem)
+                .map_err(|e| format!("--jwt-public-key {}: {e}", file.display()))?
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(std::sync::Arc::new(auth)))
 }
 
 /// A positive number of milliseconds.
@@ -206,6 +257,25 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(token) = args.auth_token.clone() {
         builder = builder.authorizer(std::sync::Arc::new(common::TokenAuthorizer(token)));
     }
+    let mut access = common::Access::default();
+    #[cfg(feature = "jwt")]
+    {
+        access.jwt = jwt_auth(&args)?;
+        if let Some(jwt) = access.jwt.clone() {
+            builder = builder.authorizer(jwt);
+        }
+    }
+    #[cfg(not(feature = "jwt"))]
+    if args.jwt_secret.is_some() || args.jwt_public_key.is_some() {
+        return Err("this build has no JWT support: rebuild with `--features jwt`".into());
+    }
+    if !args.cors_origins.is_empty() {
+        let cors = sse_cluster::cors::Cors::origins(args.cors_origins.iter().cloned())
+            .allow_credentials(true)
+            .expose_headers(["retry-after"]);
+        access.cors = Some(cors.clone());
+        builder = builder.cors(cors);
+    }
     if let Some(id) = args.node_id.clone() {
         builder = builder.node_id(id);
     }
@@ -233,7 +303,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);
-    let app = common::router(hub.clone()).merge(common::metrics_route(prometheus));
+    let app = common::router_with(hub.clone(), access).merge(common::metrics_route(prometheus));
     serve(listener, hub, app, &args).await
 }
 

@@ -1,5 +1,6 @@
 //! Authorization: an app-supplied hook that decides, per request, whether a
-//! subscription is allowed, and may rewrite it.
+//! subscription is allowed, and may rewrite it. With the `jwt` feature,
+//! [`jwt::JwtAuth`] is such a hook for signed tokens.
 //!
 //! ```
 //! use async_trait::async_trait;
@@ -30,6 +31,10 @@
 use std::fmt;
 
 use async_trait::async_trait;
+
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod jwt;
 
 use crate::subscription::Subscription;
 

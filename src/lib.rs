@@ -119,6 +119,14 @@
 //! by a query on the bus that every node answers; a node that dies uncleanly
 //! is forgotten within `forget_after` (6 s by default). See [`presence`].
 //!
+//! **Tokens and CORS.** An [`Authorizer`](auth::Authorizer) decides every
+//! connect made through [`Hub::respond`]; with the `jwt` feature,
+//! `auth::jwt::JwtAuth` is one for signed tokens (read from a bearer
+//! header, a cookie or the query; per-topic grants; the stream ends at the
+//! token's `exp` with an [`EXPIRED_EVENT`]). [`HubBuilder::cors`] grants
+//! allowed origins on every answer, refusals included, and answers
+//! preflights; the `http1` driver takes the same [`cors::Cors`].
+//!
 //! **Metrics and tracing.** Every hub records counters, gauges and a
 //! publish-to-frame latency histogram through the `metrics` facade and opens
 //! `tracing` spans for connect, publish, replay and shutdown; names in
@@ -130,8 +138,8 @@
 //! finish, then unsubscribes and shuts down the broker.
 //!
 //! **Layers.** Each module imports only from the layers below it: the
-//! adapters, then [`hub`] and [`publisher`], then [`presence`], [`auth`] and
-//! [`subscription`], then the two paths of an event ([`outbound`]: target →
+//! adapters, then [`hub`] and [`publisher`], then [`presence`], [`auth`],
+//! [`cors`] and [`subscription`], then the two paths of an event ([`outbound`]: target →
 //! channel, envelope, size check, send to bus or store; [`resume`]: event
 //! ids, the cursor, replay), then [`registry`] and [`stream`], then
 //! [`history`] and [`broker`] (the backend contracts), and at the bottom
@@ -178,6 +186,7 @@
 //! | `hyper` | no | [`adapters::hyper`]: response and `Last-Event-ID` helpers for plain hyper 1 |
 //! | `redis` | no | `broker::redis`: Redis pub/sub, sharded pub/sub and Redis Cluster, with TLS |
 //! | `nats` | no | `broker::nats`: core NATS subjects, with credentials, token, user/password and TLS |
+//! | `jwt` | no | `auth::jwt`: signed tokens (HS256, ES256, RS256) from a bearer header, a cookie or the query, per-topic grants, streams that end at `exp` |
 //! | `testkit` | no | `testkit`: the conformance suite every backend passes, for authors of a `Broker` or `History` outside this crate |
 //!
 //! The in-memory broker ([`broker::memory`]) is always available.
@@ -192,6 +201,7 @@ pub mod hub;
 pub mod publisher;
 
 pub mod auth;
+pub mod cors;
 pub mod presence;
 pub mod subscription;
 
@@ -222,10 +232,17 @@ pub use outbound::{PublishError, PublishReceipt, Target};
 pub use publisher::Publisher;
 pub use registry::{ConnectionId, ConnectionRegistry};
 pub use stream::{FrameSender, OverflowPolicy, SseStream, StreamConfig};
-pub use subscription::Subscription;
+pub use subscription::{Subscription, EXPIRED_EVENT};
 pub use telemetry::HubStats;
 
-/// The README's examples, compiled as doctests (they use every backend).
-#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "nats"))]
+/// The README's examples, compiled as doctests (they use every backend and
+/// the `jwt` feature; CI runs them with `--all-features`).
+#[cfg(all(
+    doctest,
+    feature = "axum",
+    feature = "redis",
+    feature = "nats",
+    feature = "jwt"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

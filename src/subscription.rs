@@ -3,9 +3,21 @@
 //! takes one; an [`Authorizer`](crate::auth::Authorizer) may rewrite it.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use crate::event::Event;
 use crate::registry::ConnectionId;
+
+/// Name of the event that ends a stream at its subscription's expiry (see
+/// [`Subscription::expires_at`]; the JWT authorizer sets it from the token's
+/// `exp`). Its data is `{"reason":"expired"}`. The stream ends right after
+/// it; the page should close its `EventSource`, get a fresh token and open a
+/// new one (reconnecting with the old token would be refused with 401).
+pub const EXPIRED_EVENT: &str = "sse-cluster.expired";
+
+/// The [`EXPIRED_EVENT`] frame.
+pub(crate) const EXPIRED_FRAME: &[u8] =
+    b"event: sse-cluster.expired\ndata: {\"reason\":\"expired\"}\n\n";
 
 /// Builds a connection's first event from its id.
 pub(crate) type Greeting = Box<dyn FnOnce(&ConnectionId) -> Event + Send>;
@@ -24,6 +36,7 @@ pub struct Subscription {
     pub(crate) topics: Vec<String>,
     pub(crate) greeting: Option<Greeting>,
     pub(crate) last_event_id: Option<String>,
+    pub(crate) expires: Option<SystemTime>,
 }
 
 impl fmt::Debug for Subscription {
@@ -33,6 +46,7 @@ impl fmt::Debug for Subscription {
             .field("topics", &self.topics)
             .field("greeting", &self.greeting.is_some())
             .field("last_event_id", &self.last_event_id)
+            .field("expires", &self.expires)
             .finish()
     }
 }
@@ -85,6 +99,30 @@ impl Subscription {
     pub fn resume_from(mut self, id: Option<String>) -> Self {
         self.last_event_id = id;
         self
+    }
+
+    /// Ends the stream at `at` (to within the runtime's timer resolution, a
+    /// millisecond) with an [`EXPIRED_EVENT`], after the events already
+    /// queued; nothing published later reaches it. Given twice, the earlier
+    /// time holds, so a layer can shorten a subscription but never extend
+    /// it. A time already past ends the stream at once.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use sse_cluster::Subscription;
+    ///
+    /// let in_an_hour = SystemTime::now() + Duration::from_secs(3600);
+    /// let sub = Subscription::new().topic("news").expires_at(in_an_hour);
+    /// assert_eq!(sub.expiry(), Some(in_an_hour));
+    /// ```
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expires = Some(self.expires.map_or(at, |old| old.min(at)));
+        self
+    }
+
+    /// When the stream ends, if it does (see [`Subscription::expires_at`]).
+    pub fn expiry(&self) -> Option<SystemTime> {
+        self.expires
     }
 
     /// The user, if set.

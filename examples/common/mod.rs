@@ -4,7 +4,11 @@
 //! - `GET /events?topic=T[&topic=T2…][&user=U]`: the SSE stream; the first
 //!   event is `event: connected` whose data is the connection id. A full
 //!   node answers `503` with `Retry-After`, a user over its limit `429`;
-//!   with `--auth-token`, a missing token `401`, a wrong one `403`.
+//!   with `--auth-token`, a missing token `401`, a wrong one `403`. With a
+//!   JWT key (`--jwt-secret`, `--jwt-public-key`; see [`Access`]) a token is
+//!   required: none or an invalid one `401`, a topic outside its claims
+//!   `403`; the token's `sub` is the user (`user=` is ignored), and the
+//!   stream ends at its `exp` with `event: sse-cluster.expired`.
 //! - `POST /publish?topic=T | ?user=U | ?connection=C | (none: everyone)`,
 //!   optional `&event=NAME`; the body is the event data (UTF-8) → `202` with
 //!   `{"id": …}`; a bad event name, target or body → `400` with
@@ -30,6 +34,12 @@
 //!   invalid name → `400`; presence not enabled on the hub → `501`; the bus
 //!   refused the query or the hub is shutting down → `503`.
 //!
+//! With a JWT key, `/publish` and `/presence` need a token too; `/healthz`,
+//! `/stats` and `/metrics` stay open, meant for the operator's network.
+//! With `--cors-origin` (see [`Access`]), every answer to a listed `Origin`
+//! carries `Access-Control-Allow-Origin: ORIGIN` and
+//! `Access-Control-Allow-Credentials: true`, and preflights are answered.
+//!
 //! Query values are percent-decoded (`+` is a space) to bytes: a `topic`,
 //! `user`, `event` or `connection` that is not UTF-8 then (`topic=%FF`) is
 //! refused with `400 {"error": …}` on every route, never replaced with
@@ -49,8 +59,15 @@ use sse_cluster::adapters::axum::LastEventId;
 use sse_cluster::auth::{Authorizer, Denied};
 use sse_cluster::{BrokerStatus, ConnectionId, Event, Hub, Subscription, Target};
 
-/// The demo node's routes, serving `hub`.
+/// The demo node's routes, serving `hub`, open to anyone.
 pub fn router(hub: Hub) -> Router {
+    router_with(hub, Access::default())
+}
+
+/// The demo node's routes, serving `hub`, with `access`: the token check of
+/// `/events` (through the hub's authorizer), `/publish` and `/presence`,
+/// and the CORS policy of every answer (preflights included).
+pub fn router_with(hub: Hub, access: Access) -> Router {
     Router::new()
         .route("/events", get(events))
         .route("/publish", post(publish))
@@ -58,7 +75,154 @@ pub fn router(hub: Hub) -> Router {
         .route("/stats", get(stats))
         .route("/presence", get(presence))
         .route("/disconnect", post(disconnect))
+        .layer(axum::middleware::from_fn_with_state(
+            access.clone(),
+            cors_layer,
+        ))
+        .layer(axum::Extension(access))
         .with_state(hub)
+}
+
+/// Who may use the demo node's routes, and which origins may read them.
+///
+/// With a JWT key (`--jwt-secret`, `--jwt-public-key`), `/events`,
+/// `/publish` and `/presence` need a token (`Authorization: Bearer T`,
+/// else the cookie `sse_token=T`, else `?access_token=T`): none or an
+/// invalid one is `401` (with `WWW-Authenticate: Bearer`), a target outside
+/// its claims `403`. `/events` checks it through the hub's authorizer (the
+/// same `JwtAuth`), the others through [`Access::check_subscribe`],
+/// [`Access::check_publish`] and [`Access::check_presence`], which any
+/// further route (`/resume-token`) can call alike. `/healthz`, `/stats`
+/// and `/metrics` stay open: they are meant for the operator's network
+/// (a balancer's health check, a Prometheus scraper), not for the public.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// The token check.
+    #[cfg(feature = "jwt")]
+    pub jwt: Option<std::sync::Arc<sse_cluster::auth::jwt::JwtAuth>>,
+    /// The CORS policy (`--cors-origin`).
+    pub cors: Option<sse_cluster::cors::Cors>,
+}
+
+impl Access {
+    /// `Ok` if the request may read `topics` (all of them): without a JWT
+    /// key always; with one, if its token is valid (else `401`) and grants
+    /// every topic (else `403`). The `Err` is the answer to send (boxed:
+    /// the `Ok` path should not carry its size).
+    pub fn check_subscribe(
+        &self,
+        request: &axum::http::request::Parts,
+        topics: &[String],
+    ) -> Result<(), Box<Response>> {
+        #[cfg(feature = "jwt")]
+        if let Some(claims) = self.claims(request)? {
+            if let Some(topic) = topics.iter().find(|t| !claims.can_subscribe(t)) {
+                return Err(forbidden(format!(
+                    "the token does not grant topic {topic:?}"
+                )));
+            }
+        }
+        let _ = (request, topics);
+        Ok(())
+    }
+
+    /// `Ok` if the request may publish to `target` (see
+    /// `Claims::can_publish`): `401` without a valid token, `403` outside
+    /// its claims.
+    pub fn check_publish(
+        &self,
+        request: &axum::http::request::Parts,
+        target: &Target,
+    ) -> Result<(), Box<Response>> {
+        #[cfg(feature = "jwt")]
+        if let Some(claims) = self.claims(request)? {
+            if !claims.can_publish(target) {
+                return Err(forbidden("the token does not grant publishing there"));
+            }
+        }
+        let _ = (request, target);
+        Ok(())
+    }
+
+    /// `Ok` if the request may ask `/presence` about `topic` (a topic it may
+    /// subscribe to), `user` (its own `sub`, or any with the `"*"`
+    /// subscribe grant), or neither (the node list: any valid token).
+    pub fn check_presence(
+        &self,
+        request: &axum::http::request::Parts,
+        topic: Option<&str>,
+        user: Option<&str>,
+    ) -> Result<(), Box<Response>> {
+        #[cfg(feature = "jwt")]
+        if let Some(claims) = self.claims(request)? {
+            let allowed = match (topic, user) {
+                (Some(topic), _) if !claims.can_subscribe(topic) => false,
+                (_, Some(user)) => {
+                    claims.user() == Some(user) || claims.sse.subscribe.iter().any(|p| p == "*")
+                }
+                _ => true,
+            };
+            if !allowed {
+                return Err(forbidden("the token does not grant this presence query"));
+            }
+        }
+        let _ = (request, topic, user);
+        Ok(())
+    }
+
+    /// The request's verified claims (`None` without a JWT key), or the
+    /// `401` for a missing or invalid token.
+    #[cfg(feature = "jwt")]
+    pub fn claims(
+        &self,
+        request: &axum::http::request::Parts,
+    ) -> Result<Option<sse_cluster::auth::jwt::Claims>, Box<Response>> {
+        let Some(jwt) = &self.jwt else {
+            return Ok(None);
+        };
+        match jwt.verify(request) {
+            Ok(claims) => Ok(Some(claims)),
+            Err(err) => {
+                let mut response = error(StatusCode::UNAUTHORIZED, err);
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+                Err(response.into())
+            }
+        }
+    }
+}
+
+fn forbidden(reason: impl std::fmt::Display) -> Box<Response> {
+    Box::new(error(StatusCode::FORBIDDEN, reason))
+}
+
+/// The CORS policy on every route: a preflight is answered here; any other
+/// answer gets the grant for an allowed origin. (`/events` answers from
+/// `Hub::respond` carry it already when the hub has the same policy; the
+/// grant is set, not added, so twice is the same.)
+async fn cors_layer(
+    State(access): State<Access>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(cors) = &access.cors else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    if let Some(answer) = cors.preflight(&parts) {
+        return answer.map(|()| axum::body::Body::empty());
+    }
+    let mut origin = axum::http::HeaderMap::new();
+    if let Some(value) = parts.headers.get(axum::http::header::ORIGIN) {
+        origin.insert(axum::http::header::ORIGIN, value.clone());
+    }
+    let mut response = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    cors.apply(&origin, response.headers_mut());
+    response
 }
 
 /// The `keys` pairs of a query string (`application/x-www-form-urlencoded`,
@@ -196,17 +360,32 @@ pub fn publish_response(
     }
 }
 
-async fn publish(State(hub): State<Hub>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+async fn publish(
+    State(hub): State<Hub>,
+    axum::Extension(access): axum::Extension<Access>,
+    RawQuery(query): RawQuery,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+) -> Response {
     match publish_request(&query, &body) {
-        Ok((target, event)) => publish_response(hub.publish(target, event).await),
+        Ok((target, event)) => match access.check_publish(&parts, &target) {
+            Ok(()) => publish_response(hub.publish(target, event).await),
+            Err(refused) => *refused,
+        },
         Err(reason) => bad_request(reason),
     }
 }
 
 /// `POST /disconnect?user=U | topic=T | connection=C [&reason=R] [&reconnect=1]`:
 /// ends the matching streams on every node, each after a final
-/// `sse-cluster.closed` event; `200 {"closed_locally": n, …}`.
-async fn disconnect(State(hub): State<Hub>, RawQuery(query): RawQuery) -> Response {
+/// `sse-cluster.closed` event; `200 {"closed_locally": n, …}`. With a JWT
+/// key, the token must grant publishing to the target.
+async fn disconnect(
+    State(hub): State<Hub>,
+    axum::Extension(access): axum::Extension<Access>,
+    RawQuery(query): RawQuery,
+    parts: axum::http::request::Parts,
+) -> Response {
     let pairs = match query_pairs(
         &query,
         &["topic", "user", "connection", "reason", "reconnect"],
@@ -233,6 +412,9 @@ async fn disconnect(State(hub): State<Hub>, RawQuery(query): RawQuery) -> Respon
         (Some(target), true) => target,
         _ => return bad_request("give exactly one of topic, user, connection".into()),
     };
+    if let Err(refused) = access.check_publish(&parts, &target) {
+        return *refused;
+    }
     let how = if reconnect {
         sse_cluster::Disconnect::reconnect(reason)
     } else {
@@ -272,7 +454,12 @@ async fn stats(State(hub): State<Hub>) -> Response {
     Json(body).into_response()
 }
 
-async fn presence(State(hub): State<Hub>, RawQuery(query): RawQuery) -> Response {
+async fn presence(
+    State(hub): State<Hub>,
+    axum::Extension(access): axum::Extension<Access>,
+    RawQuery(query): RawQuery,
+    parts: axum::http::request::Parts,
+) -> Response {
     use sse_cluster::presence::PresenceError;
     let pairs = match query_pairs(&query, &["topic", "user"]) {
         Ok(pairs) => pairs,
@@ -285,6 +472,9 @@ async fn presence(State(hub): State<Hub>, RawQuery(query): RawQuery) -> Response
             "user" => user = Some(value),
             _ => {}
         }
+    }
+    if let Err(refused) = access.check_presence(&parts, topic.as_deref(), user.as_deref()) {
+        return *refused;
     }
     let answer = match (topic, user) {
         (Some(topic), None) => hub.presence().topic(&topic).await.map(|p| {

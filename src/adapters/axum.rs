@@ -22,6 +22,14 @@
 //! Router::new().route("/events", get(events)).with_state(hub)
 //! # }
 //! ```
+//!
+//! Tokens and CORS: the `IntoResponse` impls do not see the request, so they
+//! can grant no origin. A handler that returns
+//! [`Hub::respond`](crate::Hub::respond)`(&parts, sub)` (an
+//! `http::Response<SseStream>`, which axum serves as it is) gets the hub's
+//! authorizer (e.g. `auth::jwt::JwtAuth`, feature `jwt`) and its CORS policy
+//! ([`HubBuilder::cors`](crate::HubBuilder::cors)) on every answer,
+//! refusals and preflights included; route `OPTIONS` to the same handler.
 
 use std::convert::Infallible;
 

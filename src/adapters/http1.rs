@@ -50,6 +50,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 
 use super::WriteDeadline;
+use crate::cors::{is_preflight, Cors};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -182,7 +183,67 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 ///   never a cut body presented as whole. The error's inner error is a
 ///   [`BodyTooLarge`] in the first case.
 /// - Any error of `io` while reading the head or writing the response.
-pub async fn serve_sse<T, S, F, Fut, B>(mut io: T, is_sse: S, respond: F) -> io::Result<Served<T>>
+pub async fn serve_sse<T, S, F, Fut, B>(io: T, is_sse: S, respond: F) -> io::Result<Served<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: FnOnce(&http::request::Parts) -> bool,
+    F: FnOnce(http::Request<()>) -> Fut,
+    Fut: Future<Output = http::Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    serve_sse_with(io, &DriverConfig::default(), is_sse, respond).await
+}
+
+/// Settings of [`serve_sse_with`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct DriverConfig {
+    /// The CORS policy of the driver's answers; see [`DriverConfig::cors`].
+    pub cors: Option<Cors>,
+}
+
+impl DriverConfig {
+    /// Applies `cors` to every answer the driver writes, whatever your
+    /// code built (a stream, or a refusal such as 401, 403, 429 or 503):
+    /// the grant for an allowed `Origin` (see [`cors`](crate::cors)); and
+    /// answers a preflight itself (`OPTIONS` with
+    /// `Access-Control-Request-Method`) when `is_sse` accepts the request
+    /// it announces (the same head with the announced method), without
+    /// calling your code. Default: none.
+    #[must_use]
+    pub fn cors(mut self, cors: Cors) -> Self {
+        self.cors = Some(cors);
+        self
+    }
+}
+
+/// [`serve_sse`] with `config` (a CORS policy, say).
+///
+/// ```no_run
+/// use sse_cluster::adapters::http1::{serve_sse_with, DriverConfig};
+/// use sse_cluster::{cors::Cors, Hub, Subscription};
+///
+/// # async fn demo(tcp: tokio::net::TcpStream, hub: Hub) -> std::io::Result<()> {
+/// let config = DriverConfig::default().cors(Cors::origins(["https://app.example"]));
+/// let is_sse = |head: &http::request::Parts| head.uri.path() == "/events";
+/// let respond = |req: http::Request<()>| async move {
+///     let (head, ()) = req.into_parts();
+///     hub.respond(&head, Subscription::new().topic("news")).await
+/// };
+/// serve_sse_with(tcp, &config, is_sse, respond).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As [`serve_sse`].
+pub async fn serve_sse_with<T, S, F, Fut, B>(
+    mut io: T,
+    config: &DriverConfig,
+    is_sse: S,
+    respond: F,
+) -> io::Result<Served<T>>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     S: FnOnce(&http::request::Parts) -> bool,
@@ -210,10 +271,26 @@ where
         }
     };
     let parts = *parts;
+    let cors = config.cors.as_ref();
+    if let Some(cors) = cors.filter(|_| is_preflight(&parts)) {
+        if !is_sse(&announced(&parts)) {
+            return Ok(Served::Other(Rewind::new(head.into(), io)));
+        }
+        drop(head);
+        let mut io = WriteDeadline::new(&mut io);
+        if let Some(answer) = cors.preflight(&parts) {
+            let (answer, ()) = answer.into_parts();
+            write_all(&mut io, &response_head(&answer, Some(0))).await?;
+        }
+        let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+        return Ok(Served::Done);
+    }
     if !is_sse(&parts) {
         return Ok(Served::Other(Rewind::new(head.into(), io)));
     }
     drop(head);
+    // Only what the CORS grant depends on outlives the request.
+    let origin = cors.and_then(|_| parts.headers.get(http::header::ORIGIN).cloned());
     let response = respond(http::Request::from_parts(parts, ())).await;
     // Every write of the answer has the default write deadline: a client
     // that stops reading cannot pin the connection (and its stream's
@@ -222,7 +299,14 @@ where
     // In a block, so that the response head does not live on in this
     // future while the stream runs.
     let stream = {
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
+        if let Some(cors) = cors {
+            let mut request = http::HeaderMap::new();
+            if let Some(origin) = origin {
+                request.insert(http::header::ORIGIN, origin);
+            }
+            cors.apply(&request, &mut parts.headers);
+        }
         let is_stream = parts.status == http::StatusCode::OK
             && parts
                 .headers
@@ -255,6 +339,21 @@ where
     }
     let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
     Ok(Served::Done)
+}
+
+/// The request a preflight announces: its head with the method of
+/// `Access-Control-Request-Method` (an invalid one: `OPTIONS` stays).
+fn announced(preflight: &http::request::Parts) -> http::request::Parts {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = preflight
+        .headers
+        .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or(http::Method::OPTIONS);
+    parts.uri = preflight.uri.clone();
+    parts.version = preflight.version;
+    parts.headers = preflight.headers.clone();
+    parts
 }
 
 enum Head {
@@ -339,6 +438,11 @@ fn response_head(parts: &http::response::Parts, length: Option<usize>) -> Vec<u8
         out.extend_from_slice(b"\r\n");
     }
     match length {
+        // No length for a response that has no body by definition
+        // (RFC 9110 section 8.6).
+        Some(_) if parts.status == http::StatusCode::NO_CONTENT => {
+            out.extend_from_slice(b"connection: close\r\n\r\n");
+        }
         Some(n) => {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(n.to_string().as_bytes());

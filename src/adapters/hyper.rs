@@ -27,7 +27,9 @@ use crate::stream::{channel, StreamConfig};
 use crate::{Connection, Hub, SseStream, Subscription};
 
 /// [`Hub::respond`] for a hyper request: the stream, or the refusal as the
-/// client should see it.
+/// client should see it, with the hub's CORS grant
+/// ([`HubBuilder::cors`](crate::HubBuilder::cors)) and its answer to a
+/// preflight.
 pub async fn respond<B>(hub: &Hub, request: Request<B>, sub: Subscription) -> Response<SseStream> {
     let (parts, _body) = request.into_parts();
     hub.respond(&parts, sub).await

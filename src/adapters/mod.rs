@@ -7,7 +7,10 @@
 //! [`PublishError::status`](crate::PublishError::status)), so any framework
 //! built on the `http` crate can serve it. The adapters add only what needs a
 //! framework's own traits. [`last_event_id`] is the core's, re-exported here
-//! for handlers that read it themselves.
+//! for handlers that read it themselves. CORS is the core's too
+//! ([`cors`](crate::cors)): [`Hub::respond`](crate::Hub::respond) applies
+//! the hub's policy on every path built on it, and the `http1` driver,
+//! which writes answers itself, takes one in its `DriverConfig`.
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

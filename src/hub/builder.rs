@@ -33,6 +33,7 @@ pub struct HubBuilder {
     pub(super) gap_events: bool,
     pub(super) limits: Limits,
     pub(super) authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
+    pub(super) cors: Option<crate::cors::Cors>,
     pub(super) presence: Option<PresenceConfig>,
     pub(super) history: Option<Arc<dyn History>>,
     pub(super) require_broker: Option<Duration>,
@@ -67,6 +68,7 @@ impl Default for HubBuilder {
             gap_events: true,
             limits: Limits::default(),
             authorizer: None,
+            cors: None,
             presence: None,
             history: None,
             require_broker: None,
@@ -150,6 +152,26 @@ impl HubBuilder {
     /// Default: none (every subscription is allowed).
     pub fn authorizer(mut self, authorizer: Arc<dyn crate::auth::Authorizer>) -> Self {
         self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// The CORS policy of [`Hub::respond`]: grants for allowed origins on
+    /// every answer (streams and refusals) and the answer to a preflight;
+    /// see [`cors`](crate::cors). Default: none (no grant, as before).
+    ///
+    /// ```no_run
+    /// use sse_cluster::{cors::Cors, Hub};
+    ///
+    /// # async fn demo() -> Result<(), sse_cluster::HubError> {
+    /// let hub = Hub::builder()
+    ///     .cors(Cors::origins(["https://app.example"]).allow_credentials(true))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cors(mut self, cors: crate::cors::Cors) -> Self {
+        self.cors = Some(cors);
         self
     }
 
@@ -276,6 +298,7 @@ impl HubBuilder {
             gap_events: self.gap_events,
             limits: self.limits,
             authorizer: self.authorizer,
+            cors: self.cors,
             admitted: AtomicUsize::new(0),
             resumer,
             outbound,

@@ -157,10 +157,18 @@ impl ConnectError {
     }
 
     /// This refusal as a plain HTTP response: [`ConnectError::status`],
-    /// `Retry-After` when there is one, and `{"error": reason}` as a JSON
-    /// body.
+    /// `Retry-After` when there is one, `WWW-Authenticate: Bearer` on a 401
+    /// (RFC 9110 asks a 401 to name a scheme), and `{"error": reason}` as a
+    /// JSON body.
     pub fn to_http_response(&self) -> http::Response<String> {
-        error_response(self.status(), self, self.retry_after())
+        let mut response = error_response(self.status(), self, self.retry_after());
+        if response.status() == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 
     /// The word of [`REFUSED_EVENT`] for a refusal an `EventSource` should

@@ -122,6 +122,8 @@ struct Inner {
     gap_events: bool,
     limits: builder::Limits,
     authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
+    /// The CORS policy of [`Hub::respond`]'s answers.
+    cors: Option<crate::cors::Cors>,
     /// This hub's side of the presence protocol.
     presence: Arc<PresenceState>,
     /// Connections admitted and not yet unregistered (the node limit is
@@ -191,18 +193,37 @@ impl Hub {
     /// [`HubBuilder::shutdown_retry`]) and a [`REFUSED_EVENT`], so it
     /// reconnects instead of giving up; others get the plain status. The
     /// body type is the same either way, so a handler returns this as it is.
+    ///
+    /// With a CORS policy ([`HubBuilder::cors`]), a preflight (`OPTIONS`
+    /// with `Access-Control-Request-Method`) gets its answer and opens
+    /// nothing, and every answer, a refusal too (401, 403, 429, 503),
+    /// carries the grant for an allowed `Origin` (see [`cors`](crate::cors)).
     pub async fn respond(
         &self,
         request: &http::request::Parts,
         sub: Subscription,
     ) -> http::Response<SseStream> {
-        match self.connect_request(request, sub).await {
+        let cors = self.inner.cors.as_ref();
+        if let Some(preflight) = cors.and_then(|c| c.preflight(request)) {
+            return preflight.map(|()| stream::finished([]));
+        }
+        let mut response = match self.connect_request(request, sub).await {
             Ok(conn) => conn.into_http_response(),
             Err(err) => {
                 tracing::debug!(error = %err, "connect refused");
                 err.response_for(&request.headers, self.reconnect_delay())
             }
+        };
+        if let Some(cors) = cors {
+            cors.apply(&request.headers, response.headers_mut());
         }
+        response
+    }
+
+    /// The CORS policy set with [`HubBuilder::cors`], for the app's other
+    /// routes (a publish endpoint, say) to answer alike.
+    pub fn cors(&self) -> Option<&crate::cors::Cors> {
+        self.inner.cors.as_ref()
     }
 
     /// A delay drawn from the reconnect range ([`HubBuilder::shutdown_retry`]),
@@ -295,6 +316,16 @@ impl Hub {
         let (sender, mut stream) = stream::channel(&inner.stream);
         if let Some(greeting) = sub.greeting {
             stream = stream.prepend(&greeting(&id));
+        }
+        if let Some(at) = sub.expires {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            // Past the timer's range: it never comes.
+            if let Some(at) = tokio::time::Instant::now().checked_add(left) {
+                let last = bytes::Bytes::from_static(crate::subscription::EXPIRED_FRAME);
+                stream = stream.end_at(at, last);
+            }
         }
         let mut channels: Vec<Channel> = topics.iter().cloned().map(Channel::Topic).collect();
         channels.extend(user.clone().map(Channel::User));
@@ -577,6 +608,74 @@ mod tests {
         let err = hub.connect(Subscription::new()).await.unwrap_err();
         assert!(matches!(err, ConnectError::NodeFull { .. }));
         assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn respond_grants_allowed_origins_on_streams_refusals_and_preflights() {
+        use crate::cors::Cors;
+        let bus = MemoryBus::new();
+        let cors = Cors::origins(["https://app.example"]).allow_credentials(true);
+        let hub = hub(&bus, |b| b.cors(cors).max_connections_per_user(1)).await;
+        let request = |origin: &str, accept: Option<&str>| {
+            let mut builder = http::Request::get("/events").header("origin", origin);
+            if let Some(accept) = accept {
+                builder = builder.header("accept", accept);
+            }
+            builder.body(()).unwrap().into_parts().0
+        };
+        let grant = |r: &http::Response<SseStream>| {
+            r.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let app = "https://app.example";
+        let held = hub
+            .respond(&request(app, None), Subscription::new().user("u"))
+            .await;
+        assert_eq!(held.status(), http::StatusCode::OK);
+        assert_eq!(grant(&held).as_deref(), Some(app));
+        // A user over its limit: 429 for a plain client, a retry for an
+        // EventSource; both readable by the page.
+        for accept in [None, Some("text/event-stream")] {
+            let refused = hub
+                .respond(&request(app, accept), Subscription::new().user("u"))
+                .await;
+            let status = if accept.is_some() { 200 } else { 429 };
+            assert_eq!(refused.status().as_u16(), status);
+            assert_eq!(grant(&refused).as_deref(), Some(app));
+            assert_eq!(
+                refused.headers()["access-control-allow-credentials"],
+                "true"
+            );
+        }
+        let other = hub
+            .respond(
+                &request("https://evil.example", None),
+                Subscription::new().user("u"),
+            )
+            .await;
+        assert_eq!(other.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(grant(&other), None);
+        // A preflight opens nothing.
+        let preflight = http::Request::options("/events")
+            .header("origin", app)
+            .header("access-control-request-method", "GET")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let answer = hub
+            .respond(&preflight, Subscription::new().topic("t"))
+            .await;
+        assert_eq!(answer.status(), http::StatusCode::NO_CONTENT);
+        assert_eq!(grant(&answer).as_deref(), Some(app));
+        assert_eq!(hub.registry().topic_connections("t"), 0);
+        // Draining: 503, with the grant.
+        drop(held);
+        hub.shutdown().await;
+        let draining = hub.respond(&request(app, None), Subscription::new()).await;
+        assert_eq!(draining.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(grant(&draining).as_deref(), Some(app));
     }
 
     #[tokio::test]

@@ -29,6 +29,15 @@ struct KeepAlive {
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
+/// The end of a stream at a set time (a subscription's expiry).
+struct Deadline {
+    at: Instant,
+    /// The frame that says why the stream ends.
+    last: Bytes,
+    /// Created on the first poll, which runs inside the runtime.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
 /// An SSE response body.
 ///
 /// Yields encoded frames as a [`Stream`] of [`Bytes`] and implements
@@ -39,6 +48,7 @@ pub struct SseStream {
     shared: Arc<Shared>,
     prologue: VecDeque<Bytes>,
     keep_alive: Option<KeepAlive>,
+    deadline: Option<Deadline>,
     ended: bool,
     guard: Option<Box<dyn Any + Send + Sync>>,
 }
@@ -66,6 +76,7 @@ impl SseStream {
             shared,
             prologue: VecDeque::from_iter(config.initial_retry.map(retry_frame)),
             keep_alive,
+            deadline: None,
             ended: false,
             guard: None,
         }
@@ -85,6 +96,39 @@ impl SseStream {
         self
     }
 
+    /// Ends the stream at `at`: the frames queued by then are delivered,
+    /// then `last`, then the end; nothing sent after `at` is queued.
+    pub(crate) fn end_at(mut self, at: Instant, last: Bytes) -> Self {
+        self.deadline = Some(Deadline {
+            at,
+            last,
+            sleep: None,
+        });
+        self
+    }
+
+    /// Closes the queue with the deadline's frame once the deadline has
+    /// passed; otherwise registers `cx` to be woken then.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) {
+        let Some(deadline) = &mut self.deadline else {
+            return;
+        };
+        let at = deadline.at;
+        let sleep = deadline
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        let last = deadline.last.clone();
+        self.deadline = None;
+        let mut state = self.shared.lock();
+        if state.phase == Phase::Open {
+            state.enqueue(last);
+            state.phase = Phase::Draining;
+        }
+    }
+
     /// Wraps the stream in an `http::Response` with the SSE headers:
     /// `content-type: text/event-stream`, `cache-control: no-cache` and
     /// `x-accel-buffering: no` (so nginx does not buffer the stream).
@@ -97,6 +141,7 @@ impl SseStream {
     fn finish(&mut self) -> Poll<Option<Bytes>> {
         self.ended = true;
         self.keep_alive = None;
+        self.deadline = None;
         self.guard = None;
         Poll::Ready(None)
     }
@@ -136,6 +181,7 @@ impl SseStream {
         if this.ended {
             return Poll::Ready(None);
         }
+        this.poll_deadline(cx);
         if let Some(frame) = this.prologue.pop_front() {
             return Poll::Ready(Some(frame));
         }

@@ -122,3 +122,29 @@ async fn keep_alive_only_when_idle() {
     assert_eq!(&rx.next().await.unwrap()[..], KEEP_ALIVE_FRAME);
     assert_eq!(start.elapsed(), Duration::from_secs(40));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_ends_the_stream_with_its_frame_at_that_time() {
+    let started = Instant::now();
+    let (tx, rx) = channel(&cfg());
+    let mut rx = rx.end_at(
+        started + Duration::from_secs(10),
+        Bytes::from_static(b"event: end\n\n"),
+    );
+    tx.send(Bytes::from_static(b"data: 1\n\n")).unwrap();
+    assert_eq!(&rx.next().await.unwrap()[..], b"data: 1\n\n");
+    // Nothing until the deadline, then the frame and the end, at once.
+    assert_eq!(&rx.next().await.unwrap()[..], b"event: end\n\n");
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    assert!(rx.next().await.is_none());
+    assert_eq!(tx.send(Bytes::new()), Err(SendError::Closed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_does_not_reopen_a_closing_stream() {
+    let (tx, rx) = channel(&cfg());
+    let mut rx = rx.end_at(Instant::now(), Bytes::from_static(b"event: end\n\n"));
+    tx.close_with(Some(Bytes::from_static(b"retry: 1\n\n")));
+    assert_eq!(&rx.next().await.unwrap()[..], b"retry: 1\n\n");
+    assert!(rx.next().await.is_none());
+}
