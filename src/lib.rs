@@ -139,9 +139,9 @@
 //!
 //! **Layers.** Each module imports only from the layers below it: the
 //! adapters, then [`hub`] and [`publisher`], then [`presence`], [`auth`],
-//! [`cors`] and [`subscription`], then the two paths of an event ([`outbound`]: target →
-//! channel, envelope, size check, send to bus or store; [`resume`]: event
-//! ids, the cursor, replay), then [`registry`] and [`stream`], then
+//! [`cors`] and [`subscription`], then the two paths of an event
+//! ([`outbound`]: target → channel, envelope, size check, send to bus or
+//! store; [`resume`]: event ids, the cursor, replay), then [`registry`] and [`stream`], then
 //! [`history`] and [`broker`] (the backend contracts), and at the bottom
 //! [`wire`], [`event`], [`limits`] and [`telemetry`]. `ARCHITECTURE.md` in
 //! the repository follows one event through them.

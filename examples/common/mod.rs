@@ -92,7 +92,10 @@ pub fn router_with(hub: Hub, access: Access) -> Router {
 /// its claims `403`. `/events` checks it through the hub's authorizer (the
 /// same `JwtAuth`), the others through [`Access::check_subscribe`],
 /// [`Access::check_publish`] and [`Access::check_presence`], which any
-/// further route (`/resume-token`) can call alike. `/healthz`, `/stats`
+/// further route (`/resume-token`) can call alike: a route registered in
+/// [`router_with`], before its layers, reads this with
+/// `axum::Extension<Access>` and its request with
+/// `axum::http::request::Parts`. `/healthz`, `/stats`
 /// and `/metrics` stay open: they are meant for the operator's network
 /// (a balancer's health check, a Prometheus scraper), not for the public.
 #[derive(Debug, Clone, Default)]
