@@ -40,6 +40,12 @@
 //! every stream with a randomized `retry:`, and answers `/events` requests
 //! that still arrive with a retry (not a 503) until the drain is over and
 //! `--drain-grace-ms` (default 1000) has passed, then exits.
+//!
+//! Rebalancing: `--max-lifetime SECS` ends every connection after 80% to
+//! 100% of SECS with a short `retry:` and `sse-cluster.closed`
+//! (`{"reason":"lifetime","reconnect":true}`), so clients come back through
+//! the balancer and spread over nodes added since; with `--history` they
+//! resume without a gap.
 
 mod common;
 
@@ -75,6 +81,9 @@ struct Args {
     /// How long a draining node keeps answering (503 on `/healthz`, a retry
     /// on `/events`) before it closes its listener.
     drain_grace: Duration,
+    /// `--max-lifetime SECS`: every connection ends within this (20%
+    /// jitter) so that clients spread over new nodes.
+    max_lifetime: Option<Duration>,
 }
 
 const USAGE: &str =
@@ -84,7 +93,7 @@ const USAGE: &str =
 [--presence-heartbeat-ms MS] \
 [--history memory|redis|jetstream] [--history-max N] [--history-age SECS] \
 [--history-max-bytes N (memory store, default 67108864; 0: no budget)] \
-[--header-timeout-ms MS] [--write-deadline-ms MS] [--drain-grace-ms MS]";
+[--header-timeout-ms MS] [--write-deadline-ms MS] [--drain-grace-ms MS] [--max-lifetime SECS]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -104,6 +113,7 @@ fn parse_args() -> Result<Args, String> {
         header_timeout: HEADER_TIMEOUT,
         write_deadline: sse_cluster::adapters::DEFAULT_WRITE_DEADLINE,
         drain_grace: DRAIN_GRACE,
+        max_lifetime: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -155,6 +165,15 @@ fn parse_args() -> Result<Args, String> {
             }
             "--header-timeout-ms" => args.header_timeout = millis(&flag, &value()?)?,
             "--write-deadline-ms" => args.write_deadline = millis(&flag, &value()?)?,
+            "--max-lifetime" => {
+                let v = value()?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e9)
+                    .ok_or_else(|| format!("--max-lifetime {v}: seconds, more than 0"))?;
+                args.max_lifetime = Some(Duration::from_secs_f64(secs));
+            }
             "--drain-grace-ms" => {
                 let v = value()?;
                 let ms: u64 = v
@@ -254,6 +273,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Hub::builder()
         .drain_timeout(Duration::from_millis(800))
         .presence(presence);
+    if let Some(lifetime) = args.max_lifetime {
+        builder = builder.max_lifetime(lifetime, 0.2);
+    }
     if let Some(token) = args.auth_token.clone() {
         builder = builder.authorizer(std::sync::Arc::new(common::TokenAuthorizer(token)));
     }

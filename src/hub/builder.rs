@@ -37,6 +37,22 @@ pub struct HubBuilder {
     pub(super) presence: Option<PresenceConfig>,
     pub(super) history: Option<Arc<dyn History>>,
     pub(super) require_broker: Option<Duration>,
+    pub(super) max_lifetime: Option<Lifetime>,
+}
+
+/// The longest a connection lives, and the share of it drawn at random.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lifetime {
+    pub(super) max: Duration,
+    pub(super) jitter: f64,
+}
+
+impl Lifetime {
+    /// A lifetime drawn uniformly from `[max × (1 − jitter), max]`.
+    pub(super) fn draw(&self) -> Duration {
+        let shortest = self.max.mul_f64(1.0 - self.jitter);
+        shortest + (self.max - shortest).mul_f64(fastrand::f64())
+    }
 }
 
 /// Admission and size limits of a hub.
@@ -72,6 +88,7 @@ impl Default for HubBuilder {
             presence: None,
             history: None,
             require_broker: None,
+            max_lifetime: None,
         }
     }
 }
@@ -199,6 +216,30 @@ impl HubBuilder {
         self
     }
 
+    /// Ends every connection after at most `max`, each after a lifetime
+    /// drawn at random from `[max × (1 − jitter), max]` (`jitter` is
+    /// clamped to 0..=1; 0.2 is a good start), with a short `retry:` and a
+    /// final `sse-cluster.closed` event (`{"reason":"lifetime",
+    /// "reconnect":true}`), so that the client reconnects through the
+    /// balancer and, with a history store, resumes without a gap.
+    ///
+    /// Use it to rebalance: long-lived streams otherwise stay on the nodes
+    /// they first reached, so nodes added by a scale-out get only new
+    /// clients, for hours. A lifetime of a few minutes moves every client
+    /// within that time at the price of one reconnect (and, with history,
+    /// one store read) per client per lifetime; the jitter spreads those
+    /// reconnects. Without a history store each reconnect may lose what
+    /// was published while it was away. Default: none.
+    pub fn max_lifetime(mut self, max: Duration, jitter: f64) -> Self {
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.max_lifetime = Some(Lifetime { max, jitter });
+        self
+    }
+
     /// Starts the hub: connects the broker and subscribes to the node and
     /// broadcast channels. Must run inside a Tokio runtime.
     /// Makes [`build`](Self::build) wait up to `timeout` for the broker to
@@ -297,6 +338,7 @@ impl HubBuilder {
             bus_down: AtomicBool::new(!up),
             gap_events: self.gap_events,
             limits: self.limits,
+            max_lifetime: self.max_lifetime,
             authorizer: self.authorizer,
             cors: self.cors,
             admitted: AtomicUsize::new(0),

@@ -110,7 +110,7 @@ impl Inner {
 
     /// `retry:` and the [`CLOSED_EVENT`]; a fresh delay per stream when it
     /// should reconnect, so that the clients do not all come back at once.
-    fn closed_frame(&self, reason: &str, reconnect: bool) -> Bytes {
+    pub(super) fn closed_frame(&self, reason: &str, reconnect: bool) -> Bytes {
         let retry = if reconnect {
             self.reconnect_delay()
         } else {

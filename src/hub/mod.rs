@@ -121,6 +121,8 @@ struct Inner {
     bus_down: AtomicBool,
     gap_events: bool,
     limits: builder::Limits,
+    /// The longest a connection lives ([`HubBuilder::max_lifetime`]).
+    max_lifetime: Option<builder::Lifetime>,
     authorizer: Option<Arc<dyn crate::auth::Authorizer>>,
     /// The CORS policy of [`Hub::respond`]'s answers.
     cors: Option<crate::cors::Cors>,
@@ -317,15 +319,8 @@ impl Hub {
         if let Some(greeting) = sub.greeting {
             stream = stream.prepend(&greeting(&id));
         }
-        if let Some(at) = sub.expires {
-            let left = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            // Past the timer's range: it never comes.
-            if let Some(at) = tokio::time::Instant::now().checked_add(left) {
-                let last = bytes::Bytes::from_static(crate::subscription::EXPIRED_FRAME);
-                stream = stream.end_at(at, last);
-            }
+        if let Some((at, last)) = inner.deadline(sub.expires) {
+            stream = stream.end_at(at, last);
         }
         let mut channels: Vec<Channel> = topics.iter().cloned().map(Channel::Topic).collect();
         channels.extend(user.clone().map(Channel::User));
@@ -482,6 +477,33 @@ impl Hub {
 }
 
 impl Inner {
+    /// When a new connection's stream ends by itself, and its last frame:
+    /// the subscription's expiry or the connection's lifetime, whichever
+    /// comes first.
+    fn deadline(
+        &self,
+        expires: Option<std::time::SystemTime>,
+    ) -> Option<(tokio::time::Instant, bytes::Bytes)> {
+        let now = tokio::time::Instant::now();
+        // Past the timer's range: it never comes.
+        let expiry = expires.and_then(|at| {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            now.checked_add(left)
+        });
+        let lifetime = self.max_lifetime.and_then(|l| now.checked_add(l.draw()));
+        match (expiry, lifetime) {
+            (Some(e), Some(l)) if l < e => Some((l, self.closed_frame("lifetime", true))),
+            (Some(e), _) => Some((
+                e,
+                bytes::Bytes::from_static(crate::subscription::EXPIRED_FRAME),
+            )),
+            (None, Some(l)) => Some((l, self.closed_frame("lifetime", true))),
+            (None, None) => None,
+        }
+    }
+
     /// A delay drawn from the reconnect range ([`HubBuilder::shutdown_retry`]),
     /// so that clients told to come back do not all come back at once.
     fn reconnect_delay(&self) -> Duration {
