@@ -187,7 +187,9 @@ pub mod wire;
 
 pub use broker::{Broker, BrokerError, BrokerStatus};
 pub use event::{Event, EventError};
-pub use hub::{ConnectError, Connection, Hub, HubBuilder, HubError, REFUSED_EVENT};
+pub use hub::{
+    ConnectError, Connection, Hub, HubBuilder, HubError, ResumeTokenError, REFUSED_EVENT,
+};
 pub use outbound::{PublishError, PublishReceipt, Target};
 pub use publisher::Publisher;
 pub use registry::{ConnectionId, ConnectionRegistry};

@@ -3,9 +3,13 @@
 //! takes one; an [`Authorizer`](crate::auth::Authorizer) may rewrite it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::event::Event;
+use crate::history::History;
+use crate::limits::{check_name, MAX_TOPICS_PER_CONNECTION};
 use crate::registry::ConnectionId;
+use crate::resume::ResumeTokenError;
 
 /// Builds a connection's first event from its id.
 pub(crate) type Greeting = Box<dyn FnOnce(&ConnectionId) -> Event + Send>;
@@ -102,4 +106,46 @@ impl Subscription {
         self.topics.retain(|t| keep(t));
         self
     }
+}
+
+/// A subscription's user and topics, checked (every name valid, at most
+/// [`MAX_TOPICS_PER_CONNECTION`] topics), the topics sorted and without
+/// repeats. `Err` is why the subscription is invalid.
+pub(crate) fn checked_names(
+    user: Option<String>,
+    topics: Vec<String>,
+) -> Result<(Option<Arc<str>>, Vec<Arc<str>>), String> {
+    let user: Option<Arc<str>> = match user {
+        Some(u) => {
+            check_name(&u)?;
+            Some(u.into())
+        }
+        None => None,
+    };
+    let mut checked = Vec::with_capacity(topics.len());
+    for topic in topics {
+        check_name(&topic)?;
+        checked.push(Arc::<str>::from(topic));
+    }
+    checked.sort_unstable();
+    checked.dedup();
+    if checked.len() > MAX_TOPICS_PER_CONNECTION {
+        return Err(format!(
+            "at most {MAX_TOPICS_PER_CONNECTION} topics per connection"
+        ));
+    }
+    Ok((user, checked))
+}
+
+/// [`Hub::resume_token`](crate::Hub::resume_token) and
+/// [`Publisher::resume_token`](crate::Publisher::resume_token): the token of
+/// `sub` in `history`.
+pub(crate) async fn resume_token(
+    history: Option<&Arc<dyn History>>,
+    sub: &Subscription,
+) -> Result<String, ResumeTokenError> {
+    let history = history.ok_or(ResumeTokenError::NoHistory)?;
+    let (user, topics) = checked_names(sub.user.clone(), sub.topics.clone())
+        .map_err(ResumeTokenError::InvalidSubscription)?;
+    crate::resume::token(history.as_ref(), user.as_ref(), &topics).await
 }
