@@ -106,8 +106,11 @@ impl Publisher {
     /// A resume token for `sub`'s channels as they stand now, exactly as
     /// [`Hub::resume_token`](crate::Hub::resume_token); needs
     /// [`Publisher::with_history`] (else [`ResumeTokenError::NoHistory`]).
-    pub async fn resume_token(&self, sub: &Subscription) -> Result<String, ResumeTokenError> {
-        resume_token(self.outbound.history(), sub).await
+    pub fn resume_token(
+        &self,
+        sub: &Subscription,
+    ) -> impl std::future::Future<Output = Result<String, ResumeTokenError>> + Send + 'static {
+        resume_token(self.outbound.history().cloned(), sub)
     }
 
     /// Whether the broker can reach its server now.

@@ -139,13 +139,16 @@ pub(crate) fn checked_names(
 
 /// [`Hub::resume_token`](crate::Hub::resume_token) and
 /// [`Publisher::resume_token`](crate::Publisher::resume_token): the token of
-/// `sub` in `history`.
-pub(crate) async fn resume_token(
-    history: Option<&Arc<dyn History>>,
+/// `sub` in `history`. The names are taken before the future: a
+/// subscription (its greeting) need not be `Sync`, the future is `Send`.
+pub(crate) fn resume_token(
+    history: Option<Arc<dyn History>>,
     sub: &Subscription,
-) -> Result<String, ResumeTokenError> {
-    let history = history.ok_or(ResumeTokenError::NoHistory)?;
-    let (user, topics) = checked_names(sub.user.clone(), sub.topics.clone())
-        .map_err(ResumeTokenError::InvalidSubscription)?;
-    crate::resume::token(history.as_ref(), user.as_ref(), &topics).await
+) -> impl std::future::Future<Output = Result<String, ResumeTokenError>> + Send + 'static {
+    let names = checked_names(sub.user.clone(), sub.topics.clone());
+    async move {
+        let history = history.ok_or(ResumeTokenError::NoHistory)?;
+        let (user, topics) = names.map_err(ResumeTokenError::InvalidSubscription)?;
+        crate::resume::token(history.as_ref(), user.as_ref(), &topics).await
+    }
 }

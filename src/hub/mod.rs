@@ -258,8 +258,11 @@ impl Hub {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn resume_token(&self, sub: &Subscription) -> Result<String, ResumeTokenError> {
-        crate::subscription::resume_token(self.inner.outbound.history(), sub).await
+    pub fn resume_token(
+        &self,
+        sub: &Subscription,
+    ) -> impl std::future::Future<Output = Result<String, ResumeTokenError>> + Send + 'static {
+        crate::subscription::resume_token(self.inner.outbound.history().cloned(), sub)
     }
 
     /// Like [`Hub::connect`], after asking the configured
