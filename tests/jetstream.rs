@@ -351,6 +351,22 @@ async fn jetstream_replays_missed_events_on_another_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_render_time_token_replays_what_was_published_since() {
+    let Some(c) = machine_cluster(3, Retention::default()).await else {
+        return;
+    };
+    resume::render_time_token(&c.nodes, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_idempotency_key_stores_and_delivers_once() {
+    let Some(c) = machine_cluster(3, Retention::default()).await else {
+        return;
+    };
+    resume::idempotent_publish(&c.nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_first_events_after_connect_are_replayed() {
     let Some(c) = machine_cluster(3, Retention::default()).await else {
         return;

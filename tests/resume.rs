@@ -46,6 +46,18 @@ async fn memory_first_events_after_connect_are_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_render_time_token_replays_what_was_published_since() {
+    let (_bus, _h, nodes) = memory_nodes(3, Retention::default()).await;
+    resume::render_time_token(&nodes, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_idempotency_key_stores_and_delivers_once() {
+    let (_bus, _h, nodes) = memory_nodes(3, Retention::default()).await;
+    resume::idempotent_publish(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_seam_race_loses_and_repeats_nothing() {
     let (_bus, _h, nodes) = memory_nodes(3, Retention::default().max_len(100_000)).await;
     resume::seam_race(&nodes, 1000).await;
@@ -371,6 +383,10 @@ mod redis_store {
             Channel::Topic("a".into()),
             Channel::Topic("b".into()),
             Channel::Topic("late".into()),
+            Channel::Topic("old".into()),
+            Channel::Topic("fresh".into()),
+            Channel::User("tu".into()),
+            Channel::Topic("orders".into()),
         ] {
             let (stream, epoch) = history.keys(&channel);
             resp_command(
@@ -403,6 +419,31 @@ mod redis_store {
                 entries.iter().all(|e| &e[4..] == "AAAA0"),
                 "no epoch yet: {id}"
             );
+        })
+        .await;
+    }
+
+    /// With Redis, `fresh` has no epoch when the token is made (tag 0 in
+    /// the token) and gets one with its first event: replayed all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_render_time_token_replays_what_was_published_since() {
+        let test = "redis_render_time_token_replays_what_was_published_since";
+        on_redis(test, 3, Retention::default(), async |nodes, _| {
+            resume::render_time_token(nodes, 20).await
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_idempotency_key_stores_and_delivers_once() {
+        let test = "redis_idempotency_key_stores_and_delivers_once";
+        on_redis(test, 3, Retention::default(), async |nodes, history| {
+            resume::idempotent_publish(nodes).await;
+            // The key lives beside the channel, with the window's TTL.
+            let key = history.idempotency_key(&Channel::Topic("orders".into()), "order-7");
+            let ttl = pttl(MACHINE_REDIS, &key);
+            assert!(ttl > 0 && ttl <= 120_000, "{key}: pttl {ttl}");
+            resp_command(MACHINE_REDIS, &[b"DEL", key.as_bytes()]);
         })
         .await;
     }
