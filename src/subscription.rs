@@ -114,10 +114,7 @@ pub(crate) type Names = (Option<Arc<str>>, Vec<Arc<str>>);
 /// A subscription's user and topics, checked (every name valid, at most
 /// [`MAX_TOPICS_PER_CONNECTION`] topics), the topics sorted and without
 /// repeats. `Err` is why the subscription is invalid.
-pub(crate) fn checked_names(
-    user: Option<String>,
-    topics: Vec<String>,
-) -> Result<Names, String> {
+pub(crate) fn checked_names(user: Option<String>, topics: Vec<String>) -> Result<Names, String> {
     let user: Option<Arc<str>> = match user {
         Some(u) => {
             check_name(&u)?;

@@ -364,6 +364,12 @@ async fn jetstream_idempotency_key_stores_and_delivers_once() {
         return;
     };
     resume::idempotent_publish(&c.nodes).await;
+    // One stored message per key, read from the stream itself.
+    let stored = c.histories[0]
+        .read(&topic("orders"), Position::ZERO, 100)
+        .await
+        .expect("read");
+    assert_eq!(stored.len(), 2, "{stored:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

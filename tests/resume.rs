@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sse_cluster::broker::memory::MemoryBus;
 use sse_cluster::history::memory::MemoryHistory;
-use sse_cluster::history::Retention;
+use sse_cluster::history::{History, Retention};
 use sse_cluster::{BrokerStatus, StreamConfig};
 use support::resume::{self, history_node, open, publish, read_n};
 use support::{Node, WAIT};
@@ -53,8 +53,15 @@ async fn memory_render_time_token_replays_what_was_published_since() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_idempotency_key_stores_and_delivers_once() {
-    let (_bus, _h, nodes) = memory_nodes(3, Retention::default()).await;
+    let (_bus, history, nodes) = memory_nodes(3, Retention::default()).await;
     resume::idempotent_publish(&nodes).await;
+    // One stored entry per key.
+    let orders = sse_cluster::broker::Channel::Topic("orders".into());
+    let stored = history
+        .read(&orders, sse_cluster::history::Position::ZERO, 100)
+        .await
+        .expect("read");
+    assert_eq!(stored.len(), 2, "{stored:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +172,7 @@ mod redis_store {
     use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
     use sse_cluster::broker::Channel;
     use sse_cluster::history::redis::RedisHistory;
-    use sse_cluster::history::History;
+    use sse_cluster::history::{History, Position};
     use support::redis_server::{
         machine_redis, resp_command, resp_integer, unique_prefix, RedisServer, MACHINE_REDIS,
     };
@@ -439,6 +446,13 @@ mod redis_store {
         let test = "redis_idempotency_key_stores_and_delivers_once";
         on_redis(test, 3, Retention::default(), async |nodes, history| {
             resume::idempotent_publish(nodes).await;
+            // One stream entry per key.
+            let (stream, _) = history.keys(&Channel::Topic("orders".into()));
+            let stored = history
+                .read(&Channel::Topic("orders".into()), Position::ZERO, 100)
+                .await
+                .expect("read");
+            assert_eq!(stored.len(), 2, "{stream}: {stored:?}");
             // The key lives beside the channel, with the window's TTL.
             let key = history.idempotency_key(&Channel::Topic("orders".into()), "order-7");
             let ttl = pttl(MACHINE_REDIS, &key);
