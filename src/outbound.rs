@@ -517,4 +517,35 @@ mod tests {
             .unwrap();
         assert_eq!(heads[0].last.major(), 1);
     }
+
+    #[tokio::test]
+    async fn without_a_deduplicating_store_keys_are_checked_here_and_a_failure_forgets_them() {
+        let bus = MemoryBus::new();
+        let broker = bus.broker();
+        struct Ignore;
+        impl crate::broker::BusSink for Ignore {
+            fn deliver(&self, _: &Channel, _: Bytes) {}
+            fn status_changed(&self, _: crate::broker::BrokerStatus) {}
+        }
+        broker.start(Arc::new(Ignore)).await.unwrap();
+        let out = Outbound::new(broker.clone(), None, "n.abc".into(), 1024);
+        let t = Target::topic("t");
+        let first = out.publish(&t, &Event::new(), Some("k")).await.unwrap();
+        assert!(!first.duplicate && first.position.is_none());
+        let again = out.publish(&t, &Event::new(), Some("k")).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.id, first.id);
+        assert_eq!(bus.published(), 1, "the repeat stayed off the bus");
+        // Another target: a publish of its own.
+        let other = out.publish(&Target::All, &Event::new(), Some("k")).await;
+        assert!(!other.unwrap().duplicate);
+        // A failed publish does not use its key up.
+        broker.set_connected(false);
+        assert!(out.publish(&t, &Event::new(), Some("k2")).await.is_err());
+        broker.set_connected(true);
+        let retried = out.publish(&t, &Event::new(), Some("k2")).await.unwrap();
+        assert!(!retried.duplicate, "{retried:?}");
+        let err = out.publish(&t, &Event::new(), Some("a b")).await;
+        assert!(matches!(err, Err(PublishError::InvalidKey(_))), "{err:?}");
+    }
 }

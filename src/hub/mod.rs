@@ -494,6 +494,7 @@ impl Hub {
         }
         Ok(receipt)
     }
+
     /// The local fast path of a publish: this node's receivers get the
     /// frame at once, unless history is on for the target's channel (then
     /// they get it from the bus, with its position).

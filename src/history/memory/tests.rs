@@ -263,3 +263,60 @@ async fn without_an_age_no_sweeper_runs_and_wipe_empties_the_store() {
         Position::new(1, 0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_appends_once_per_channel_within_the_window() {
+    let bus = MemoryBus::new();
+    let window = Duration::from_secs(10);
+    let history = MemoryHistory::new(&bus, Retention::default().idempotency_window(window));
+    assert_eq!(history.idempotency_window(), Some(window));
+    let a = topic("a");
+    let first = history
+        .append_once(&a, payload(10), "k", "m1")
+        .await
+        .expect("first");
+    assert_eq!(first, Appended::Stored(Position::new(1, 0)));
+    let again = history
+        .append_once(&a, payload(10), "k", "m2")
+        .await
+        .expect("again");
+    assert_eq!(
+        again,
+        Appended::Duplicate {
+            position: Position::new(1, 0),
+            msg: Some("m1".into())
+        }
+    );
+    assert_eq!(kept(&history, &a), vec![1], "stored once");
+    assert_eq!(bus.published(), 1, "delivered once");
+    let b = topic("b");
+    let other = history
+        .append_once(&b, payload(10), "k", "m3")
+        .await
+        .expect("b");
+    assert_eq!(
+        other,
+        Appended::Stored(Position::new(1, 0)),
+        "scoped per channel"
+    );
+    tokio::time::sleep(window).await;
+    let later = history
+        .append_once(&a, payload(10), "k", "m4")
+        .await
+        .expect("later");
+    assert_eq!(
+        later,
+        Appended::Stored(Position::new(2, 0)),
+        "the window passed"
+    );
+    history.wipe();
+    let wiped = history
+        .append_once(&b, payload(10), "k", "m5")
+        .await
+        .expect("wiped");
+    assert_eq!(
+        wiped,
+        Appended::Stored(Position::new(1, 0)),
+        "a wipe forgets keys"
+    );
+}
