@@ -3,7 +3,9 @@
 //! [`Hub::publish_idempotent`](crate::Hub::publish_idempotent)).
 //!
 //! Keys are scoped by channel (the same key on two targets is two
-//! publishes) and forgotten once the window has passed, oldest first. The
+//! publishes) and forgotten once the window has passed, oldest first (by
+//! the next keyed publish: an idle window keeps its keys, within its
+//! bound, until then). The
 //! window is bounded in bytes ([`MAX_KEY_BYTES`]): past it the oldest keys
 //! are forgotten early (a repeat of such a key would then go out again), so
 //! a flood of distinct keys cannot grow the process without limit.
