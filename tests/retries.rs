@@ -18,7 +18,7 @@ use sse_cluster::{
     Event, Hub, PublishError, Publisher, ResumeTokenError, StreamConfig, Subscription, Target,
 };
 use support::resume::{open, publish_with_key, read_n};
-use support::{cluster, get, Node, SseClient};
+use support::{cluster, get, stat, Node, SseClient};
 
 /// Without history the window is each node's own: a repeat through the
 /// same node is answered with the first receipt and delivers nothing, on
@@ -37,6 +37,8 @@ async fn without_history_a_key_is_deduplicated_per_node() {
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(again["duplicate"], true, "{again}");
     assert_eq!(again["id"], first["id"]);
+    assert_eq!(stat(nodes[0].addr, "publish_duplicates").await, 1);
+    assert_eq!(stat(nodes[0].addr, "published").await, 1);
     for client in [&mut on_0, &mut on_1] {
         let got: Vec<String> = read_n(client, 1)
             .await

@@ -432,6 +432,7 @@ impl Hub {
         // stops here.
         let check = outbound.check_key(&target, key, &msg);
         if let KeyCheck::Repeat(receipt) = check {
+            inner.counters.publish_duplicate();
             return Ok(receipt);
         }
         let result = self
@@ -487,7 +488,9 @@ impl Hub {
                 return Err(err.into());
             }
         };
-        if !receipt.duplicate {
+        if receipt.duplicate {
+            inner.counters.publish_duplicate();
+        } else {
             inner.counters.bus_out();
             inner.counters.published();
             receipt.delivered_locally = local.delivered;

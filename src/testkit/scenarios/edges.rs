@@ -123,6 +123,8 @@ pub(super) async fn idempotency(cx: &mut Cx<'_>) {
         );
         assert_eq!(again.delivered_locally, 0);
     }
+    let duplicates = a.stats().publish_duplicates + b.stats().publish_duplicates;
+    assert_eq!(duplicates, 2, "counted as duplicates, once each");
     let other_key = publish_keyed(&b, Target::topic("orders"), "orders:2", "k2").await;
     assert!(!other_key.duplicate, "another key: {other_key:?}");
     let other_target = publish_keyed(&b, Target::topic("audit"), "audit:1", "k1").await;
