@@ -407,6 +407,12 @@ impl Outbound {
             }
             _ => {
                 let position = self.send(channel, payload).await?;
+                if let (KeyCheck::Local, Some(position)) = (check, position) {
+                    // A store that does not deduplicate: repeats answered
+                    // here get the position too.
+                    let mut keys = self.local_keys.lock().unwrap_or_else(|p| p.into_inner());
+                    keys.set_position(channel, key, position);
+                }
                 Ok(PublishReceipt::sent(msg.into(), position))
             }
         }

@@ -148,3 +148,70 @@ async fn without_history_there_is_no_token() {
     let (status, body) = get(nodes[0].addr, "/resume-token?topic=%FF").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+/// A store written before idempotency keys (the trait's defaults: no
+/// window): the hub falls back to its node-local window, and a repeat
+/// still gets the first publish's id and position.
+#[derive(Debug)]
+struct Older(MemoryHistory);
+
+#[async_trait::async_trait]
+impl sse_cluster::history::History for Older {
+    async fn append(
+        &self,
+        channel: &sse_cluster::broker::Channel,
+        payload: bytes::Bytes,
+    ) -> Result<sse_cluster::history::Position, sse_cluster::BrokerError> {
+        self.0.append(channel, payload).await
+    }
+
+    async fn heads(
+        &self,
+        channels: &[(
+            sse_cluster::broker::Channel,
+            Option<sse_cluster::history::Position>,
+        )],
+    ) -> Result<Vec<sse_cluster::history::Head>, sse_cluster::BrokerError> {
+        self.0.heads(channels).await
+    }
+
+    async fn read(
+        &self,
+        channel: &sse_cluster::broker::Channel,
+        after: sse_cluster::history::Position,
+        limit: usize,
+    ) -> Result<Vec<sse_cluster::history::Entry>, sse_cluster::BrokerError> {
+        self.0.read(channel, after, limit).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_a_window_falls_back_to_the_node_local_one() {
+    use sse_cluster::history::History;
+    let bus = MemoryBus::new();
+    let store = Arc::new(Older(MemoryHistory::new(&bus, Retention::default())));
+    assert_eq!(store.idempotency_window(), None, "the trait's default");
+    let hub = Hub::builder()
+        .node_id("old")
+        .broker(bus.broker())
+        .history(store.clone())
+        .build()
+        .await
+        .expect("hub");
+    let publish = || hub.publish_idempotent(Target::topic("o"), Event::new().data("o:1"), "ok");
+    let first = publish().await.expect("first");
+    let again = publish().await.expect("again");
+    assert!(!first.duplicate && again.duplicate, "{first:?} {again:?}");
+    assert!(first.position.is_some());
+    assert_eq!((&again.id, again.position), (&first.id, first.position));
+    let stored = store
+        .read(
+            &sse_cluster::broker::Channel::Topic("o".into()),
+            sse_cluster::history::Position::ZERO,
+            10,
+        )
+        .await
+        .expect("read");
+    assert_eq!(stored.len(), 1, "stored once");
+    hub.shutdown().await;
+}

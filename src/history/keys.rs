@@ -116,6 +116,14 @@ impl KeyWindow {
         }
     }
 
+    /// Sets the position of the remembered first publish of `key` on
+    /// `channel` (known once it is stored), if it is still remembered.
+    pub(crate) fn set_position(&mut self, channel: &Channel, key: &str, position: Position) {
+        if let Some((_, first)) = self.seen.get_mut(&(channel.clone(), Box::from(key))) {
+            first.position = Some(position);
+        }
+    }
+
     /// Forgets `key` on `channel` (its publish failed: a retry must go out).
     pub(crate) fn remove(&mut self, channel: &Channel, key: &str) {
         if self
