@@ -359,6 +359,14 @@ async fn jetstream_render_time_token_replays_what_was_published_since() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_token_race_loses_and_repeats_nothing() {
+    let Some(c) = machine_cluster(3, Retention::default()).await else {
+        return;
+    };
+    resume::token_race(&c.nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_idempotency_key_stores_and_delivers_once() {
     let Some(c) = machine_cluster(3, Retention::default()).await else {
         return;

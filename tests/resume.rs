@@ -52,6 +52,12 @@ async fn memory_render_time_token_replays_what_was_published_since() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_token_race_loses_and_repeats_nothing() {
+    let (_bus, _h, nodes) = memory_nodes(3, Retention::default()).await;
+    resume::token_race(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_idempotency_key_stores_and_delivers_once() {
     let (_bus, history, nodes) = memory_nodes(3, Retention::default()).await;
     resume::idempotent_publish(&nodes).await;
@@ -437,6 +443,20 @@ mod redis_store {
         let test = "redis_render_time_token_replays_what_was_published_since";
         on_redis(test, 3, Retention::default(), async |nodes, _| {
             resume::render_time_token(nodes, 20).await
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_token_race_loses_and_repeats_nothing() {
+        let test = "redis_token_race_loses_and_repeats_nothing";
+        on_redis(test, 3, Retention::default(), async |nodes, history| {
+            resume::token_race(nodes).await;
+            let (stream, epoch) = history.keys(&Channel::Topic("race".into()));
+            resp_command(
+                MACHINE_REDIS,
+                &[b"DEL", stream.as_bytes(), epoch.as_bytes()],
+            );
         })
         .await;
     }

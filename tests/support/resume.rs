@@ -572,3 +572,85 @@ pub async fn idempotent_publish(nodes: &[Node]) {
     assert_eq!(data(&replayed), ["orders:7", "orders:8"], "{replayed:?}");
     resumed.expect_quiet().await;
 }
+
+/// Events are published to one topic continuously (through `nodes[1]`)
+/// while a page gets its token from `nodes[0]` and the browser connects to
+/// the last node with it: every event published after the token was
+/// answered arrives, none published before the request for it was sent,
+/// none twice, in order. (Events published while the token was being made
+/// may go either way.)
+pub async fn token_race(nodes: &[Node]) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (first, other) = (&nodes[0], &nodes[nodes.len() - 1]);
+    let publisher_node = nodes[1 % nodes.len()].addr;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn({
+        let (sent, stop) = (sent.clone(), stop.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let (status, body) =
+                    post(publisher_node, "/publish?topic=race", format!("race:{i}")).await;
+                assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+                i += 1;
+                sent.store(i, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            i
+        }
+    });
+    // Let some events go out before the page.
+    while sent.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = sent.load(Ordering::Relaxed);
+    let token = resume_token(first, "topic=race").await;
+    let after = sent.load(Ordering::Relaxed);
+    // The browser connects a little later, while events keep coming.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut client = SseClient::open(
+        other.addr,
+        &format!("/events?topic=race&last_event_id={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(client.next().await.expect("greeting").event, "connected");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let total = publisher.await.expect("publisher");
+    let mut got = Vec::new();
+    while got.last().is_none_or(|&n| n + 1 < total) {
+        let Some(event) = client.next().await else {
+            panic!("stalled after {got:?} of {total}");
+        };
+        assert_eq!(event.event, "message", "{event:?}");
+        let n: usize = event
+            .data
+            .strip_prefix("race:")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{event:?}"));
+        got.push(n);
+    }
+    client.expect_quiet().await;
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice: {got:?}"
+    );
+    let first_got = got.first().copied().unwrap_or(total);
+    assert!(
+        first_got >= before,
+        "race:{first_got} was published before the token was asked for ({before})"
+    );
+    assert!(
+        first_got <= after,
+        "events after the token ({after}..) lost: first received race:{first_got}"
+    );
+    let want: Vec<usize> = (first_got..total).collect();
+    assert_eq!(got, want, "a gap after race:{first_got}");
+    assert!(
+        total > after + 10,
+        "events kept coming while connecting ({total})"
+    );
+}
