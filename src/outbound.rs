@@ -9,10 +9,10 @@
 //!
 //! A publish with an idempotency key goes through the store's
 //! [`History::append_once`] when a store that deduplicates covers its
-//! channel; otherwise through this path's node-local window (the same
+//! channel; otherwise through this path's node-local window (of
 //! [`Retention::DEFAULT_IDEMPOTENCY_WINDOW`](crate::history::Retention::DEFAULT_IDEMPOTENCY_WINDOW),
-//! checked before anything is delivered). A publish without a key pays one
-//! branch for all this.
+//! checked before anything is delivered). A publish without a key pays a
+//! branch or two for all this.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
