@@ -34,11 +34,21 @@ const USAGE: &str =
 async fn publish(
     State(publisher): State<Publisher>,
     RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    match common::publish_request(&query, &body) {
-        Ok((target, event)) => common::publish_response(publisher.publish(target, event).await),
-        Err(reason) => common::bad_request(reason),
+    let key = match common::idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(reason) => return common::bad_request(reason),
+    };
+    match (common::publish_request(&query, &body), key) {
+        (Ok((target, event)), None) => {
+            common::publish_response(publisher.publish(target, event).await)
+        }
+        (Ok((target, event)), Some(key)) => {
+            common::publish_response(publisher.publish_idempotent(target, event, &key).await)
+        }
+        (Err(reason), _) => common::bad_request(reason),
     }
 }
 

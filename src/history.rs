@@ -30,6 +30,27 @@
 //! position out of band (a header) hands it to the hub with
 //! [`BusSink::deliver_at`](crate::broker::BusSink::deliver_at) and names the
 //! epoch with [`History::live_epoch`].
+//!
+//! # Idempotency keys
+//!
+//! A store that deduplicates ([`History::idempotency_window`] is `Some`)
+//! implements [`History::append_once`]: the first append of a key to a
+//! channel is stored and published; another append of the same key to the
+//! same channel within the window ([`Retention::idempotency_window`]) stores
+//! and publishes nothing and answers the first one's position and message
+//! id ([`Appended::Duplicate`]). Whatever publishes it, from whatever node:
+//! the check and the append are one atomic step in the store. The key alone
+//! decides: the second event's content is not compared.
+//!
+//! | store | where the keys live |
+//! |---|---|
+//! | memory | a map in the store, expiring with the window, at most [`memory::MAX_KEY_BYTES`] |
+//! | Redis | a key `{<channel name>}:i:<key>` per key (`SET NX PX` in the append script) holding the position and message id |
+//! | JetStream | the stream's own duplicate window (`duplicate_window`, the `Nats-Msg-Id` header `<history subject> <key>`) |
+//!
+//! A store written before keys existed keeps the defaults: no window, and
+//! [`History::append_once`] appends every time; the hub then falls back to
+//! its node-local window (see [`Hub::publish_idempotent`](crate::Hub::publish_idempotent)).
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,6 +65,7 @@ pub use crate::wire::Position;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod jetstream;
+pub(crate) mod keys;
 pub mod memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -76,6 +98,13 @@ pub struct Retention {
     /// by the server's own settings (Redis `maxmemory`, the JetStream
     /// account's or stream's limits).
     pub max_bytes: Option<usize>,
+    /// How long a store remembers an idempotency key
+    /// ([`History::append_once`]): a publish repeating a key within this
+    /// time after the first is answered as a duplicate, stored and
+    /// delivered nothing. Default: [`Retention::DEFAULT_IDEMPOTENCY_WINDOW`]
+    /// (2 minutes). JetStream takes it as the stream's `duplicate_window`,
+    /// at most the stream's age limit.
+    pub idempotency_window: Duration,
 }
 
 impl Default for Retention {
@@ -84,6 +113,7 @@ impl Default for Retention {
             max_len: 1000,
             max_age: Some(Duration::from_secs(3600)),
             max_bytes: Some(Self::DEFAULT_MAX_BYTES),
+            idempotency_window: Self::DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 }
@@ -102,6 +132,18 @@ impl Retention {
     /// by `max_len` and `max_age` first; small enough that a flood of large
     /// events to many channels cannot take a node's memory.
     pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+
+    /// The default [`Retention::idempotency_window`]: 2 minutes, as
+    /// JetStream's own default duplicate window. Long enough for a client's
+    /// retries after timeouts; keys cost memory (or server memory) for that
+    /// long.
+    pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
+
+    /// Sets [`Retention::idempotency_window`] (at least 1 ms).
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.idempotency_window = window.max(Duration::from_millis(1));
+        self
+    }
 
     /// Sets [`Retention::max_age`].
     pub fn max_age(mut self, age: Option<Duration>) -> Self {
@@ -171,6 +213,33 @@ impl Entry {
     }
 }
 
+/// What [`History::append_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Appended {
+    /// The key was new: the event was stored and published at this
+    /// position.
+    Stored(Position),
+    /// The key was seen within the window: nothing was stored or published
+    /// this time.
+    Duplicate {
+        /// The position of the first event with the key.
+        position: Position,
+        /// The message id of the first event with the key (the envelope's
+        /// `msg`), if the store knows it.
+        msg: Option<String>,
+    },
+}
+
+impl Appended {
+    /// The position of the event: the new one's, or the first one's.
+    pub fn position(&self) -> Position {
+        match self {
+            Appended::Stored(position) | Appended::Duplicate { position, .. } => *position,
+        }
+    }
+}
+
 /// A store of per-channel event history that publishes too.
 ///
 /// A store is tied to the bus the hubs use: [`History::append`] stores the
@@ -201,6 +270,36 @@ pub trait History: Send + Sync + fmt::Debug + 'static {
         after: Position,
         limit: usize,
     ) -> Result<Vec<Entry>, BrokerError>;
+
+    /// How long this store remembers idempotency keys: `Some` when it
+    /// implements [`History::append_once`] (the crate's stores: their
+    /// [`Retention::idempotency_window`]). Default: `None`, the store does
+    /// not deduplicate.
+    fn idempotency_window(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Like [`History::append`], at most once per `key` and `channel`
+    /// within [`History::idempotency_window`]: the first call stores and
+    /// publishes, a repeat (from any node) stores and publishes nothing and
+    /// answers the first one's position, and its message id when the store
+    /// knows it (`msg` is this publish's message id, the envelope's `msg`,
+    /// for the store to remember). The check and the append must be one
+    /// atomic step. `key` is 1 to
+    /// [`MAX_IDEMPOTENCY_KEY_LEN`](crate::limits::MAX_IDEMPOTENCY_KEY_LEN)
+    /// visible ASCII characters.
+    ///
+    /// Default (a store that does not deduplicate): appends every time.
+    async fn append_once(
+        &self,
+        channel: &Channel,
+        payload: Bytes,
+        key: &str,
+        msg: &str,
+    ) -> Result<Appended, BrokerError> {
+        let _ = (key, msg);
+        self.append(channel, payload).await.map(Appended::Stored)
+    }
 
     /// The epoch of live messages that arrive with a position but without an
     /// epoch (stores that stamp the position out of band). Default: none.

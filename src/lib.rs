@@ -226,7 +226,8 @@ pub mod wire;
 pub use broker::{Broker, BrokerError, BrokerStatus};
 pub use event::{Event, EventError};
 pub use hub::{
-    ConnectError, Connection, Disconnect, Hub, HubBuilder, HubError, CLOSED_EVENT, REFUSED_EVENT,
+    ConnectError, Connection, Disconnect, Hub, HubBuilder, HubError, ResumeTokenError,
+    CLOSED_EVENT, REFUSED_EVENT,
 };
 pub use outbound::{PublishError, PublishReceipt, Target};
 pub use publisher::Publisher;

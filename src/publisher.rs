@@ -28,6 +28,8 @@ use crate::event::Event;
 use crate::history::History;
 use crate::limits::DEFAULT_MAX_EVENT_SIZE;
 use crate::outbound::{Disconnect, Outbound, PublishError, PublishReceipt, Target};
+use crate::resume::ResumeTokenError;
+use crate::subscription::{resume_token, Subscription};
 use crate::wire::random_tag;
 
 /// Publishes to a cluster without holding connections. Cheap to clone.
@@ -84,11 +86,31 @@ impl Publisher {
         target: Target,
         event: Event,
     ) -> Result<PublishReceipt, PublishError> {
-        let id = self.outbound.publish(&target, &event).await?;
-        Ok(PublishReceipt {
-            id,
-            delivered_locally: 0,
-        })
+        self.outbound.publish(&target, &event, None).await
+    }
+
+    /// Like [`Publisher::publish`], at most once per idempotency `key` and
+    /// target within a window, exactly as
+    /// [`Hub::publish_idempotent`](crate::Hub::publish_idempotent): once
+    /// across nodes and publishers through a store that deduplicates (see
+    /// [`Publisher::with_history`]), else once per publisher.
+    pub async fn publish_idempotent(
+        &self,
+        target: Target,
+        event: Event,
+        key: &str,
+    ) -> Result<PublishReceipt, PublishError> {
+        self.outbound.publish(&target, &event, Some(key)).await
+    }
+
+    /// A resume token for `sub`'s channels as they stand now, exactly as
+    /// [`Hub::resume_token`](crate::Hub::resume_token); needs
+    /// [`Publisher::with_history`] (else [`ResumeTokenError::NoHistory`]).
+    pub fn resume_token(
+        &self,
+        sub: &Subscription,
+    ) -> impl std::future::Future<Output = Result<String, ResumeTokenError>> + Send + 'static {
+        resume_token(self.outbound.history().cloned(), sub)
     }
 
     /// Whether the broker can reach its server now.

@@ -71,6 +71,16 @@
 //! channel that got events, was wiped and got events again while such a
 //! client was away is replayed from its new beginning only.
 //!
+//! # Resume tokens
+//!
+//! [`Hub::resume_token`](crate::Hub::resume_token) writes, for a
+//! subscription, the id a connection to it would hold if it connected now:
+//! each channel at its head, a channel without history yet at the empty
+//! epoch. A page rendered at that moment hands it to the browser, whose
+//! first connect sends it as its `Last-Event-ID` (the `last_event_id` query
+//! parameter, for an `EventSource`) and gets, by the resume above, every
+//! event published since the page was made.
+//!
 //! Not resumable: events sent to one connection ([`Target::Connection`](crate::Target::Connection):
 //! a reconnect gets a new connection id), and anything published while no
 //! history is configured. Events published straight onto the bus by a
@@ -91,6 +101,7 @@ use crate::wire::{Envelope, Position};
 
 mod cursor;
 mod id;
+mod token;
 
 use cursor::{
     hold, install, release, reset_body, send_live, send_replayed, send_unplaced, with_cursor,
@@ -100,6 +111,8 @@ use cursor::{
 pub use id::fuzz_last_id;
 use id::{channel_key, epoch_tag, parse_last_id, LastId, Mark, NO_EPOCH};
 pub use id::{last_event_id, MAX_EVENT_ID_LEN, MAX_RESUMABLE_CHANNELS};
+pub(crate) use token::token;
+pub use token::ResumeTokenError;
 
 /// Name of the event that starts a stream whose `Last-Event-ID` could not be
 /// resumed: the id did not parse, its history was wiped or rebuilt (another

@@ -3,10 +3,14 @@
 //! takes one; an [`Authorizer`](crate::auth::Authorizer) may rewrite it.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::event::Event;
+use crate::history::History;
+use crate::limits::{check_name, MAX_TOPICS_PER_CONNECTION};
 use crate::registry::ConnectionId;
+use crate::resume::ResumeTokenError;
 
 /// Name of the event that ends a stream at its subscription's expiry (see
 /// [`Subscription::expires_at`]; the JWT authorizer sets it from the token's
@@ -139,5 +143,50 @@ impl Subscription {
     pub fn retain_topics(mut self, mut keep: impl FnMut(&str) -> bool) -> Self {
         self.topics.retain(|t| keep(t));
         self
+    }
+}
+
+/// A subscription's user and its topics, checked.
+pub(crate) type Names = (Option<Arc<str>>, Vec<Arc<str>>);
+
+/// A subscription's user and topics, checked (every name valid, at most
+/// [`MAX_TOPICS_PER_CONNECTION`] topics), the topics sorted and without
+/// repeats. `Err` is why the subscription is invalid.
+pub(crate) fn checked_names(user: Option<String>, topics: Vec<String>) -> Result<Names, String> {
+    let user: Option<Arc<str>> = match user {
+        Some(u) => {
+            check_name(&u)?;
+            Some(u.into())
+        }
+        None => None,
+    };
+    let mut checked = Vec::with_capacity(topics.len());
+    for topic in topics {
+        check_name(&topic)?;
+        checked.push(Arc::<str>::from(topic));
+    }
+    checked.sort_unstable();
+    checked.dedup();
+    if checked.len() > MAX_TOPICS_PER_CONNECTION {
+        return Err(format!(
+            "at most {MAX_TOPICS_PER_CONNECTION} topics per connection"
+        ));
+    }
+    Ok((user, checked))
+}
+
+/// [`Hub::resume_token`](crate::Hub::resume_token) and
+/// [`Publisher::resume_token`](crate::Publisher::resume_token): the token of
+/// `sub` in `history`. The names are taken before the future: a
+/// subscription (its greeting) need not be `Sync`, the future is `Send`.
+pub(crate) fn resume_token(
+    history: Option<Arc<dyn History>>,
+    sub: &Subscription,
+) -> impl std::future::Future<Output = Result<String, ResumeTokenError>> + Send + 'static {
+    let names = checked_names(sub.user.clone(), sub.topics.clone());
+    async move {
+        let history = history.ok_or(ResumeTokenError::NoHistory)?;
+        let (user, topics) = names.map_err(ResumeTokenError::InvalidSubscription)?;
+        crate::resume::token(history.as_ref(), user.as_ref(), &topics).await
     }
 }

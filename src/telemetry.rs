@@ -14,6 +14,7 @@
 //! | `sse_connects_total` | counter | `node` | connections accepted |
 //! | `sse_disconnects_total` | counter | `node` | connections ended (client gone, overflow, shutdown) |
 //! | `sse_events_published_total` | counter | `node` | successful [`Hub::publish`](crate::Hub::publish) calls |
+//! | `sse_publish_duplicates_total` | counter | `node` | publishes answered as repeats of an idempotency key ([`Hub::publish_idempotent`](crate::Hub::publish_idempotent)): accepted, nothing stored or delivered |
 //! | `sse_events_delivered_total` | counter | `node` | frames queued to local connections (any origin) |
 //! | `sse_events_dropped_total` | counter | `node` | frames dropped by a full queue under `OverflowPolicy::DropEvents` |
 //! | `sse_queue_overflows_total` | counter | `node` | connections closed because their queue overflowed (`OverflowPolicy::Close`) |
@@ -111,6 +112,11 @@ pub const METRICS: &[MetricInfo] = &[
     info(CONNECTS, C, "Connections accepted."),
     info(DISCONNECTS, C, "Connections ended."),
     info(PUBLISHED, C, "Successful Hub::publish calls."),
+    info(
+        DUPLICATES,
+        C,
+        "Publishes answered as repeats of an idempotency key.",
+    ),
     info(DELIVERED, C, "Frames queued to local connections."),
     info(
         DROPPED,
@@ -179,6 +185,7 @@ const CONNECTIONS: &str = "sse_connections";
 const CONNECTS: &str = "sse_connects_total";
 const DISCONNECTS: &str = "sse_disconnects_total";
 const PUBLISHED: &str = "sse_events_published_total";
+const DUPLICATES: &str = "sse_publish_duplicates_total";
 const DELIVERED: &str = "sse_events_delivered_total";
 const DROPPED: &str = "sse_events_dropped_total";
 const OVERFLOWS: &str = "sse_queue_overflows_total";
@@ -231,6 +238,9 @@ pub struct HubStats {
     pub connections_total: u64,
     /// Successful calls to [`Hub::publish`](crate::Hub::publish).
     pub published: u64,
+    /// Publishes answered as repeats of an idempotency key (not counted in
+    /// `published`).
+    pub publish_duplicates: u64,
     /// Messages this hub published on the bus.
     pub bus_out: u64,
     /// Messages received from the bus, including echoes and malformed ones.
@@ -317,6 +327,7 @@ pub(crate) struct Counters {
     connects: Both,
     disconnects: Counter,
     published: Both,
+    duplicates: Both,
     delivered: Both,
     dropped: Both,
     overflows: Both,
@@ -357,6 +368,7 @@ impl Counters {
             connects: b(CONNECTS),
             disconnects: c(DISCONNECTS),
             published: b(PUBLISHED),
+            duplicates: b(DUPLICATES),
             delivered: b(DELIVERED),
             dropped: b(DROPPED),
             overflows: b(OVERFLOWS),
@@ -397,6 +409,7 @@ impl Counters {
             connections,
             connections_total: self.connects.get(),
             published: self.published.get(),
+            publish_duplicates: self.duplicates.get(),
             bus_out: self.bus_out.get(),
             bus_in: self.bus_in.get(),
             bus_echo: self.bus_echo.load(Ordering::Relaxed),
@@ -436,6 +449,11 @@ impl Counters {
     /// A publish succeeded.
     pub(crate) fn published(&self) {
         self.published.add(1);
+    }
+
+    /// A publish repeated an idempotency key: accepted, nothing sent.
+    pub(crate) fn publish_duplicate(&self) {
+        self.duplicates.add(1);
     }
 
     /// One fan-out's outcome, recorded once for all its connections.

@@ -24,6 +24,8 @@
 //! | [`Outage`](Scenario::Outage) | the server goes away: every hub reports [`BrokerStatus::Down`](crate::BrokerStatus::Down), publishes reach local receivers and are accounted for (`published` or `bus_errors`), a connection can still be made; the server is back: every hub reports Up, streams get the [`GAP_EVENT`](crate::stream::GAP_EVENT) with reason `bus`, and delivery works again, also for the connection made during the outage | [`Capabilities::outage`] |
 //! | [`Restart`](Scenario::Restart) | the server is killed and started again: every hub counts the outage, comes back Up and delivers to topic, connection and broadcast followers again | [`Capabilities::restart`] |
 //! | [`Resume`](Scenario::Resume) | a client reads some events on node A, leaves, misses events on a topic and its user, and reconnects to node C with its `Last-Event-ID`: it gets exactly the missed events, once, in order per channel, then live ones | [`Capabilities::history`] |
+//! | [`ResumeToken`](Scenario::ResumeToken) | a token made on node A ([`Hub::resume_token`](crate::Hub::resume_token)) for two topics (one never published to before) and a user, events published through B, a first connect to C with the token: exactly the events published after the token, once, in order per channel, then live ones; a hub without history refuses to make a token | [`Capabilities::history`] |
+//! | [`Idempotency`](Scenario::Idempotency) | one idempotency key published 3 times from 2 nodes ([`Hub::publish_idempotent`](crate::Hub::publish_idempotent)): one receipt (the repeats marked duplicate, same id and position), one frame per connection on either node, one replayed event for a client resuming from before; another key, or the same key to another target, is a publish of its own | [`Capabilities::idempotency`] |
 //! | [`ResetBeyondRetention`](Scenario::ResetBeyondRetention) | a client that missed more than the store retains ([`Retention::max_len`]) gets the [`RESET_EVENT`](crate::resume::RESET_EVENT) (reason `expired`) first, then live events | [`Capabilities::history`] |
 //! | [`HostileEnvelopes`](Scenario::HostileEnvelopes) | garbage, invalid JSON, an unknown version and envelopes with framing-breaking fields, published on a topic channel by a separate broker, are counted in [`HubStats::bus_malformed`](crate::HubStats::bus_malformed), reach no client, and the next valid message is still delivered | |
 //!
@@ -71,7 +73,11 @@
 //!     }
 //!
 //!     fn capabilities(&self) -> Capabilities {
-//!         Capabilities::new().history(true).outage(true).restart(true)
+//!         Capabilities::new()
+//!             .history(true)
+//!             .idempotency(true)
+//!             .outage(true)
+//!             .restart(true)
 //!     }
 //!
 //!     async fn node(
@@ -152,6 +158,11 @@ pub struct Capabilities {
     /// [`Backend::restart`] can kill the server and start it again:
     /// [`Scenario::Restart`] runs.
     pub restart: bool,
+    /// The history store deduplicates idempotency keys
+    /// ([`History::idempotency_window`] is `Some`, and
+    /// [`History::append_once`] keeps its promise): [`Scenario::Idempotency`]
+    /// runs. Needs [`Capabilities::history`].
+    pub idempotency: bool,
 }
 
 impl Default for Capabilities {
@@ -161,14 +172,22 @@ impl Default for Capabilities {
 }
 
 impl Capabilities {
-    /// Interest routing, no history, no outage, no restart.
+    /// Interest routing, no history, no outage, no restart, no
+    /// idempotency keys.
     pub const fn new() -> Self {
         Self {
             history: false,
             interest_routing: true,
             outage: false,
             restart: false,
+            idempotency: false,
         }
+    }
+
+    /// Sets [`Capabilities::idempotency`].
+    pub const fn idempotency(mut self, yes: bool) -> Self {
+        self.idempotency = yes;
+        self
     }
 
     /// Sets [`Capabilities::history`].
@@ -290,6 +309,10 @@ pub enum Scenario {
     Restart,
     /// Resume exactly once and in order, on another node.
     Resume,
+    /// A render-time resume token replays what was published since.
+    ResumeToken,
+    /// An idempotency key stores and delivers once.
+    Idempotency,
     /// The reset event past the retention window.
     ResetBeyondRetention,
     /// Hostile bus messages are counted, never fatal.
@@ -298,13 +321,15 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order [`run_all`] runs them.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Delivery,
         Scenario::Order,
         Scenario::InterestRouting,
         Scenario::HostileEnvelopes,
         Scenario::Resume,
+        Scenario::ResumeToken,
         Scenario::ResetBeyondRetention,
+        Scenario::Idempotency,
         Scenario::Outage,
         Scenario::Restart,
     ];
@@ -318,6 +343,8 @@ impl Scenario {
             Scenario::Outage => "outage",
             Scenario::Restart => "restart",
             Scenario::Resume => "resume",
+            Scenario::ResumeToken => "resume-token",
+            Scenario::Idempotency => "idempotency",
             Scenario::ResetBeyondRetention => "reset-beyond-retention",
             Scenario::HostileEnvelopes => "hostile-envelopes",
         }
@@ -335,8 +362,13 @@ impl Scenario {
             Scenario::Restart if !capabilities.restart => {
                 Some("the backend cannot restart its server")
             }
-            Scenario::Resume | Scenario::ResetBeyondRetention if !capabilities.history => {
+            Scenario::Resume | Scenario::ResumeToken | Scenario::ResetBeyondRetention
+                if !capabilities.history =>
+            {
                 Some("the backend has no history store")
+            }
+            Scenario::Idempotency if !(capabilities.history && capabilities.idempotency) => {
+                Some("the backend's history store does not deduplicate idempotency keys")
             }
             _ => None,
         }

@@ -74,7 +74,11 @@ impl Backend for Memory {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().history(true).outage(true).restart(true)
+        Capabilities::new()
+            .history(true)
+            .idempotency(true)
+            .outage(true)
+            .restart(true)
     }
 
     async fn node(
@@ -198,7 +202,11 @@ mod redis {
         }
 
         fn capabilities(&self) -> Capabilities {
-            Capabilities::new().history(true).outage(true).restart(true)
+            Capabilities::new()
+                .history(true)
+                .idempotency(true)
+                .outage(true)
+                .restart(true)
         }
 
         async fn node(
@@ -246,7 +254,7 @@ mod redis {
         }
 
         fn capabilities(&self) -> Capabilities {
-            Capabilities::new().history(true)
+            Capabilities::new().history(true).idempotency(true)
         }
 
         async fn node(
@@ -320,6 +328,7 @@ mod nats {
         fn capabilities(&self) -> Capabilities {
             Capabilities::new()
                 .history(self.jetstream)
+                .idempotency(self.jetstream)
                 .outage(true)
                 .restart(true)
         }
@@ -360,7 +369,12 @@ mod nats {
         let Some(backend) = Nats::start(false) else {
             return;
         };
-        let no_history = [Scenario::Resume, Scenario::ResetBeyondRetention];
+        let no_history = [
+            Scenario::Resume,
+            Scenario::ResumeToken,
+            Scenario::ResetBeyondRetention,
+            Scenario::Idempotency,
+        ];
         conformance(&backend, &no_history).await;
     }
 

@@ -336,10 +336,15 @@ impl Backend for Toy {
 async fn a_backend_from_outside_the_crate_passes_the_conformance_suite() {
     let report = testkit::run_all(&Toy::default()).await;
     eprintln!("{report}");
-    assert_eq!(report.skipped().count(), 0, "{report}");
+    // The toy store was written against the trait before idempotency keys
+    // (it keeps `History::append_once`'s default, no deduplication) and
+    // declares no such capability: only that scenario is skipped, and the
+    // resume token works on it unchanged.
+    let skipped: Vec<_> = report.skipped().map(|(s, _)| s).collect();
+    assert_eq!(skipped, [testkit::Scenario::Idempotency], "{report}");
     assert_eq!(
         report.passed().count(),
-        testkit::Scenario::ALL.len(),
+        testkit::Scenario::ALL.len() - 1,
         "{report}"
     );
 }

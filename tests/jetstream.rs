@@ -351,6 +351,36 @@ async fn jetstream_replays_missed_events_on_another_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_render_time_token_replays_what_was_published_since() {
+    let Some(c) = machine_cluster(3, Retention::default()).await else {
+        return;
+    };
+    resume::render_time_token(&c.nodes, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_token_race_loses_and_repeats_nothing() {
+    let Some(c) = machine_cluster(3, Retention::default()).await else {
+        return;
+    };
+    resume::token_race(&c.nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_idempotency_key_stores_and_delivers_once() {
+    let Some(c) = machine_cluster(3, Retention::default()).await else {
+        return;
+    };
+    resume::idempotent_publish(&c.nodes).await;
+    // One stored message per key, read from the stream itself.
+    let stored = c.histories[0]
+        .read(&topic("orders"), Position::ZERO, 100)
+        .await
+        .expect("read");
+    assert_eq!(stored.len(), 2, "{stored:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_first_events_after_connect_are_replayed() {
     let Some(c) = machine_cluster(3, Retention::default()).await else {
         return;

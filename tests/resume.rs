@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sse_cluster::broker::memory::MemoryBus;
 use sse_cluster::history::memory::MemoryHistory;
-use sse_cluster::history::Retention;
+use sse_cluster::history::{History, Retention};
 use sse_cluster::{BrokerStatus, StreamConfig};
 use support::resume::{self, history_node, open, publish, read_n};
 use support::{Node, WAIT};
@@ -43,6 +43,31 @@ async fn memory_first_events_after_connect_are_replayed() {
     let id = resume::first_events_after_connect_are_replayed(&nodes).await;
     // The memory store has one epoch for all channels: a real tag.
     assert!(!id.contains("AAAA0"), "{id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_render_time_token_replays_what_was_published_since() {
+    let (_bus, _h, nodes) = memory_nodes(3, Retention::default()).await;
+    resume::render_time_token(&nodes, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_token_race_loses_and_repeats_nothing() {
+    let (_bus, _h, nodes) = memory_nodes(3, Retention::default()).await;
+    resume::token_race(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_idempotency_key_stores_and_delivers_once() {
+    let (_bus, history, nodes) = memory_nodes(3, Retention::default()).await;
+    resume::idempotent_publish(&nodes).await;
+    // One stored entry per key.
+    let orders = sse_cluster::broker::Channel::Topic("orders".into());
+    let stored = history
+        .read(&orders, sse_cluster::history::Position::ZERO, 100)
+        .await
+        .expect("read");
+    assert_eq!(stored.len(), 2, "{stored:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +178,7 @@ mod redis_store {
     use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
     use sse_cluster::broker::Channel;
     use sse_cluster::history::redis::RedisHistory;
-    use sse_cluster::history::History;
+    use sse_cluster::history::{History, Position};
     use support::redis_server::{
         machine_redis, resp_command, resp_integer, unique_prefix, RedisServer, MACHINE_REDIS,
     };
@@ -371,6 +396,10 @@ mod redis_store {
             Channel::Topic("a".into()),
             Channel::Topic("b".into()),
             Channel::Topic("late".into()),
+            Channel::Topic("old".into()),
+            Channel::Topic("fresh".into()),
+            Channel::User("tu".into()),
+            Channel::Topic("orders".into()),
         ] {
             let (stream, epoch) = history.keys(&channel);
             resp_command(
@@ -403,6 +432,52 @@ mod redis_store {
                 entries.iter().all(|e| &e[4..] == "AAAA0"),
                 "no epoch yet: {id}"
             );
+        })
+        .await;
+    }
+
+    /// With Redis, `fresh` has no epoch when the token is made (tag 0 in
+    /// the token) and gets one with its first event: replayed all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_render_time_token_replays_what_was_published_since() {
+        let test = "redis_render_time_token_replays_what_was_published_since";
+        on_redis(test, 3, Retention::default(), async |nodes, _| {
+            resume::render_time_token(nodes, 20).await
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_token_race_loses_and_repeats_nothing() {
+        let test = "redis_token_race_loses_and_repeats_nothing";
+        on_redis(test, 3, Retention::default(), async |nodes, history| {
+            resume::token_race(nodes).await;
+            let (stream, epoch) = history.keys(&Channel::Topic("race".into()));
+            resp_command(
+                MACHINE_REDIS,
+                &[b"DEL", stream.as_bytes(), epoch.as_bytes()],
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_idempotency_key_stores_and_delivers_once() {
+        let test = "redis_idempotency_key_stores_and_delivers_once";
+        on_redis(test, 3, Retention::default(), async |nodes, history| {
+            resume::idempotent_publish(nodes).await;
+            // One stream entry per key.
+            let (stream, _) = history.keys(&Channel::Topic("orders".into()));
+            let stored = history
+                .read(&Channel::Topic("orders".into()), Position::ZERO, 100)
+                .await
+                .expect("read");
+            assert_eq!(stored.len(), 2, "{stream}: {stored:?}");
+            // The key lives beside the channel, with the window's TTL.
+            let key = history.idempotency_key(&Channel::Topic("orders".into()), "order-7");
+            let ttl = pttl(MACHINE_REDIS, &key);
+            assert!(ttl > 0 && ttl <= 120_000, "{key}: pttl {ttl}");
+            resp_command(MACHINE_REDIS, &[b"DEL", key.as_bytes()]);
         })
         .await;
     }

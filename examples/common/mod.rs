@@ -13,7 +13,19 @@
 //!   optional `&event=NAME`; the body is the event data (UTF-8) → `202` with
 //!   `{"id": …}`; a bad event name, target or body → `400` with
 //!   `{"error": …}`, and nothing is published; data over the hub's
-//!   `max_event_size` → `413`.
+//!   `max_event_size` → `413`. With an `Idempotency-Key: K` header (1 to
+//!   256 visible ASCII characters, else `400` and nothing is published), a
+//!   repeat of K to the same target within the window (2 minutes) is
+//!   answered `202` with the first publish's `id` and `position` and
+//!   `"duplicate": true`, and is stored and delivered once (see
+//!   `Hub::publish_idempotent`). The `202` body is `{"id", "position"
+//!   (the history position, or null), "duplicate"}`.
+//! - `GET /resume-token?topic=T[&topic=…][&user=U]` → `200 text/plain`:
+//!   a resume token for those channels as they stand now
+//!   (`Hub::resume_token`); `GET /events?…&last_event_id=TOKEN` with the
+//!   same topics and user replays everything published since. No history
+//!   on the node → `501`; an invalid name → `400`; the store unreachable →
+//!   `503`.
 //! - `POST /disconnect?user=U | topic=T | connection=C [&reason=R]
 //!   [&reconnect=1]`: ends the matching streams on every node (each gets a
 //!   final `event: sse-cluster.closed`, `data: {"reason","reconnect"}`, and
@@ -71,6 +83,7 @@ pub fn router_with(hub: Hub, access: Access) -> Router {
     Router::new()
         .route("/events", get(events))
         .route("/publish", post(publish))
+        .route("/resume-token", get(resume_token))
         .route("/healthz", get(healthz))
         .route("/stats", get(stats))
         .route("/presence", get(presence))
@@ -348,6 +361,19 @@ pub fn publish_request(query: &Option<String>, body: &Bytes) -> Result<(Target, 
     }
 }
 
+/// The `Idempotency-Key` header of a publish: `Ok(None)` without one,
+/// `Err` (a bad request) for a value that is not text; the crate checks
+/// the rest (`PublishError::InvalidKey`).
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, String> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => match value.to_str() {
+            Ok(key) => Ok(Some(key.to_owned())),
+            Err(_) => Err("the Idempotency-Key header is not visible ASCII".into()),
+        },
+    }
+}
+
 /// `400` with `{"error": reason}`.
 pub fn bad_request(reason: String) -> Response {
     error(StatusCode::BAD_REQUEST, reason)
@@ -358,7 +384,14 @@ pub fn publish_response(
     result: Result<sse_cluster::PublishReceipt, sse_cluster::PublishError>,
 ) -> Response {
     match result {
-        Ok(receipt) => (StatusCode::ACCEPTED, Json(json!({ "id": receipt.id }))).into_response(),
+        Ok(receipt) => {
+            let body = json!({
+                "id": receipt.id,
+                "position": receipt.position.map(|p| p.to_string()),
+                "duplicate": receipt.duplicate,
+            });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
         Err(err) => err.into_response(),
     }
 }
@@ -370,12 +403,61 @@ async fn publish(
     parts: axum::http::request::Parts,
     body: Bytes,
 ) -> Response {
+    let key = match idempotency_key(&parts.headers) {
+        Ok(key) => key,
+        Err(reason) => return bad_request(reason),
+    };
     match publish_request(&query, &body) {
-        Ok((target, event)) => match access.check_publish(&parts, &target) {
-            Ok(()) => publish_response(hub.publish(target, event).await),
-            Err(refused) => *refused,
-        },
+        Ok((target, event)) => {
+            if let Err(refused) = access.check_publish(&parts, &target) {
+                return *refused;
+            }
+            match key {
+                None => publish_response(hub.publish(target, event).await),
+                Some(key) => publish_response(hub.publish_idempotent(target, event, &key).await),
+            }
+        }
         Err(reason) => bad_request(reason),
+    }
+}
+
+/// `GET /resume-token?topic=T[&topic=…][&user=U]`: the token as
+/// `text/plain`. A plain handler, so that an app can put its own auth in
+/// front of it.
+pub async fn resume_token(
+    State(hub): State<Hub>,
+    axum::Extension(access): axum::Extension<Access>,
+    RawQuery(query): RawQuery,
+    parts: axum::http::request::Parts,
+) -> Response {
+    let pairs = match query_pairs(&query, &["topic", "user"]) {
+        Ok(pairs) => pairs,
+        Err(reason) => return bad_request(reason),
+    };
+    let mut sub = Subscription::new();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "topic" => sub = sub.topic(value),
+            "user" => sub = sub.user(value),
+            _ => {}
+        }
+    }
+    if let Err(refused) = access.check_subscribe(&parts, sub.topic_names()) {
+        return *refused;
+    }
+    match hub.resume_token(&sub).await {
+        Ok(token) => (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                ),
+                (axum::http::header::CACHE_CONTROL, "no-store"),
+            ],
+            token,
+        )
+            .into_response(),
+        Err(err) => error(err.status(), err),
     }
 }
 

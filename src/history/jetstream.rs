@@ -38,11 +38,12 @@
 //!
 //! It is created or updated the first time the store is used (the broker
 //! must be started, which building a hub does): subjects `{prefix}_h.>`,
-//! limits retention with `max_msgs_per_subject` = [`Retention::max_len`] and
-//! `max_age` = [`Retention::max_age`] (or [`JetStreamConfig::idle_ttl`]
+//! limits retention with `max_msgs_per_subject` = [`Retention::max_len`](super::Retention::max_len) and
+//! `max_age` = [`Retention::max_age`](super::Retention::max_age) (or [`JetStreamConfig::idle_ttl`]
 //! when that is `None`: no message stays forever), discard old, direct gets allowed,
 //! [`JetStreamConfig::storage`] (file by default) and
-//! [`JetStreamConfig::replicas`]. Every node updates it with its own
+//! [`JetStreamConfig::replicas`], and `duplicate_window` =
+//! [`Retention::idempotency_window`](super::Retention::idempotency_window) (at most the age limit). Every node updates it with its own
 //! settings: give all nodes the same. The storage type of an existing stream
 //! cannot change (the update fails with a configuration error).
 //!
@@ -58,7 +59,7 @@
 //! not exist (once per cluster, not per channel). The epoch is the stream's,
 //! shared by all channels, so [`History::heads`] never reports the empty
 //! epoch ([`Head::epoch`](super::Head::epoch)). Every stored message
-//! expires: after [`Retention::max_age`], or [`JetStreamConfig::idle_ttl`]
+//! expires: after [`Retention::max_age`](super::Retention::max_age), or [`JetStreamConfig::idle_ttl`]
 //! (7 days by default) without one.
 //!
 //! # Epoch
@@ -101,6 +102,16 @@
 //! last sequence (not zero): a client connecting to it then stands at a
 //! position that the rules above can vouch for later.
 //!
+//! # Idempotency keys
+//!
+//! [`History::append_once`] publishes with the header `Nats-Msg-Id:
+//! <history subject> <key>`: the server itself drops a repeat within the
+//! stream's duplicate window (nothing stored, nothing republished) and acks
+//! it as a duplicate with the first message's sequence; the store then
+//! reads that message (a direct get) for its message id. The window is the
+//! stream's, so the same for every node: the last node to update the
+//! stream sets it.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use sse_cluster::broker::nats::{NatsBroker, NatsConfig};
@@ -132,100 +143,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::{Entry, Head, History, Position, Retention};
+use super::{Appended, Entry, Head, History, Position};
 use crate::broker::nats::NatsBroker;
 use crate::broker::{Broker, BrokerError, BrokerStatus, Channel};
+use crate::wire::Envelope;
 
-/// The stream's message age limit when [`Retention::max_age`] is `None`
-/// (see [`JetStreamConfig::idle_ttl`]): 7 days.
-pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Where the stream keeps its messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Storage {
-    /// On disk: survives server restarts. The default.
-    #[default]
-    File,
-    /// In memory: faster, lost when the server restarts (clients then get
-    /// the reset event).
-    Memory,
-}
-
-/// Settings of a [`JetStreamHistory`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct JetStreamConfig {
-    /// The stream's name; `None`: `{PREFIX}_HISTORY` from the broker's
-    /// prefix, upper-cased, with `.` as `_`.
-    pub stream: Option<String>,
-    /// How much history to keep per channel.
-    pub retention: Retention,
-    /// Where the stream keeps its messages. Default: file.
-    pub storage: Storage,
-    /// Replicas of the stream (in a JetStream cluster). Default: 1.
-    pub replicas: usize,
-    /// How long a JetStream request (publish ack, get, consumer) may take.
-    /// Default: 5 s.
-    pub timeout: Duration,
-    /// The stream's message age limit when [`Retention::max_age`] is `None`,
-    /// so that nothing the store writes stays forever. Default:
-    /// [`DEFAULT_IDLE_TTL`] (7 days). JetStream (before 2.11) can expire
-    /// messages only by age, not by a channel's idleness: unlike Redis,
-    /// where an active channel keeps [`Retention::max_len`] events however
-    /// old, an active channel here keeps only this much time of events.
-    pub idle_ttl: Duration,
-}
-
-impl JetStreamConfig {
-    /// Defaults, keeping `retention`.
-    pub fn new(retention: Retention) -> Self {
-        Self {
-            stream: None,
-            retention,
-            storage: Storage::File,
-            replicas: 1,
-            timeout: Duration::from_secs(5),
-            idle_ttl: DEFAULT_IDLE_TTL,
-        }
-    }
-
-    /// Sets [`JetStreamConfig::idle_ttl`] (at least 1 s).
-    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
-        self.idle_ttl = ttl.max(Duration::from_secs(1));
-        self
-    }
-
-    /// Sets [`JetStreamConfig::stream`].
-    pub fn stream(mut self, name: impl Into<String>) -> Self {
-        self.stream = Some(name.into());
-        self
-    }
-
-    /// Sets [`JetStreamConfig::storage`].
-    pub fn storage(mut self, storage: Storage) -> Self {
-        self.storage = storage;
-        self
-    }
-
-    /// Sets [`JetStreamConfig::replicas`] (at least 1).
-    pub fn replicas(mut self, replicas: usize) -> Self {
-        self.replicas = replicas.max(1);
-        self
-    }
-
-    /// Sets [`JetStreamConfig::timeout`].
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout.max(Duration::from_millis(10));
-        self
-    }
-}
-
-impl Default for JetStreamConfig {
-    fn default() -> Self {
-        Self::new(Retention::default())
-    }
-}
+mod config;
+pub use config::{JetStreamConfig, Storage, DEFAULT_IDLE_TTL};
 
 /// A JetStream context and the stream, once set up.
 #[derive(Clone)]
@@ -375,6 +299,7 @@ impl Inner {
 
     fn stream_config(&self) -> stream::Config {
         let retention = &self.config.retention;
+        let max_age = retention.max_age.unwrap_or(self.config.idle_ttl);
         stream::Config {
             name: self.name.clone(),
             description: Some(format!("sse-cluster event history of {}.>", self.prefix)),
@@ -382,7 +307,9 @@ impl Inner {
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
             max_messages_per_subject: i64::try_from(retention.max_len.max(1)).unwrap_or(i64::MAX),
-            max_age: retention.max_age.unwrap_or(self.config.idle_ttl),
+            max_age,
+            // JetStream refuses a duplicate window longer than the age.
+            duplicate_window: retention.idempotency_window.min(max_age),
             storage: match self.config.storage {
                 Storage::File => stream::StorageType::File,
                 Storage::Memory => stream::StorageType::Memory,
@@ -527,6 +454,65 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Publishes `payload` into `channel`'s history (recreating a deleted
+    /// stream once), with `Nats-Msg-Id: <subject> <key>` when a key is
+    /// given; returns the server's ack.
+    async fn publish(
+        self: &Arc<Self>,
+        channel: &Channel,
+        payload: Bytes,
+        key: Option<&str>,
+    ) -> Result<jetstream::publish::PublishAck, BrokerError> {
+        if !self.broker.is_up() {
+            return Err(BrokerError::Unavailable("nats is disconnected".into()));
+        }
+        let subject = self.history_subject(channel);
+        let headers = key.map(|key| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("{subject} {key}").as_str(),
+            );
+            headers
+        });
+        let mut ready = self.ready().await?;
+        let mut recreated = false;
+        loop {
+            let sent = match &headers {
+                None => {
+                    ready
+                        .context
+                        .publish(subject.clone(), payload.clone())
+                        .await
+                }
+                Some(headers) => {
+                    ready
+                        .context
+                        .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                        .await
+                }
+            };
+            let result = match sent {
+                Ok(ack) => ack.await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(ack) => return Ok(ack),
+                Err(err)
+                    if !recreated && err.kind() == context::PublishErrorKind::StreamNotFound =>
+                {
+                    // No stream captures the subject (deleted): create it
+                    // again (a new epoch) and retry once.
+                    recreated = true;
+                    ready = self.setup().await?.0;
+                }
+                Err(err) => return Err(unavailable("publish", err)),
+            }
+        }
+    }
+}
+
 /// True when the server answered that the stream does not exist (its
 /// JetStream error code, carried as the request error's source).
 fn is_stream_not_found(err: &stream::InfoError) -> bool {
@@ -539,35 +525,40 @@ fn is_stream_not_found(err: &stream::InfoError) -> bool {
 #[async_trait]
 impl History for JetStreamHistory {
     async fn append(&self, channel: &Channel, payload: Bytes) -> Result<Position, BrokerError> {
+        let ack = self.inner.publish(channel, payload, None).await?;
+        Ok(Position::new(ack.sequence, 0))
+    }
+
+    fn idempotency_window(&self) -> Option<Duration> {
+        let retention = &self.inner.config.retention;
+        let max_age = retention.max_age.unwrap_or(self.inner.config.idle_ttl);
+        Some(retention.idempotency_window.min(max_age))
+    }
+
+    async fn append_once(
+        &self,
+        channel: &Channel,
+        payload: Bytes,
+        key: &str,
+        _msg: &str,
+    ) -> Result<Appended, BrokerError> {
         let inner = &self.inner;
-        if !inner.broker.is_up() {
-            return Err(BrokerError::Unavailable("nats is disconnected".into()));
+        let ack = inner.publish(channel, payload, Some(key)).await?;
+        let position = Position::new(ack.sequence, 0);
+        if !ack.duplicate {
+            return Ok(Appended::Stored(position));
         }
-        let subject = inner.history_subject(channel);
-        let mut ready = inner.ready().await?;
-        let mut recreated = false;
-        loop {
-            let result = match ready
-                .context
-                .publish(subject.clone(), payload.clone())
-                .await
-            {
-                Ok(ack) => ack.await,
-                Err(err) => Err(err),
-            };
-            match result {
-                Ok(ack) => return Ok(Position::new(ack.sequence, 0)),
-                Err(err)
-                    if !recreated && err.kind() == context::PublishErrorKind::StreamNotFound =>
-                {
-                    // No stream captures the subject (deleted): create it
-                    // again (a new epoch) and retry once.
-                    recreated = true;
-                    ready = inner.setup().await?.0;
-                }
-                Err(err) => return Err(unavailable("publish", err)),
-            }
-        }
+        // The first message's id, from the message itself (it may have
+        // left the stream since: then unknown).
+        let ready = inner.ready().await?;
+        let msg = match ready.stream.direct_get(ack.sequence).await {
+            Ok(message) => Envelope::decode(&message.payload)
+                .ok()
+                .and_then(|envelope| envelope.msg.map(|m| m.into_owned())),
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => None,
+            Err(err) => return Err(unavailable("get", err)),
+        };
+        Ok(Appended::Duplicate { position, msg })
     }
 
     async fn heads(

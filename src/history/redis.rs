@@ -11,6 +11,7 @@
 //! |---|---|---|---|
 //! | `{<channel name>}:h` | the stream (field `m`: the bus envelope) | the channel's first append | after the TTL without appends |
 //! | `{<channel name>}:e` | the epoch: random | the channel's first append (and the first after the key was lost) | with the stream |
+//! | `{<channel name>}:i:<key>` | an idempotency key: the position and message id of its first publish | an append with that key ([`History::append_once`]) | after [`Retention::idempotency_window`] |
 //!
 //! `<channel name>` is the Redis channel of the bus (e.g. `sse:topic:news`),
 //! wrapped in a hash tag so that in a Redis Cluster both keys live in the
@@ -57,7 +58,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{Script, Value};
 
-use super::{Entry, Head, History, Position, Retention};
+use super::{Appended, Entry, Head, History, Position, Retention};
 use crate::broker::redis::RedisBroker;
 use crate::broker::{BrokerError, Channel};
 use crate::wire::random_tag;
@@ -66,10 +67,20 @@ use crate::wire::random_tag;
 /// The entry id's time (the server's clock, as `XADD *` assigns it) dates
 /// the age trim.
 ///
-/// KEYS: stream, epoch. ARGV: bus channel, envelope, max_len, trim mode
-/// (`~` or `=`), max age ms (0: none), ttl ms (never 0), a new epoch,
-/// publish command.
+/// With a third key (an idempotency key, [`History::append_once`]): when
+/// that key exists, appends nothing and returns `{'dup', <its value>}`;
+/// else appends and sets it to `<id> <msg>` for the window. Without it,
+/// only one `#KEYS` test more than a plain append.
+///
+/// KEYS: stream, epoch[, idempotency key]. ARGV: bus channel, envelope,
+/// max_len, trim mode (`~` or `=`), max age ms (0: none), ttl ms (never 0),
+/// a new epoch, publish command[, window ms, message id].
 const APPEND: &str = r#"
+local keyed = #KEYS == 3
+if keyed then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then return {'dup', seen} end
+end
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[7]
@@ -93,6 +104,9 @@ if ARGV[5] ~= '0' then
 end
 local body = string.sub(ARGV[2], 1, -2)
 redis.call(ARGV[8], ARGV[1], body .. ',"pos":"' .. id .. '","epoch":"' .. epoch .. '"}')
+if keyed then
+  redis.call('SET', KEYS[3], id .. ' ' .. ARGV[10], 'PX', ARGV[9])
+end
 return id
 "#;
 
@@ -185,6 +199,46 @@ impl RedisHistory {
         }
     }
 
+    /// The idempotency key `key` of `channel`: in the channel's slot.
+    pub fn idempotency_key(&self, channel: &Channel, key: &str) -> String {
+        let name = self.broker.channel_name(channel);
+        if has_hash_tag(&name) {
+            format!("{name}:i:{key}")
+        } else {
+            format!("{{{name}}}:i:{key}")
+        }
+    }
+
+    /// The append script's invocation for `payload` on `channel`, without
+    /// an idempotency key.
+    fn append_call(&self, channel: &Channel, payload: &[u8]) -> redis::ScriptInvocation<'_> {
+        let (stream, epoch) = self.keys(channel);
+        let max_len = self.retention.max_len;
+        // `~` trims whole internal nodes (cheap) and so keeps up to ~100
+        // more; small windows are kept exactly.
+        let mode = if max_len >= 100 { "~" } else { "=" };
+        let command = if self.broker.is_sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let max_age = self
+            .retention
+            .max_age
+            .map_or(0, |a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX));
+        let mut call = self.append.key(stream);
+        call.key(epoch)
+            .arg(self.broker.channel_name(channel))
+            .arg(payload)
+            .arg(max_len)
+            .arg(mode)
+            .arg(max_age)
+            .arg(self.ttl_ms())
+            .arg(random_tag(12))
+            .arg(command);
+        call
+    }
+
     /// The TTL every append gives both keys of its channel, in ms (never 0).
     fn ttl_ms(&self) -> u64 {
         let ttl = self.retention.max_age.unwrap_or(self.idle_ttl);
@@ -228,37 +282,47 @@ fn bad_reply(what: &str) -> BrokerError {
 #[async_trait]
 impl History for RedisHistory {
     async fn append(&self, channel: &Channel, payload: Bytes) -> Result<Position, BrokerError> {
-        let (stream, epoch) = self.keys(channel);
-        let max_len = self.retention.max_len;
-        // `~` trims whole internal nodes (cheap) and so keeps up to ~100
-        // more; small windows are kept exactly.
-        let mode = if max_len >= 100 { "~" } else { "=" };
-        let command = if self.broker.is_sharded() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
-        let max_age = self
-            .retention
-            .max_age
-            .map_or(0, |a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX));
         let reply: Value = self
             .broker
-            .invoke(
-                self.append
-                    .key(stream)
-                    .key(epoch)
-                    .arg(self.broker.channel_name(channel))
-                    .arg(payload.as_ref())
-                    .arg(max_len)
-                    .arg(mode)
-                    .arg(max_age)
-                    .arg(self.ttl_ms())
-                    .arg(random_tag(12))
-                    .arg(command),
-            )
+            .invoke(&self.append_call(channel, &payload))
             .await?;
         parse_id(&reply).ok_or_else(|| bad_reply("the append script"))
+    }
+
+    fn idempotency_window(&self) -> Option<Duration> {
+        Some(self.retention.idempotency_window)
+    }
+
+    async fn append_once(
+        &self,
+        channel: &Channel,
+        payload: Bytes,
+        key: &str,
+        msg: &str,
+    ) -> Result<Appended, BrokerError> {
+        let window = self.retention.idempotency_window.as_millis().max(1);
+        let mut call = self.append_call(channel, &payload);
+        call.key(self.idempotency_key(channel, key))
+            .arg(u64::try_from(window).unwrap_or(MAX_TTL_MS).min(MAX_TTL_MS))
+            .arg(msg);
+        let reply: Value = self.broker.invoke(&call).await?;
+        if let Some(position) = parse_id(&reply) {
+            return Ok(Appended::Stored(position));
+        }
+        let seen = match &reply {
+            Value::Array(parts) => match parts.as_slice() {
+                [flag, seen] if text(flag).as_deref() == Some("dup") => text(seen),
+                _ => None,
+            },
+            _ => None,
+        };
+        let seen = seen.ok_or_else(|| bad_reply("the append script"))?;
+        let (id, msg) = seen.split_once(' ').unwrap_or((seen.as_str(), ""));
+        let position = Position::parse(id).ok_or_else(|| bad_reply("the append script"))?;
+        Ok(Appended::Duplicate {
+            position,
+            msg: (!msg.is_empty()).then(|| msg.to_owned()),
+        })
     }
 
     async fn heads(

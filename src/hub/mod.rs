@@ -16,8 +16,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::broker::{BrokerStatus, Channel};
 use crate::event::{retry_frame, Event};
-use crate::limits::check_name;
-use crate::outbound::Outbound;
+use crate::outbound::{KeyCheck, Outbound};
 use crate::presence::{Presence, PresenceState};
 use crate::registry::{ConnectionId, ConnectionRegistry};
 use crate::resume::Resumer;
@@ -33,6 +32,8 @@ mod subscriptions;
 pub use crate::limits::{MAX_NAME_LEN, MAX_TOPICS_PER_CONNECTION};
 pub use crate::outbound::Disconnect;
 pub use crate::outbound::{PublishError, PublishReceipt, Target};
+pub use crate::resume::ResumeTokenError;
+use crate::subscription::checked_names;
 pub use crate::subscription::Subscription;
 pub use crate::telemetry::HubStats;
 pub use builder::HubBuilder;
@@ -245,6 +246,50 @@ impl Hub {
         )
     }
 
+    /// A resume token for `sub`'s channels as they stand now: an event id
+    /// (the codec of [`resume`](crate::resume)) naming the current head of
+    /// each resumable channel `sub` follows (everyone, its user, its
+    /// topics), read from the history store.
+    ///
+    /// A page rendered now passes it to the browser, which opens its
+    /// stream with it as `Last-Event-ID` (for an `EventSource`: the
+    /// `last_event_id` query parameter, which [`Hub::connect_request`]
+    /// reads): that first connect, on any node, replays every event
+    /// published to those channels since the token was made, once, then
+    /// goes live. A channel without history yet is named as such (epoch
+    /// tag 0), so its first events, published after the token, are
+    /// replayed too. The token is as good as a reconnect's id: past the
+    /// retention window, the connect gets the
+    /// [`RESET_EVENT`](crate::resume::RESET_EVENT) instead.
+    ///
+    /// The connect must follow the same channels (same user, same topics;
+    /// a channel the token does not name starts live). Authorize `sub` as
+    /// the connect would be.
+    ///
+    /// Errors: [`ResumeTokenError::NoHistory`] without a history store
+    /// (nothing could be replayed), [`ResumeTokenError::InvalidSubscription`]
+    /// and [`ResumeTokenError::NotResumable`] for a subscription a connect
+    /// could not resume, [`ResumeTokenError::HistoryUnavailable`] when the
+    /// store cannot be read. [`ResumeTokenError::status`] gives the HTTP
+    /// status of each.
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: sse_cluster::Hub) -> Result<(), sse_cluster::ResumeTokenError> {
+    /// use sse_cluster::Subscription;
+    ///
+    /// let token = hub.resume_token(&Subscription::new().topic("news")).await?;
+    /// // In the page: new EventSource(`/events?topic=news&last_event_id=${token}`)
+    /// # let _ = token;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn resume_token(
+        &self,
+        sub: &Subscription,
+    ) -> impl std::future::Future<Output = Result<String, ResumeTokenError>> + Send + 'static {
+        crate::subscription::resume_token(self.inner.outbound.history().cloned(), sub)
+    }
+
     /// Like [`Hub::connect`], after asking the configured
     /// [`Authorizer`](crate::auth::Authorizer) (if any) about `request`; it
     /// may refuse ([`ConnectError::Denied`]) or rewrite the subscription.
@@ -278,27 +323,8 @@ impl Hub {
         if self.is_shutting_down() {
             return Err(ConnectError::ShuttingDown);
         }
-        let invalid = ConnectError::InvalidSubscription;
-        let user: Option<Arc<str>> = match sub.user {
-            Some(u) => {
-                check_name(&u).map_err(invalid)?;
-                Some(u.into())
-            }
-            None => None,
-        };
-        let mut topics = Vec::with_capacity(sub.topics.len());
-        for topic in sub.topics {
-            check_name(&topic).map_err(invalid)?;
-            topics.push(Arc::<str>::from(topic));
-        }
-        topics.sort_unstable();
-        topics.dedup();
-        if topics.len() > MAX_TOPICS_PER_CONNECTION {
-            return Err(invalid(format!(
-                "at most {MAX_TOPICS_PER_CONNECTION} topics per connection"
-            )));
-        }
-
+        let (user, topics) =
+            checked_names(sub.user, sub.topics).map_err(ConnectError::InvalidSubscription)?;
         if let Some(user) = &user {
             if inner.registry.user_connections(user) >= inner.limits.max_per_user {
                 return Err(ConnectError::UserLimit);
@@ -373,36 +399,131 @@ impl Hub {
         target: Target,
         event: Event,
     ) -> Result<PublishReceipt, PublishError> {
+        self.publish_keyed(target, event, None).await
+    }
+
+    /// Like [`Hub::publish`], at most once per idempotency `key` and
+    /// target within a window: a repeat (a client's retry after a timeout,
+    /// through this node or another) is accepted and answered with the first
+    /// publish's receipt ([`PublishReceipt::duplicate`] set, same `id` and
+    /// `position`), but stored and delivered nothing.
+    ///
+    /// | where | what holds |
+    /// |---|---|
+    /// | history on (memory, Redis, JetStream), a topic, a user or everyone | once across every node and publisher sharing the store, for [`Retention::idempotency_window`](crate::history::Retention::idempotency_window) (default 2 minutes); checked atomically with the append |
+    /// | no history, a store that does not deduplicate, or [`Target::Connection`] | once per node (this hub's own window, 2 minutes, at most [`MAX_KEY_BYTES`](crate::history::memory::MAX_KEY_BYTES) of keys): a retry through another node goes out again |
+    ///
+    /// The key is 1 to [`MAX_IDEMPOTENCY_KEY_LEN`](crate::limits::MAX_IDEMPOTENCY_KEY_LEN)
+    /// visible ASCII characters ([`PublishError::InvalidKey`], HTTP 400,
+    /// otherwise). The key alone decides: a repeat's content is not
+    /// compared. A publish that fails forgets its key in the node-local
+    /// window, so that a retry goes out (in a store, a failed append stores
+    /// no key).
+    ///
+    /// ```no_run
+    /// # async fn demo(hub: sse_cluster::Hub) -> Result<(), sse_cluster::PublishError> {
+    /// use sse_cluster::{Event, Target};
+    ///
+    /// let event = Event::new().data("order 42 shipped");
+    /// let first = hub.publish_idempotent(Target::topic("orders"), event.clone(), "order-42-shipped").await?;
+    /// // A retry: same receipt, nothing sent again.
+    /// let again = hub.publish_idempotent(Target::topic("orders"), event, "order-42-shipped").await?;
+    /// assert!(again.duplicate && again.id == first.id && again.position == first.position);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[tracing::instrument(name = "sse.publish", level = "debug", skip_all, fields(node = %self.inner.node_id, target = ?target, msg))]
+    pub async fn publish_idempotent(
+        &self,
+        target: Target,
+        event: Event,
+        key: &str,
+    ) -> Result<PublishReceipt, PublishError> {
+        self.publish_keyed(target, event, Some(key)).await
+    }
+
+    async fn publish_keyed(
+        &self,
+        target: Target,
+        event: Event,
+        key: Option<&str>,
+    ) -> Result<PublishReceipt, PublishError> {
         let started = std::time::Instant::now();
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::ShutDown);
         }
         let outbound = &inner.outbound;
-        let msg = outbound.check(&target, &event)?;
+        let msg = outbound.check(&target, &event, key)?;
         tracing::Span::current().record("msg", msg.as_str());
-        let local = self.deliver_locally(&target, &event);
+        // Before anything is delivered: a repeat in the node-local window
+        // stops here.
+        let check = outbound.check_key(&target, key, &msg);
+        if let KeyCheck::Repeat(receipt) = check {
+            inner.counters.publish_duplicate();
+            return Ok(receipt);
+        }
+        let result = self
+            .deliver(&target, &event, msg, key, &check, started)
+            .await;
+        if let (Err(_), Some(key), KeyCheck::Local) = (&result, key, &check) {
+            outbound.forget_key(&target, key);
+        }
+        result
+    }
+
+    /// A checked publish's delivery: the local fast path, then the bus or
+    /// the store.
+    async fn deliver(
+        &self,
+        target: &Target,
+        event: &Event,
+        msg: String,
+        key: Option<&str>,
+        check: &KeyCheck,
+        started: std::time::Instant,
+    ) -> Result<PublishReceipt, PublishError> {
+        let inner = &self.inner;
+        let outbound = &inner.outbound;
+        let local = self.deliver_locally(target, event);
         inner.counters.frame_from_local(started, local);
-        let receipt = |id| PublishReceipt {
-            id,
-            delivered_locally: local.delivered,
-        };
-        if let Target::Connection(id) = &target {
+        if let Target::Connection(id) = target {
             if id.node() == &*inner.node_id {
                 // Held here: delivered directly, the bus is not involved.
                 inner.counters.published();
-                return Ok(receipt(msg));
+                let mut receipt = PublishReceipt::sent(msg, None);
+                receipt.delivered_locally = local.delivered;
+                return Ok(receipt);
             }
         }
-        let (channel, payload) = outbound.envelope(&target, &event, &msg)?;
-        if let Err(err) = outbound.send(&channel, payload).await {
-            inner.counters.bus_error();
-            tracing::warn!(%channel, error = %err, "bus publish failed");
-            return Err(err.into());
+        let (channel, payload) = outbound.envelope(target, event, &msg)?;
+        let sent = match key {
+            None => outbound
+                .send(&channel, payload)
+                .await
+                .map(|position| PublishReceipt::sent(msg, position)),
+            Some(key) => {
+                outbound
+                    .send_keyed(&channel, payload, key, &msg, check)
+                    .await
+            }
+        };
+        let mut receipt = match sent {
+            Ok(receipt) => receipt,
+            Err(err) => {
+                inner.counters.bus_error();
+                tracing::warn!(%channel, error = %err, "bus publish failed");
+                return Err(err.into());
+            }
+        };
+        if receipt.duplicate {
+            inner.counters.publish_duplicate();
+        } else {
+            inner.counters.bus_out();
+            inner.counters.published();
+            receipt.delivered_locally = local.delivered;
         }
-        inner.counters.bus_out();
-        inner.counters.published();
-        Ok(receipt(msg))
+        Ok(receipt)
     }
 
     /// The local fast path of a publish: this node's receivers get the

@@ -20,6 +20,8 @@ use crate::resume::RESET_EVENT;
 use crate::stream::GAP_EVENT;
 use crate::{ConnectionId, Event, Hub, PublishError, StreamConfig, Subscription, Target};
 
+mod edges;
+
 /// How long the suite waits for an event that should arrive.
 const EVENT_WAIT: Duration = Duration::from_secs(5);
 /// How long the suite waits for a status change (a reconnect with backoff).
@@ -50,7 +52,9 @@ pub(super) async fn run(
         Scenario::Outage => outage(&mut cx).await,
         Scenario::Restart => restart(&mut cx).await,
         Scenario::Resume => resume(&mut cx).await,
+        Scenario::ResumeToken => edges::resume_token(&mut cx).await,
         Scenario::ResetBeyondRetention => reset_beyond_retention(&mut cx).await,
+        Scenario::Idempotency => edges::idempotency(&mut cx).await,
         Scenario::HostileEnvelopes => hostile_envelopes(&mut cx).await,
     }
     cx.shutdown().await;

@@ -225,6 +225,67 @@ pub async fn post(
     request(addr, Method::POST, path_and_query, body.into()).await
 }
 
+/// `POST path_and_query` with `body` and extra `headers` (values as raw
+/// bytes, which need not be UTF-8); returns the status, the response
+/// headers and the body text.
+pub async fn post_with_headers(
+    addr: SocketAddr,
+    path_and_query: &str,
+    body: impl Into<Bytes>,
+    headers: &[(&str, &[u8])],
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(path_and_query)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        let value = hyper::header::HeaderValue::from_bytes(v).expect("header value");
+        request = request.header(*k, value);
+    }
+    let request = request.body(Full::new(body.into())).expect("request");
+    let response = send(addr, request).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+/// `GET path_and_query`; returns the status, the response headers and the
+/// body text.
+pub async fn get_with_headers(
+    addr: SocketAddr,
+    path_and_query: &str,
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let request = Request::builder()
+        .uri(path_and_query)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = send(addr, request).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
 /// `GET path_and_query`; returns the status and the body text.
 pub async fn get(addr: SocketAddr, path_and_query: &str) -> (StatusCode, String) {
     request(addr, Method::GET, path_and_query, Bytes::new()).await

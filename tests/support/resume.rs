@@ -14,7 +14,7 @@ use std::sync::Arc;
 use sse_cluster::history::History;
 use sse_cluster::{Broker, Hub, StreamConfig};
 
-use super::{post, Node, SseClient, WAIT};
+use super::{get_with_headers, post, post_with_headers, Node, SseClient, WAIT};
 
 /// A hub `id` on `broker` keeping history in `history`, with `stream`
 /// settings (keep-alive off), served over TCP.
@@ -399,4 +399,258 @@ pub async fn expect_reset(node: &Node, last_id: &str, reason: &str) {
     client.expect_quiet().await;
     publish(node, "topic=b", "b:after-reset").await;
     assert_eq!(data(&read_n(&mut client, 1).await), ["b:after-reset"]);
+}
+
+/// What the page of [`render_time_token`] follows: a topic with events
+/// before the page, one nobody has published to yet, and a user.
+pub const PAGE: &str = "topic=old&topic=fresh&user=tu";
+
+/// Asks `node` for a resume token of `query`: `200 text/plain`, an id in
+/// the event-id codec.
+pub async fn resume_token(node: &Node, query: &str) -> String {
+    let (status, headers, token) =
+        get_with_headers(node.addr, &format!("/resume-token?{query}")).await;
+    assert_eq!(status, StatusCode::OK, "/resume-token?{query}: {token}");
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(content_type.starts_with("text/plain"), "{content_type:?}");
+    assert!(
+        token.starts_with("r1."),
+        "a token in the event-id codec: {token:?}"
+    );
+    token
+}
+
+/// A page is rendered by `nodes[0]` with a token (`GET /resume-token`);
+/// `after` events per channel are published through `nodes[1]`; the
+/// browser's first connect goes to the last node with the token as the
+/// `last_event_id` query parameter (all an `EventSource` can send): it gets
+/// exactly the events published after the token, each once, in order per
+/// channel, none from before, then live ones.
+pub async fn render_time_token(nodes: &[Node], after: usize) {
+    let (first, publisher, other) = (&nodes[0], &nodes[1 % nodes.len()], &nodes[nodes.len() - 1]);
+    for i in 0..3 {
+        publish(publisher, "topic=old", &format!("old:{i}")).await;
+    }
+    let token = resume_token(first, PAGE).await;
+    for i in 3..3 + after {
+        for (target, name) in [
+            ("topic=old", "old"),
+            ("topic=fresh", "fresh"),
+            ("user=tu", "tu"),
+        ] {
+            publish(publisher, target, &format!("{name}:{i}")).await;
+        }
+    }
+    let mut client = SseClient::open(
+        other.addr,
+        &format!("/events?{PAGE}&last_event_id={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(client.status, StatusCode::OK);
+    assert_eq!(client.next().await.expect("greeting").event, "connected");
+    let replayed = read_n(&mut client, 3 * after).await;
+    assert!(
+        replayed.iter().all(|e| e.event == "message"),
+        "no reset: {:?}",
+        replayed.iter().find(|e| e.event != "message")
+    );
+    let got = by_channel(&data(&replayed));
+    let want: Vec<usize> = (3..3 + after).collect();
+    for name in ["old", "fresh", "tu"] {
+        assert_eq!(
+            got.get(name),
+            Some(&want),
+            "channel {name}: each event after the token once, in order"
+        );
+    }
+    client.expect_quiet().await;
+    publish(publisher, "topic=fresh", "fresh:live").await;
+    assert_eq!(data(&read_n(&mut client, 1).await), ["fresh:live"]);
+    client.expect_quiet().await;
+}
+
+/// `POST /publish?{target}` of `data` through `node` with `Idempotency-Key:
+/// key` (raw bytes): the status and the JSON body.
+pub async fn publish_with_key(
+    node: &Node,
+    target: &str,
+    data: &str,
+    key: &[u8],
+) -> (StatusCode, serde_json::Value) {
+    let (status, _, body) = post_with_headers(
+        node.addr,
+        &format!("/publish?{target}"),
+        data.to_owned(),
+        &[("idempotency-key", key)],
+    )
+    .await;
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (status, json)
+}
+
+/// One `Idempotency-Key` is published 3 times, through `nodes[0]`,
+/// `nodes[1]` and `nodes[0]` again: every answer is `202` with the first
+/// publish's id and position (the repeats marked duplicate); a client on
+/// each node gets one frame; a client resuming from before the publishes
+/// (a token, on the last node) gets one replayed event per key: one
+/// history entry. Hostile keys (huge, not UTF-8, with a space, empty) and
+/// a refused publish get a `400` with a JSON error and lose nothing: they
+/// publish nothing, the refused publish does not use up its key, and the
+/// next publishes go out.
+pub async fn idempotent_publish(nodes: &[Node]) {
+    let (a, b, other) = (&nodes[0], &nodes[1 % nodes.len()], &nodes[nodes.len() - 1]);
+    let token = resume_token(other, "topic=orders").await;
+    let mut on_a = open(a, "topic=orders", None).await;
+    let mut on_b = open(b, "topic=orders", None).await;
+
+    let mut receipts = Vec::new();
+    for (node, data) in [
+        (a, "orders:7"),
+        (b, "orders:7 retried"),
+        (a, "orders:7 again"),
+    ] {
+        let (status, receipt) = publish_with_key(node, "topic=orders", data, b"order-7").await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{receipt}");
+        receipts.push(receipt);
+    }
+    assert_eq!(receipts[0]["duplicate"], false, "{receipts:?}");
+    assert!(receipts[0]["position"].is_string(), "stored: {receipts:?}");
+    for repeat in &receipts[1..] {
+        assert_eq!(repeat["duplicate"], true, "{receipts:?}");
+        assert_eq!(
+            (&repeat["id"], &repeat["position"]),
+            (&receipts[0]["id"], &receipts[0]["position"]),
+            "the same receipt"
+        );
+    }
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(data(&read_n(client, 1).await), ["orders:7"]);
+        client.expect_quiet().await;
+    }
+
+    let huge = vec![b'k'; 16 * 1024];
+    let hostile: [&[u8]; 4] = [&huge, b"\xff\xfe\x80", b"order 8", b""];
+    for key in hostile {
+        let (status, body) = publish_with_key(a, "topic=orders", "orders:hostile", key).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    // A publish refused for another reason (a bad event name) with a good
+    // key: the key is not used up by it.
+    let (status, _, _) = post_with_headers(
+        b.addr,
+        "/publish?topic=orders&event=bad%0Aname",
+        "orders:refused",
+        &[("idempotency-key", b"order-8")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for client in [&mut on_a, &mut on_b] {
+        client.expect_quiet().await;
+    }
+    let (status, receipt) = publish_with_key(b, "topic=orders", "orders:8", b"order-8").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{receipt}");
+    assert_eq!(receipt["duplicate"], false, "{receipt}");
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(data(&read_n(client, 1).await), ["orders:8"]);
+        client.expect_quiet().await;
+    }
+
+    // One history entry per key.
+    let mut resumed = SseClient::open(
+        other.addr,
+        &format!("/events?topic=orders&last_event_id={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(resumed.next().await.expect("greeting").event, "connected");
+    let replayed = read_n(&mut resumed, 2).await;
+    assert_eq!(data(&replayed), ["orders:7", "orders:8"], "{replayed:?}");
+    resumed.expect_quiet().await;
+}
+
+/// Events are published to one topic continuously (through `nodes[1]`)
+/// while a page gets its token from `nodes[0]` and the browser connects to
+/// the last node with it: every event published after the token was
+/// answered arrives, none published before the request for it was sent,
+/// none twice, in order. (Events published while the token was being made
+/// may go either way.)
+pub async fn token_race(nodes: &[Node]) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (first, other) = (&nodes[0], &nodes[nodes.len() - 1]);
+    let publisher_node = nodes[1 % nodes.len()].addr;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn({
+        let (sent, stop) = (sent.clone(), stop.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let (status, body) =
+                    post(publisher_node, "/publish?topic=race", format!("race:{i}")).await;
+                assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+                i += 1;
+                sent.store(i, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            i
+        }
+    });
+    // Let some events go out before the page.
+    while sent.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = sent.load(Ordering::Relaxed);
+    let token = resume_token(first, "topic=race").await;
+    let after = sent.load(Ordering::Relaxed);
+    // The browser connects a little later, while events keep coming.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut client = SseClient::open(
+        other.addr,
+        &format!("/events?topic=race&last_event_id={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(client.next().await.expect("greeting").event, "connected");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let total = publisher.await.expect("publisher");
+    let mut got = Vec::new();
+    while got.last().is_none_or(|&n| n + 1 < total) {
+        let Some(event) = client.next().await else {
+            panic!("stalled after {got:?} of {total}");
+        };
+        assert_eq!(event.event, "message", "{event:?}");
+        let n: usize = event
+            .data
+            .strip_prefix("race:")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{event:?}"));
+        got.push(n);
+    }
+    client.expect_quiet().await;
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice: {got:?}"
+    );
+    let first_got = got.first().copied().unwrap_or(total);
+    assert!(
+        first_got >= before,
+        "race:{first_got} was published before the token was asked for ({before})"
+    );
+    assert!(
+        first_got <= after,
+        "events after the token ({after}..) lost: first received race:{first_got}"
+    );
+    let want: Vec<usize> = (first_got..total).collect();
+    assert_eq!(got, want, "a gap after race:{first_got}");
+    assert!(
+        total > after + 10,
+        "events kept coming while connecting ({total})"
+    );
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::broker::nats::NatsConfig;
+use crate::history::Retention;
 
 #[test]
 fn every_message_expires() {
@@ -56,4 +57,30 @@ fn names_and_subjects() {
             "{bad:?}"
         );
     }
+}
+
+#[test]
+fn the_duplicate_window_is_the_idempotency_window_within_the_age() {
+    let broker = NatsBroker::new(NatsConfig::new("nats://127.0.0.1:1")).expect("broker");
+    let history = |retention: Retention| {
+        JetStreamHistory::new(broker.clone(), JetStreamConfig::new(retention)).expect("history")
+    };
+    let default = history(Retention::default());
+    assert_eq!(
+        default.inner.stream_config().duplicate_window,
+        Retention::DEFAULT_IDEMPOTENCY_WINDOW
+    );
+    assert_eq!(
+        default.idempotency_window(),
+        Some(Retention::DEFAULT_IDEMPOTENCY_WINDOW)
+    );
+    let short = Retention::default()
+        .max_age(Some(Duration::from_secs(30)))
+        .idempotency_window(Duration::from_secs(600));
+    let short = history(short);
+    assert_eq!(
+        short.inner.stream_config().duplicate_window,
+        Duration::from_secs(30)
+    );
+    assert_eq!(short.idempotency_window(), Some(Duration::from_secs(30)));
 }
