@@ -37,6 +37,15 @@
 //! stamped envelope too large for a notification is published by
 //! reference, in the same statement.
 //!
+//! # Durability
+//!
+//! A notification goes out at commit, before an asynchronous commit
+//! (`synchronous_commit = off`) reaches the WAL on disk: a crash could then
+//! lose events whose notifications clients already have, and hand their
+//! positions to new events. The append statement therefore raises its own
+//! transaction's `synchronous_commit` from `off` to `local` (any other
+//! setting is kept), whatever the server or role default.
+//!
 //! # Retention and epochs
 //!
 //! Every append deletes the channel's events older than the newest
@@ -125,8 +134,13 @@ impl Sql {
                  ), big AS (\
                    INSERT INTO \"{payloads}\" (payload) SELECT convert_to(body, 'UTF8') FROM s \
                    WHERE octet_length(body) > {NOTIFY_PAYLOAD_LIMIT} RETURNING id\
+                 ), durable AS (\
+                   SELECT set_config('synchronous_commit', \
+                     CASE current_setting('synchronous_commit') WHEN 'off' THEN 'local' \
+                     ELSE current_setting('synchronous_commit') END, true)\
                  ) \
-                 SELECT s.last, pg_notify($1::text, COALESCE((SELECT '#' || big.id FROM big), s.body)) FROM s"
+                 SELECT s.last, pg_notify($1::text, COALESCE((SELECT '#' || big.id FROM big), s.body)) \
+                 FROM s CROSS JOIN durable"
             ),
             heads: format!(
                 "SELECT c.channel, c.last, c.epoch, \
