@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper::StatusCode;
 use sse_cluster::broker::postgres::{PostgresBroker, PostgresConfig};
 use sse_cluster::history::postgres::PostgresHistory;
 use sse_cluster::history::Retention;
@@ -25,8 +26,9 @@ use sse_cluster::stream::GAP_EVENT;
 use sse_cluster::{BrokerStatus, Event, Hub, PublishError, StreamConfig, Target};
 use support::bus::{post_ok, spawn_reader, wait_until};
 use support::postgres_server::{psql, shared_postgres, unique_prefix, PostgresServer};
+use support::process::{node_binary, NodeProcess};
 use support::resume::{self, last_id_sent, open, RESET};
-use support::{Node, SseClient, QUIET};
+use support::{get, Node, SseClient, QUIET};
 use tokio::time::Instant;
 
 /// Quick failure detection and reconnects, for the fault test.
@@ -170,6 +172,58 @@ async fn history_resumes_exactly_once_on_another_node() {
     resume::replays_missed_events_on_another_node(&nodes, 30).await;
     resume::seam_race(&nodes, 3).await;
     resume::reset_on_garbage_ids(&nodes).await;
+}
+
+/// Two demo-node processes (`--broker postgres://… --history postgres`):
+/// an event published on one reaches a client of the other, and a client
+/// that went away resumes on the other from its `Last-Event-ID`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_node_processes_over_postgres_with_history() {
+    let test = "demo_node_processes_over_postgres_with_history";
+    let Some(url) = shared_postgres(test).await else {
+        return;
+    };
+    let prefix = unique_prefix(test);
+    let binary = tokio::task::spawn_blocking(|| node_binary(Some("postgres")))
+        .await
+        .expect("node binary");
+    let start = |id: &str| {
+        let args = [
+            "--broker",
+            &url,
+            "--postgres-prefix",
+            &prefix,
+            "--history",
+            "postgres",
+            "--node-id",
+            id,
+        ];
+        NodeProcess::start(&binary, &args)
+    };
+    let one = start("proc-1");
+    let two = start("proc-2");
+    for node in [&one, &two] {
+        let (status, body) = get(node.addr, "/healthz").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let mut client = SseClient::connect(two.addr, "/events?topic=t").await;
+    post_ok(one.addr, "/publish?topic=t&event=k", "first").await;
+    let event = client.next().await.expect("first");
+    assert_eq!((event.event.as_str(), event.data.as_str()), ("k", "first"));
+    let last_id = event.id.clone();
+    drop(client);
+    post_ok(one.addr, "/publish?topic=t", "missed 1").await;
+    post_ok(one.addr, "/publish?topic=t", "missed 2").await;
+    let path = "/events?topic=t";
+    let mut back = SseClient::open(one.addr, path, &[("last-event-id", last_id.as_str())]).await;
+    assert_eq!(back.status, StatusCode::OK);
+    assert_eq!(back.next().await.expect("greeting").event, "connected");
+    for want in ["missed 1", "missed 2"] {
+        assert_eq!(back.next().await.expect(want).data, want);
+    }
+    post_ok(two.addr, "/publish?topic=t", "live").await;
+    assert_eq!(back.next().await.expect("live").data, "live");
+    back.expect_quiet().await;
 }
 
 /// One publish of [`publish_steadily`].
