@@ -150,6 +150,7 @@
 //! | `hyper` | no | [`adapters::hyper`]: response and `Last-Event-ID` helpers for plain hyper 1 |
 //! | `redis` | no | `broker::redis`: Redis pub/sub, sharded pub/sub and Redis Cluster, with TLS |
 //! | `nats` | no | `broker::nats`: core NATS subjects, with credentials, token, user/password and TLS |
+//! | `postgres` | no | `broker::postgres` and `history::postgres`: Postgres `LISTEN`/`NOTIFY` as the bus and tables as the history, through tokio-postgres |
 //! | `testkit` | no | `testkit`: the conformance suite every backend passes, for authors of a `Broker` or `History` outside this crate |
 //!
 //! The in-memory broker ([`broker::memory`]) is always available.
