@@ -51,6 +51,11 @@ pub(super) fn channel_name(prefix: &str, channel: &Channel) -> String {
     if !name.is_empty() && plain <= MAX_IDENTIFIER_LEN && name.bytes().all(plain_byte) {
         return format!("{prefix}{kind}_{name}");
     }
+    hashed(prefix, kind, name)
+}
+
+/// `{prefix}{kind}h_` and the first 32 hex digits of the SHA-256 of `name`.
+fn hashed(prefix: &str, kind: char, name: &str) -> String {
     let digest = Sha256::digest(name.as_bytes());
     let mut out = String::with_capacity(prefix.len() + 3 + HASH_HEX_LEN);
     out.push_str(prefix);
@@ -82,15 +87,18 @@ mod tests {
 
     #[test]
     fn other_names_are_hashed() {
-        // sha256("News") = 0ed6ab5b9a6d3d9b...; the first 16 bytes in hex.
+        // The FIPS 180-2 test vector: SHA-256("abc") = ba7816bf8f01cfea…
+        assert_eq!(
+            hashed("sse_", 't', "abc"),
+            "sse_th_ba7816bf8f01cfea414140de5dae2223"
+        );
         let name = channel_name("sse_", &Channel::Topic("News".into()));
-        assert!(name.starts_with("sse_th_"), "{name}");
-        assert_eq!(name.len(), "sse_th_".len() + 32);
-        let expected: String = Sha256::digest(b"News")[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(name, format!("sse_th_{expected}"));
+        assert_eq!(name, hashed("sse_", 't', "News"));
+        let long = "a".repeat(MAX_IDENTIFIER_LEN);
+        assert_eq!(
+            channel_name("sse_", &Channel::User(long.as_str().into())),
+            hashed("sse_", 'u', &long)
+        );
     }
 
     #[test]
