@@ -96,6 +96,35 @@ async fn a_100_kib_event_crosses_nodes_intact() {
     assert_eq!(broker_a.stats().bad_references, 0);
 }
 
+/// With history, a stamped envelope too large for a notification goes by
+/// reference in the append's own statement: live on another node, and
+/// replayed to a client that resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_event_with_history_is_delivered_live_and_replayed() {
+    let test = "a_large_event_with_history_is_delivered_live_and_replayed";
+    let Some(url) = shared_postgres(test).await else {
+        return;
+    };
+    let prefix = unique_prefix(test);
+    let (a, broker_a) = pg_node(PostgresConfig::new(&url).prefix(&prefix), "a", true).await;
+    let (b, _) = pg_node(PostgresConfig::new(&url).prefix(&prefix), "b", true).await;
+    let mut live = open(&a, "topic=big", None).await;
+    let large = "L".repeat(30_000);
+    post_ok(b.addr, "/publish?topic=big", "before").await;
+    post_ok(b.addr, "/publish?topic=big", &large).await;
+    post_ok(b.addr, "/publish?topic=big", "after").await;
+    let first = live.next().await.expect("before");
+    assert_eq!(first.data, "before");
+    let resume_from = first.id.clone();
+    assert_eq!(live.next().await.expect("large").data, large);
+    assert_eq!(live.next().await.expect("after").data, "after");
+    assert!(broker_a.stats().received_by_reference >= 1);
+    let mut back = open(&b, "topic=big", Some(&resume_from)).await;
+    assert_eq!(back.next().await.expect("replayed large").data, large);
+    assert_eq!(back.next().await.expect("replayed after").data, "after");
+    back.expect_quiet().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_notify_in_the_documented_format_reaches_clients() {
     let test = "psql_notify_in_the_documented_format_reaches_clients";

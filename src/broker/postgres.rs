@@ -315,7 +315,7 @@ pub fn query_failed(err: tokio_postgres::Error) -> BrokerError {
     }
     match err.code() {
         Some(code) => {
-            let class = &code.code()[..2.min(code.code().len())];
+            let class = code.code().get(..2).unwrap_or("");
             let transient = matches!(class, "08" | "40" | "53" | "57" | "58");
             BrokerError::Backend {
                 source: Box::new(err),

@@ -3,7 +3,9 @@
 //! One pair of tables per cluster (per [`PostgresBroker::prefix`]): a row
 //! per channel with its newest position and its epoch, and a row per event.
 //! Positions are `(n, 0)` with `n` counting the channel's appends from 1,
-//! without holes. One statement appends the event, trims the channel to
+//! without holes: the counter is a column of the channel's row rather than
+//! a Postgres `SEQUENCE`, whose values are not transactional (a failed
+//! append would leave a hole) and whose order need not be the commit order. One statement appends the event, trims the channel to
 //! [`Retention::max_len`] and notifies the bus with the stamped envelope;
 //! Postgres runs a statement as one transaction and delivers notifications
 //! at commit, so no listener sees an event the table lacks, and the
