@@ -203,6 +203,48 @@ async fn history_resumes_exactly_once_on_another_node() {
     resume::reset_on_garbage_ids(&nodes).await;
 }
 
+/// The server closes the listening connection (as an idle timeout, a
+/// failover or an administrator would): the broker reports Down, connects
+/// again, issues its LISTENs again and reports Up; the stream gets the gap
+/// event and delivery goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_connection_the_server_closes_is_replaced() {
+    let test = "a_listening_connection_the_server_closes_is_replaced";
+    let Some(url) = shared_postgres(test).await else {
+        return;
+    };
+    let prefix = unique_prefix(test);
+    // No probe during the test: the listener's last query stays its LISTEN,
+    // which is how the test finds it in pg_stat_activity.
+    let config = || {
+        PostgresConfig::new(&url)
+            .prefix(&prefix)
+            .liveness(Duration::from_secs(600), Duration::from_secs(2))
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+    };
+    let (a, broker_a) = pg_node(config(), "a", false).await;
+    let (b, _) = pg_node(config(), "b", false).await;
+    let mut client = SseClient::connect(a.addr, "/events?topic=t").await;
+    post_ok(b.addr, "/publish?topic=t", "one").await;
+    assert_eq!(client.next().await.expect("one").data, "one");
+    let sql = format!(
+        "SELECT 'terminated:' || count(*) FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN \"{prefix}t\\_t\";%' AND pg_terminate_backend(pid)"
+    );
+    let Some(out) = psql(test, &url, &sql) else {
+        return;
+    };
+    assert!(out.contains("terminated:1"), "{out:?}");
+    let gap = client.next().await.expect("the gap event");
+    assert_eq!(gap.event, GAP_EVENT);
+    assert_eq!(a.hub.broker_status(), BrokerStatus::Up);
+    assert_eq!(a.hub.stats().bus_outages, 1, "Down was reported");
+    let stats = broker_a.stats();
+    assert_eq!((stats.disconnects, stats.connects), (1, 2), "{stats:?}");
+    post_ok(b.addr, "/publish?topic=t", "two").await;
+    assert_eq!(client.next().await.expect("two").data, "two");
+}
+
 /// Two demo-node processes (`--broker postgres://… --history postgres`):
 /// an event published on one reaches a client of the other, and a client
 /// that went away resumes on the other from its `Last-Event-ID`.
