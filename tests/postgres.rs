@@ -25,7 +25,7 @@ use sse_cluster::history::Retention;
 use sse_cluster::stream::GAP_EVENT;
 use sse_cluster::{BrokerStatus, Event, Hub, PublishError, StreamConfig, Target};
 use support::bus::{post_ok, spawn_reader, wait_until};
-use support::postgres_server::{psql, shared_postgres, unique_prefix, PostgresServer};
+use support::postgres_server::{drop_tables, psql, shared_postgres, unique_prefix, PostgresServer};
 use support::process::{node_binary, NodeProcess};
 use support::resume::{self, last_id_sent, open, RESET};
 use support::{get, Node, SseClient, QUIET};
@@ -94,6 +94,7 @@ async fn a_100_kib_event_crosses_nodes_intact() {
     assert_eq!(broker_b.stats().published_by_reference, 1);
     assert_eq!(broker_a.stats().received_by_reference, 1);
     assert_eq!(broker_a.stats().bad_references, 0);
+    drop_tables(&url, &prefix).await;
 }
 
 /// With history, a stamped envelope too large for a notification goes by
@@ -123,6 +124,7 @@ async fn a_large_event_with_history_is_delivered_live_and_replayed() {
     assert_eq!(back.next().await.expect("replayed large").data, large);
     assert_eq!(back.next().await.expect("replayed after").data, "after");
     back.expect_quiet().await;
+    drop_tables(&url, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,6 +183,7 @@ async fn psql_notify_in_the_documented_format_reaches_clients() {
     );
     assert_eq!(everyone.next().await.expect("after").data, "still up");
     assert_eq!(a.hub.broker_status(), BrokerStatus::Up);
+    drop_tables(&url, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +204,7 @@ async fn history_resumes_exactly_once_on_another_node() {
     resume::replays_missed_events_on_another_node(&nodes, 30).await;
     resume::seam_race(&nodes, 3).await;
     resume::reset_on_garbage_ids(&nodes).await;
+    drop_tables(&url, &prefix).await;
 }
 
 /// The server closes the listening connection (as an idle timeout, a
@@ -243,6 +247,7 @@ async fn a_listening_connection_the_server_closes_is_replaced() {
     assert_eq!((stats.disconnects, stats.connects), (1, 2), "{stats:?}");
     post_ok(b.addr, "/publish?topic=t", "two").await;
     assert_eq!(client.next().await.expect("two").data, "two");
+    drop_tables(&url, &prefix).await;
 }
 
 /// Two demo-node processes (`--broker postgres://… --history postgres`):
@@ -295,6 +300,7 @@ async fn demo_node_processes_over_postgres_with_history() {
     post_ok(two.addr, "/publish?topic=t", "live").await;
     assert_eq!(back.next().await.expect("live").data, "live");
     back.expect_quiet().await;
+    drop_tables(&url, &prefix).await;
 }
 
 /// One publish of [`publish_steadily`].

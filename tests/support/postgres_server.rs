@@ -53,6 +53,26 @@ pub async fn shared_postgres(test: &str) -> Option<String> {
     }
 }
 
+/// Drops the tables a test made under `prefix` on a shared server (the
+/// history's and the broker's large-message table), so that runs leave
+/// nothing behind.
+pub async fn drop_tables(url: &str, prefix: &str) {
+    let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
+        return;
+    };
+    let driver = tokio::spawn(connection);
+    let sql: String = ["events", "channels", "payloads"]
+        .iter()
+        .map(|t| format!("DROP TABLE IF EXISTS \"{prefix}{t}\";"))
+        .collect();
+    client
+        .batch_execute(&sql)
+        .await
+        .unwrap_or_else(|e| panic!("dropping the tables of {prefix}: {e}"));
+    drop(client);
+    let _ = driver.await;
+}
+
 /// A channel and table prefix unique to this run of `test`: the broker's
 /// rules (a-z, 0-9, `_`, at most 24 bytes, a letter first).
 pub fn unique_prefix(test: &str) -> String {
