@@ -121,8 +121,11 @@ pub const NOTIFY_PAYLOAD_LIMIT: usize = 7999;
 #[non_exhaustive]
 pub struct PostgresConfig {
     /// `postgres://[user[:password]@]host[:port]/dbname[?options]` or a
-    /// `key=value` connection string (as tokio-postgres reads them). TLS is
-    /// not supported by this backend.
+    /// `key=value` connection string (as tokio-postgres reads them). Several
+    /// hosts with `target_session_attrs=read-write`
+    /// (`postgres://app@db1,db2/app?target_session_attrs=read-write`) make
+    /// every reconnect find the primary after a failover. TLS is not
+    /// supported by this backend yet.
     pub url: String,
     /// Prefix of every channel and table name. Default: `sse_`.
     pub prefix: String,
