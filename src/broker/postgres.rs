@@ -636,6 +636,14 @@ mod tests {
     }
 
     #[test]
+    fn failover_urls_are_accepted() {
+        let url = "postgres://app@db1:5432,db2:5433/app?target_session_attrs=read-write";
+        assert!(PostgresBroker::new(PostgresConfig::new(url)).is_ok());
+        let kv = "host=db1,db2 user=app dbname=app target_session_attrs=read-write";
+        assert!(PostgresBroker::new(PostgresConfig::new(kv)).is_ok());
+    }
+
+    #[test]
     fn names_and_tables_follow_the_prefix() {
         let broker = PostgresBroker::new(PostgresConfig::new("postgres://h/db").prefix("app_"))
             .expect("valid config");
