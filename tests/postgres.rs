@@ -250,6 +250,49 @@ async fn a_listening_connection_the_server_closes_is_replaced() {
     drop_tables(&url, &prefix).await;
 }
 
+/// A frozen server (every process stopped, connections open: what a hung
+/// host or a network partition looks like) is caught by the liveness
+/// probe; once it thaws, the hubs are Up again and the stream gets the gap
+/// event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_is_caught_by_the_liveness_probe() {
+    let test = "a_frozen_server_is_caught_by_the_liveness_probe";
+    let Some(server) = PostgresServer::start(test) else {
+        return;
+    };
+    let url = server.url();
+    let prefix = unique_prefix(test);
+    let (a, broker_a) = pg_node(fast_config(&url, &prefix), "a", false).await;
+    let (b, _) = pg_node(fast_config(&url, &prefix), "b", false).await;
+    let mut client = SseClient::connect(a.addr, "/events?topic=t").await;
+    post_ok(b.addr, "/publish?topic=t", "before").await;
+    assert_eq!(client.next().await.expect("before").data, "before");
+
+    server.signal_all("STOP");
+    // Probe every 200 ms, 500 ms to answer.
+    let both = |status| a.hub.broker_status() == status && b.hub.broker_status() == status;
+    let frozen = Instant::now();
+    wait_until("the probe noticed", Duration::from_secs(5), || {
+        both(BrokerStatus::Down)
+    })
+    .await;
+    let noticed = frozen.elapsed();
+    assert!(broker_a.stats().disconnects >= 1);
+    server.signal_all("CONT");
+    wait_until("both hubs up again", Duration::from_secs(10), || {
+        both(BrokerStatus::Up)
+    })
+    .await;
+    let gap = client.next().await.expect("the gap event");
+    assert_eq!(
+        (gap.event.as_str(), gap.data.as_str()),
+        (GAP_EVENT, r#"{"reason":"bus"}"#)
+    );
+    post_ok(b.addr, "/publish?topic=t", "after").await;
+    assert_eq!(client.next().await.expect("after").data, "after");
+    eprintln!("frozen server noticed after {noticed:?}");
+}
+
 /// Two demo-node processes (`--broker postgres://… --history postgres`):
 /// an event published on one reaches a client of the other, and a client
 /// that went away resumes on the other from its `Last-Event-ID`.

@@ -292,10 +292,56 @@ impl PostgresServer {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the postmaster this helper
+    /// started and to each of its children (the backends, which serve
+    /// connections on their own): `STOP` freezes the whole server with
+    /// every connection open, a silent death.
+    pub fn signal_all(&self, signal: &str) {
+        let pid = self.pid().expect("server running");
+        let mut pids = children(pid);
+        pids.push(pid);
+        for pid in pids {
+            // A backend may have exited meanwhile: its failure is no error.
+            let _ = Command::new("kill")
+                .args([format!("-{signal}"), pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port())
     }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        // A test that failed while the server was frozen must not leave
+        // stopped backends behind: thawed, they see their postmaster die
+        // (killed next, by the process helper) and exit.
+        if self.pid().is_some() {
+            self.signal_all("CONT");
+        }
+    }
+}
+
+/// The pids whose parent is `parent` (from `/proc/*/stat`).
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces and parens.
+            let after = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 /// Runs `psql URL -c SQL` (a client outside the crate) and returns its
