@@ -4,6 +4,7 @@
 //! cargo run --release --example node -- [--listen 127.0.0.1:3000] [--broker memory] [--node-id ID]
 //! cargo run --release --features redis --example node -- --broker redis://127.0.0.1:6379 [--redis-prefix sse:] [--redis-sharded]
 //! cargo run --release --features nats --example node -- --broker nats://127.0.0.1:4222 [--nats-prefix sse]
+//! cargo run --release --features postgres --example node -- --broker postgres://app@127.0.0.1:5432/app [--postgres-prefix sse_]
 //! ```
 //!
 //! Tokens and CORS: `--jwt-secret SECRET` (HS256) or `--jwt-public-key
@@ -23,7 +24,7 @@
 //! format, through `metrics-exporter-prometheus`. SIGTERM or SIGINT drains
 //! the node: every stream ends within a second and the process exits 0.
 //!
-//! Resume after reconnect: `--history memory|redis|jetstream` (matching the
+//! Resume after reconnect: `--history memory|redis|jetstream|postgres` (matching the
 //! broker) keeps each channel's recent events, `--history-max N` of them
 //! (default 1000) for at most `--history-age SECS` (default 3600; 0 keeps
 //! them until `N` pushes them out, but a Redis channel's keys still expire
@@ -61,6 +62,7 @@ struct Args {
     broker: String,
     node_id: Option<String>,
     redis_prefix: Option<String>,
+    postgres_prefix: Option<String>,
     redis_sharded: bool,
     nats_prefix: Option<String>,
     auth_token: Option<String>,
@@ -87,11 +89,12 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|nats://HOST:PORT] \
-[--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] [--auth-token TOKEN] \
+    "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|redis+sentinel://HOST:PORT[,…]/NAME|nats://HOST:PORT|postgres://USER@HOST:PORT/DB] \
+[--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] \
+[--postgres-prefix PREFIX] [--auth-token TOKEN] \
 [--jwt-secret SECRET | --jwt-public-key PEM_FILE (ES256 or RS256)] [--cors-origin ORIGIN]... \
 [--presence-heartbeat-ms MS] \
-[--history memory|redis|jetstream] [--history-max N] [--history-age SECS] \
+[--history memory|redis|jetstream|postgres] [--history-max N] [--history-age SECS] \
 [--history-max-bytes N (memory store, default 67108864; 0: no budget)] \
 [--header-timeout-ms MS] [--write-deadline-ms MS] [--drain-grace-ms MS] [--max-lifetime SECS]";
 
@@ -101,6 +104,7 @@ fn parse_args() -> Result<Args, String> {
         broker: "memory".into(),
         node_id: None,
         redis_prefix: None,
+        postgres_prefix: None,
         redis_sharded: false,
         nats_prefix: None,
         auth_token: None,
@@ -129,6 +133,7 @@ fn parse_args() -> Result<Args, String> {
             "--broker" => args.broker = value()?,
             "--node-id" => args.node_id = Some(value()?),
             "--redis-prefix" => args.redis_prefix = Some(value()?),
+            "--postgres-prefix" => args.postgres_prefix = Some(value()?),
             "--redis-sharded" => args.redis_sharded = true,
             "--nats-prefix" => args.nats_prefix = Some(value()?),
             "--auth-token" => args.auth_token = Some(value()?),
@@ -144,9 +149,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--history" => {
                 let v = value()?;
-                if !["memory", "redis", "jetstream"].contains(&v.as_str()) {
+                if !["memory", "redis", "jetstream", "postgres"].contains(&v.as_str()) {
                     return Err(format!(
-                        "--history {v}: use memory, redis or jetstream\n{USAGE}"
+                        "--history {v}: use memory, redis, jetstream or postgres\n{USAGE}"
                     ));
                 }
                 args.history = Some(v);
@@ -304,6 +309,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let options = common::BrokerOptions {
         redis_prefix: args.redis_prefix.clone(),
         redis_sharded: args.redis_sharded,
+        postgres_prefix: args.postgres_prefix.clone(),
         nats_prefix: args.nats_prefix.clone(),
         history: args.history.clone(),
         retention: args.retention,

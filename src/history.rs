@@ -6,7 +6,8 @@
 //! event ids, the seam and the guarantees. Stores are built on public
 //! handles only: a broker hands out what its store needs
 //! ([`MemoryBus`](crate::broker::memory::MemoryBus) delivery,
-//! `RedisBroker::query`/`invoke`, `NatsBroker::client`), so a backend
+//! `RedisBroker::query`/`invoke`, `NatsBroker::client`,
+//! `PostgresBroker::client_for`), so a backend
 //! written outside the crate can have a store of its own.
 //!
 //! # Stores
@@ -16,6 +17,7 @@
 //! | [`memory::MemoryHistory`] | always | a counter per channel | random, per store |
 //! | `redis::RedisHistory` | `redis` | Redis Stream entry ids | random, stored beside each stream by its first append (none before: the empty epoch) |
 //! | `jetstream::JetStreamHistory` | `nats` | JetStream stream sequences | the stream's creation time (changes when it is deleted and recreated) |
+//! | `postgres::PostgresHistory` | `postgres` | a counter per channel, in a table row | random, stored in the channel's row by its first append (none before: the empty epoch) |
 //!
 //! Retention ([`Retention`]) is by count and by age, per store; the memory
 //! store also holds a store-wide byte budget ([`Retention::max_bytes`]) and
@@ -67,6 +69,9 @@ pub use crate::wire::Position;
 pub mod jetstream;
 pub(crate) mod keys;
 pub mod memory;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

@@ -187,6 +187,7 @@
 //! | `redis` | no | `broker::redis`: Redis pub/sub, sharded pub/sub and Redis Cluster, with TLS |
 //! | `nats` | no | `broker::nats`: core NATS subjects, with credentials, token, user/password and TLS |
 //! | `jwt` | no | `auth::jwt`: signed tokens (HS256, ES256, RS256) from a bearer header, a cookie or the query, per-topic grants, streams that end at `exp` |
+//! | `postgres` | no | `broker::postgres` and `history::postgres`: Postgres `LISTEN`/`NOTIFY` as the bus and tables as the history, through tokio-postgres |
 //! | `testkit` | no | `testkit`: the conformance suite every backend passes, for authors of a `Broker` or `History` outside this crate |
 //!
 //! The in-memory broker ([`broker::memory`]) is always available.
@@ -243,6 +244,7 @@ pub use telemetry::HubStats;
     feature = "axum",
     feature = "redis",
     feature = "nats",
+    feature = "postgres",
     feature = "jwt"
 ))]
 #[doc = include_str!("../README.md")]

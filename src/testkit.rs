@@ -2,7 +2,7 @@
 //! store) must pass, written once, run against any [`Backend`].
 //!
 //! A backend is a [`Broker`] and, optionally, a [`History`] store. The crate's
-//! own backends (memory, Redis, Redis Cluster, NATS, JetStream) run this
+//! own backends (memory, Redis, Redis Cluster, NATS, JetStream, Postgres) run this
 //! suite in their tests; a backend written outside the crate runs the very
 //! same suite, through the crate's public API only. The suite builds hubs
 //! from the parts your [`Backend::node`] returns, connects clients with

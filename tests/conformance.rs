@@ -1,9 +1,10 @@
 //! The backend conformance suite (`sse_cluster::testkit`) against every
-//! backend of the crate: memory, Redis, Redis Cluster, NATS and JetStream.
+//! backend of the crate: memory, Redis, Redis Cluster, NATS, JetStream and
+//! Postgres.
 //! Each backend is one test; the scenarios are written once, in the
 //! testkit, and a failure names the backend and the scenario.
 //!
-//! Redis and NATS run on servers these tests start on free loopback ports,
+//! Redis, NATS and Postgres run on servers these tests start on free loopback ports,
 //! so that the outage and restart scenarios can stop, kill and restart them.
 //! Without a server binary a test is skipped (`SKIPPED:` on stderr), unless
 //! `CI` is set: then it fails.
@@ -24,7 +25,7 @@ use sse_cluster::testkit::{self, Backend, Capabilities, NodeParts, Outcome, Scen
 
 /// Kills (`down`) or starts again (restarting it if it runs) a server a
 /// backend of this file spawned, off the async worker.
-#[cfg(any(feature = "redis", feature = "nats"))]
+#[cfg(any(feature = "redis", feature = "nats", feature = "postgres"))]
 fn stop_or_start<S>(server: &Mutex<S>, down: bool)
 where
     S: std::ops::DerefMut<Target = support::server::ServerProcess>,
@@ -381,6 +382,121 @@ mod nats {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jetstream_passes_the_conformance_suite() {
         let Some(backend) = Nats::start(true) else {
+            return;
+        };
+        conformance(&backend, &[]).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Postgres
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use sse_cluster::broker::postgres::{PostgresBroker, PostgresConfig};
+    use sse_cluster::broker::BrokerError;
+    use sse_cluster::history::postgres::PostgresHistory;
+    use sse_cluster::history::Retention;
+    use sse_cluster::testkit::{Backend, Capabilities, NodeParts, Scenario};
+
+    use super::conformance;
+    use crate::support::postgres_server::PostgresServer;
+
+    /// A Postgres cluster of its own (so that the outage and restart
+    /// scenarios can kill it); namespaces are channel and table prefixes.
+    struct Postgres {
+        server: Mutex<PostgresServer>,
+        url: String,
+        history: bool,
+    }
+
+    impl Postgres {
+        fn start(test: &str, history: bool) -> Option<Postgres> {
+            let server = PostgresServer::start(test)?;
+            Some(Postgres {
+                url: server.url(),
+                server: Mutex::new(server),
+                history,
+            })
+        }
+    }
+
+    /// A namespace (`tk1a2b3c4d-reset-beyond-retention`) as a prefix: its
+    /// random head is what makes it unique, and prefixes are short.
+    fn prefix(namespace: &str) -> String {
+        let head: String = namespace
+            .chars()
+            .take(16)
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("{head}_")
+    }
+
+    #[async_trait]
+    impl Backend for Postgres {
+        fn name(&self) -> &str {
+            if self.history {
+                "postgres+history"
+            } else {
+                "postgres"
+            }
+        }
+
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::new()
+                .history(self.history)
+                .outage(true)
+                .restart(true)
+        }
+
+        async fn node(
+            &self,
+            namespace: &str,
+            history: Option<Retention>,
+        ) -> Result<NodeParts, BrokerError> {
+            // Quick failure detection and reconnects, for the outage scenarios.
+            let mut config = PostgresConfig::new(&self.url)
+                .prefix(prefix(namespace))
+                .backoff(Duration::from_millis(20), Duration::from_millis(200))
+                .liveness(Duration::from_millis(200), Duration::from_millis(500));
+            config.connect_timeout = Duration::from_millis(500);
+            let broker = PostgresBroker::new(config)?;
+            let mut parts = NodeParts::new(broker.clone());
+            if let Some(retention) = history {
+                assert!(self.history, "history asked of the bus-only backend");
+                parts = parts.with_history(Arc::new(PostgresHistory::new(broker, retention)));
+            }
+            Ok(parts)
+        }
+
+        async fn outage(&self, down: bool) {
+            super::stop_or_start(&self.server, down);
+        }
+
+        async fn restart(&self) {
+            super::stop_or_start(&self.server, false);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_passes_the_conformance_suite() {
+        let Some(backend) = Postgres::start("postgres_passes_the_conformance_suite", false) else {
+            return;
+        };
+        let no_history = [Scenario::Resume, Scenario::ResetBeyondRetention];
+        conformance(&backend, &no_history).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_with_history_passes_the_conformance_suite() {
+        let Some(backend) =
+            Postgres::start("postgres_with_history_passes_the_conformance_suite", true)
+        else {
             return;
         };
         conformance(&backend, &[]).await;

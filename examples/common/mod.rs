@@ -619,7 +619,9 @@ pub struct BrokerOptions {
     pub redis_prefix: Option<String>,
     pub redis_sharded: bool,
     pub nats_prefix: Option<String>,
-    /// `--history memory|redis|jetstream`.
+    /// `--postgres-prefix` (channel and table prefix).
+    pub postgres_prefix: Option<String>,
+    /// `--history memory|redis|jetstream|postgres`.
     pub history: Option<String>,
     /// `--history-max N`, `--history-age SECS` and `--history-max-bytes N`.
     pub retention: sse_cluster::history::Retention,
@@ -630,7 +632,7 @@ type Backend = (
     Option<std::sync::Arc<dyn sse_cluster::history::History>>,
 );
 
-/// The broker for `--broker memory|redis://…|rediss://…|redis+sentinel://…|nats://…|tls://…`.
+/// The broker for `--broker memory|redis://…|rediss://…|redis+sentinel://…|nats://…|tls://…|postgres://…`.
 pub async fn broker(
     url: &str,
     options: &BrokerOptions,
@@ -639,7 +641,8 @@ pub async fn broker(
 }
 
 /// The broker for `--broker …` and the history store for `--history …`
-/// (which must match the broker: memory, redis or jetstream over NATS).
+/// (which must match the broker: memory, redis, jetstream over NATS, or
+/// postgres).
 pub async fn backend(
     url: &str,
     options: &BrokerOptions,
@@ -668,6 +671,9 @@ pub async fn backend(
         }
         url if url.starts_with("nats://") || url.starts_with("tls://") => {
             nats_backend(url, options).await
+        }
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            postgres_backend(url, options)
         }
         other => Err(format!("unsupported --broker {other:?}").into()),
     }
@@ -746,6 +752,39 @@ async fn nats_backend(
     _options: &BrokerOptions,
 ) -> Result<Backend, Box<dyn std::error::Error>> {
     Err("this build has no NATS support: rebuild with `--features nats`".into())
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_backend(
+    url: &str,
+    options: &BrokerOptions,
+) -> Result<Backend, Box<dyn std::error::Error>> {
+    use sse_cluster::broker::postgres::{PostgresBroker, PostgresConfig};
+    let mut config = PostgresConfig::new(url);
+    if let Some(prefix) = &options.postgres_prefix {
+        config = config.prefix(prefix.clone());
+    }
+    let broker = PostgresBroker::new(config)?;
+    let store: Option<std::sync::Arc<dyn sse_cluster::history::History>> = match options
+        .history
+        .as_deref()
+    {
+        None => None,
+        // The tables are created on first use, once the hub has started.
+        Some("postgres") => Some(std::sync::Arc::new(
+            sse_cluster::history::postgres::PostgresHistory::new(broker.clone(), options.retention),
+        )),
+        Some(other) => return Err(format!("--history {other} needs a matching --broker").into()),
+    };
+    Ok((broker, store))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres_backend(
+    _url: &str,
+    _options: &BrokerOptions,
+) -> Result<Backend, Box<dyn std::error::Error>> {
+    Err("this build has no Postgres support: rebuild with `--features postgres`".into())
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -10,6 +10,8 @@ pub mod failover;
 pub mod js;
 #[cfg(feature = "nats")]
 pub mod nats_server;
+#[cfg(feature = "postgres")]
+pub mod postgres_server;
 pub mod process;
 #[cfg(feature = "redis")]
 pub mod redis_cluster;

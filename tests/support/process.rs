@@ -67,6 +67,12 @@ fn supports(binary: &Path, feature: &str) -> bool {
             "--nats-prefix",
             "not valid",
         ],
+        "postgres" => &[
+            "--broker",
+            "postgres://127.0.0.1:1/x",
+            "--postgres-prefix",
+            "Not Valid",
+        ],
         other => panic!("unknown broker feature {other}"),
     };
     let out = Command::new(binary)

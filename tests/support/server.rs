@@ -174,6 +174,11 @@ impl ServerProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The server process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends `signal` (e.g. `STOP`, `CONT`) to the server process: `STOP`
     /// freezes it with every connection open, a silent death.
     pub fn signal(&self, signal: &str) {

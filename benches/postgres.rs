@@ -1,0 +1,579 @@
+//! The Postgres backend across two nodes, against the same traffic sent
+//! through tokio-postgres directly (a raw `LISTEN`/`NOTIFY` loop), on the
+//! same server; and the cost of a history append.
+//!
+//! Needs a Postgres at `SSE_CLUSTER_POSTGRES_URL` (default: the machine's,
+//! `postgres://root@127.0.0.1:5432/test`); every run uses channel and table
+//! names of its own (prefix `pgb{pid}_`) and drops its tables at the end.
+//! The figures in BENCHMARKS.md were taken on a throwaway cluster started
+//! like `.ci/run` does (`fsync=off`): with fsync on, every `NOTIFY` commit
+//! waits for a WAL flush and both sides measure the disk. Run with
+//!
+//! ```sh
+//! cargo bench --features postgres --bench postgres
+//! ```
+//!
+//! (`SSE_PG_BENCH_QUICK=1` shortens every phase.)
+//!
+//! Two hubs, `A` and `B`, each with its own `PostgresBroker` (its own
+//! listening connection and publish pool), run in this process on one
+//! multi-thread Tokio runtime with 2 workers. `A` holds one connection on a
+//! topic; `B` publishes to it with `Hub::publish` and holds none (no echo).
+//!
+//! * **ours**: `B.publish` → envelope → `SELECT pg_notify($1, $2)` prepared
+//!   on B's pooled connection → Postgres → A's listening connection →
+//!   JSON envelope decode → SSE encode → A's per-connection queue → the
+//!   task reading A's stream, which parses the frame.
+//! * **raw**: one tokio-postgres connection running the same prepared
+//!   `SELECT pg_notify($1, $2)` with the data itself; another connection
+//!   that `LISTEN`s, driven by `poll_message` in a task that parses each
+//!   notification.
+//!
+//! Data: a JSON-ish object of 100 B starting with `{"s":<seq>,"t":<ns>`.
+//!
+//! 1. **Latency at 1 000 events/s**: an open-loop schedule (a pacing thread
+//!    spawning one publish task per event on computed deadlines); after 1 s
+//!    of warm-up, 3 slices of 2 s per variant, ours and raw alternating.
+//!    Latency = just before the publish call → the reader has the message.
+//! 2. **Throughput**: 40 000 events published by 64 tasks (each sequential),
+//!    bounded to 10 s; events received / time from the first publish to the
+//!    last receipt. 3 runs per variant, alternating; the ratio uses medians.
+//! 3. **History append**: 2 000 sequential `Hub::publish` calls on a hub
+//!    with `PostgresHistory` (append + trim + notify in one statement)
+//!    against the same on a hub without history (a notify), then each with
+//!    64 concurrent publishers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sse_cluster::broker::postgres::{PostgresBroker, PostgresConfig};
+use sse_cluster::history::postgres::PostgresHistory;
+use sse_cluster::history::Retention;
+use sse_cluster::{Event, Hub, StreamConfig, Subscription, Target};
+use tokio::runtime::Handle;
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+
+const DEFAULT_URL: &str = "postgres://root@127.0.0.1:5432/test";
+const SIZE: usize = 100;
+const RATE: u64 = 1_000;
+
+#[derive(Clone, Copy)]
+struct Plan {
+    warmup: Duration,
+    slice: Duration,
+    slices: usize,
+    throughput_events: u64,
+    throughput_tasks: usize,
+    runs: usize,
+    appends: usize,
+}
+
+impl Plan {
+    fn from_env() -> Self {
+        if std::env::var("SSE_PG_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0") {
+            return Plan {
+                warmup: Duration::from_millis(200),
+                slice: Duration::from_millis(500),
+                slices: 1,
+                throughput_events: 5_000,
+                throughput_tasks: 64,
+                runs: 1,
+                appends: 200,
+            };
+        }
+        Plan {
+            warmup: Duration::from_secs(1),
+            slice: Duration::from_secs(2),
+            slices: 3,
+            throughput_events: 40_000,
+            throughput_tasks: 64,
+            runs: 3,
+            appends: 2_000,
+        }
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(Plan::from_env()));
+}
+
+/// Where each reader reports: latencies in µs and a receipt count.
+#[derive(Default)]
+struct Probe {
+    epoch: Mutex<Option<Instant>>,
+    lat_us: Mutex<Vec<u64>>,
+    received: AtomicU64,
+    last_receipt_ns: AtomicU64,
+}
+
+impl Probe {
+    fn start(&self, at: Instant) {
+        *self.epoch.lock().expect("probe") = Some(at);
+        self.lat_us.lock().expect("probe").clear();
+        self.received.store(0, Ordering::SeqCst);
+    }
+
+    fn on_message(&self, bytes: &[u8]) {
+        let Some(epoch) = *self.epoch.lock().expect("probe") else {
+            return;
+        };
+        let Some(sent_ns) = number_after(bytes, b"\"t\":") else {
+            return;
+        };
+        let now = epoch.elapsed().as_nanos() as u64;
+        self.lat_us
+            .lock()
+            .expect("probe")
+            .push(now.saturating_sub(sent_ns) / 1_000);
+        self.received.fetch_add(1, Ordering::SeqCst);
+        self.last_receipt_ns.store(now, Ordering::SeqCst);
+    }
+}
+
+/// The decimal number after the first `key` in `bytes`.
+fn number_after(bytes: &[u8], key: &[u8]) -> Option<u64> {
+    let at = bytes.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&bytes[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// `{"s":seq,"t":ns,"p":"xxx…"}` of `SIZE` bytes.
+fn payload(seq: u64, ns: u64) -> String {
+    let mut s = format!("{{\"s\":{seq},\"t\":{ns},\"p\":\"");
+    while s.len() < SIZE - 2 {
+        s.push('x');
+    }
+    s.push_str("\"}");
+    s
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Ours,
+    Raw,
+}
+
+/// One side's publisher.
+#[derive(Clone)]
+enum Publisher {
+    Ours(Hub),
+    Raw(Arc<Client>, Statement, String),
+}
+
+impl Publisher {
+    async fn send(&self, seq: u64, epoch: Instant) -> bool {
+        let data = payload(seq, epoch.elapsed().as_nanos() as u64);
+        match self {
+            Publisher::Ours(hub) => hub
+                .publish(Target::topic("bench"), Event::new().data(data))
+                .await
+                .is_ok(),
+            Publisher::Raw(client, statement, channel) => {
+                client.execute(statement, &[channel, &data]).await.is_ok()
+            }
+        }
+    }
+}
+
+struct Side {
+    publisher: Publisher,
+    probe: Arc<Probe>,
+    reader: tokio::task::JoinHandle<()>,
+    /// The raw listener's client: its connection closes when it drops.
+    _listener: Option<Client>,
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach Postgres at {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+async fn build_hub(url: &str, node: &str, prefix: &str, history: bool) -> Hub {
+    let broker = PostgresBroker::new(PostgresConfig::new(url).prefix(prefix)).expect("config");
+    let mut builder = Hub::builder()
+        .node_id(node)
+        .broker(broker.clone())
+        .gap_events(false)
+        .stream_config(
+            StreamConfig::default()
+                .keep_alive(None)
+                .initial_retry(None)
+                .queue_limits(1_000_000, 1 << 30),
+        );
+    if history {
+        builder = builder.history(Arc::new(PostgresHistory::new(
+            broker,
+            Retention::default().max_len(1000),
+        )));
+    }
+    let hub = builder.build().await.expect("hub");
+    assert_eq!(
+        hub.broker_status(),
+        sse_cluster::BrokerStatus::Up,
+        "the hub's PostgresBroker did not come up"
+    );
+    hub
+}
+
+async fn ours(url: &str, prefix: &str) -> Side {
+    let a = build_hub(url, "a", prefix, false).await;
+    let b = build_hub(url, "b", prefix, false).await;
+    let probe = Arc::new(Probe::default());
+    let mut stream = a
+        .connect(Subscription::new().topic("bench"))
+        .await
+        .expect("connect")
+        .into_stream();
+    let p = probe.clone();
+    let reader = tokio::spawn(async move {
+        let _a = a;
+        while let Some(frame) = stream.next().await {
+            p.on_message(&frame);
+        }
+    });
+    Side {
+        publisher: Publisher::Ours(b),
+        probe,
+        reader,
+        _listener: None,
+    }
+}
+
+async fn raw(url: &str, prefix: &str) -> Side {
+    let channel = format!("{prefix}raw");
+    let (listener, mut connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("raw listener");
+    let probe = Arc::new(Probe::default());
+    let p = probe.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = message {
+                p.on_message(n.payload().as_bytes());
+            }
+        }
+    });
+    listener
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .await
+        .expect("LISTEN");
+    let client = Arc::new(connect(url).await);
+    let statement = client
+        .prepare("SELECT pg_notify($1, $2)")
+        .await
+        .expect("prepare");
+    Side {
+        publisher: Publisher::Raw(client, statement, channel),
+        probe,
+        reader,
+        _listener: Some(listener),
+    }
+}
+
+/// Publishes at `RATE`/s for `length` on a pacing thread, one task per
+/// event; returns (sent, failed).
+fn pace(handle: Handle, publisher: Publisher, epoch: Instant, length: Duration) -> (u64, u64) {
+    let failed = Arc::new(AtomicU64::new(0));
+    let interval = Duration::from_nanos(1_000_000_000 / RATE);
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while start.elapsed() < length {
+        let deadline = start + interval * seq as u32;
+        if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let publisher = publisher.clone();
+        let failed = failed.clone();
+        handle.spawn(async move {
+            if !publisher.send(seq, epoch).await {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        seq += 1;
+    }
+    (seq, failed.load(Ordering::Relaxed))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
+async fn latency(sides: &[(Kind, &Side)], plan: Plan) {
+    let mut results: Vec<(Kind, Vec<u64>, u64, u64, u64)> = sides
+        .iter()
+        .map(|(k, _)| (*k, Vec::new(), 0, 0, 0))
+        .collect();
+    for (_, side) in sides {
+        let epoch = Instant::now();
+        side.probe.start(epoch);
+        let (handle, publisher) = (Handle::current(), side.publisher.clone());
+        let warm = plan.warmup;
+        tokio::task::spawn_blocking(move || pace(handle, publisher, epoch, warm))
+            .await
+            .expect("pace");
+    }
+    for slice in 0..plan.slices {
+        for i in 0..sides.len() {
+            // Alternate which variant goes first.
+            let (kind, side) = sides[(i + slice) % sides.len()];
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let epoch = Instant::now();
+            side.probe.start(epoch);
+            let (handle, publisher) = (Handle::current(), side.publisher.clone());
+            let length = plan.slice;
+            let (sent, failed) =
+                tokio::task::spawn_blocking(move || pace(handle, publisher, epoch, length))
+                    .await
+                    .expect("pace");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let lat = std::mem::take(&mut *side.probe.lat_us.lock().expect("probe"));
+            let received = lat.len() as u64;
+            let entry = results.iter_mut().find(|r| r.0 == kind).expect("kind");
+            entry.1.extend(lat);
+            entry.2 += sent;
+            entry.3 += received;
+            entry.4 += failed;
+        }
+    }
+    println!(
+        "\nCross-node latency, {RATE} events/s, {SIZE} B data, {} x {:.1} s per variant",
+        plan.slices,
+        plan.slice.as_secs_f64()
+    );
+    println!(
+        "{:<6} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "", "sent", "recv", "failed", "p50 µs", "p90 µs", "p99 µs", "max µs"
+    );
+    let mut p99 = Vec::new();
+    for (kind, mut lat, sent, received, failed) in results {
+        lat.sort_unstable();
+        println!(
+            "{:<6} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
+            format!("{kind:?}").to_lowercase(),
+            sent,
+            received,
+            failed,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(0)
+        );
+        p99.push(percentile(&lat, 0.99));
+    }
+    if let [ours, raw] = p99[..] {
+        println!(
+            "p99 ours - raw: {:+.3} ms (goal: at most +0.5 ms)",
+            (ours as f64 - raw as f64) / 1000.0
+        );
+    }
+}
+
+/// Events received per second, `events` published by `tasks` tasks.
+async fn throughput_run(side: &Side, plan: Plan) -> (f64, u64) {
+    let epoch = Instant::now();
+    side.probe.start(epoch);
+    let next = Arc::new(AtomicU64::new(0));
+    let total = plan.throughput_events;
+    let mut tasks = Vec::new();
+    for _ in 0..plan.throughput_tasks {
+        let (next, publisher) = (next.clone(), side.publisher.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= total || epoch.elapsed() > Duration::from_secs(10) {
+                    return failed;
+                }
+                if !publisher.send(seq, epoch).await {
+                    failed += 1;
+                }
+            }
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await.expect("publisher task");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while side.probe.received.load(Ordering::SeqCst) + failed < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let received = side.probe.received.load(Ordering::SeqCst);
+    let secs = side.probe.last_receipt_ns.load(Ordering::SeqCst) as f64 / 1e9;
+    (received as f64 / secs.max(1e-9), total - received)
+}
+
+async fn throughput(sides: &[(Kind, &Side)], plan: Plan) {
+    println!(
+        "\nThroughput, {} events of {SIZE} B by {} tasks, {} runs per variant",
+        plan.throughput_events, plan.throughput_tasks, plan.runs
+    );
+    let mut rates: Vec<(Kind, Vec<f64>)> = sides.iter().map(|(k, _)| (*k, Vec::new())).collect();
+    for run in 0..plan.runs {
+        for i in 0..sides.len() {
+            let (kind, side) = sides[(i + run) % sides.len()];
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (rate, lost) = throughput_run(side, plan).await;
+            println!(
+                "  run {run} {:<5} {rate:>9.0} events/s, {lost} not received",
+                format!("{kind:?}").to_lowercase()
+            );
+            rates
+                .iter_mut()
+                .find(|r| r.0 == kind)
+                .expect("kind")
+                .1
+                .push(rate);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ours = median(&mut rates[0].1);
+    let raw = median(&mut rates[1].1);
+    println!(
+        "median: ours {ours:.0}/s, raw {raw:.0}/s, ours/raw {:.0}% (goal: at least 70%)",
+        ours / raw * 100.0
+    );
+}
+
+/// Publish latency (µs, sorted) of `n` sequential publishes through `hub`.
+async fn sequential(hub: &Hub, n: usize) -> Vec<u64> {
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        hub.publish(
+            Target::topic("append"),
+            Event::new().data(payload(i as u64, 0)),
+        )
+        .await
+        .expect("publish");
+        lat.push(started.elapsed().as_micros() as u64);
+    }
+    lat.sort_unstable();
+    lat
+}
+
+/// Publishes per second through `hub` with 64 concurrent publishers.
+async fn concurrent(hub: &Hub, n: usize) -> f64 {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (hub, next) = (hub.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= n as u64 {
+                        return;
+                    }
+                    let topic = format!("append{}", seq % 16);
+                    hub.publish(Target::topic(topic), Event::new().data(payload(seq, 0)))
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("publisher");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn history_cost(url: &str, prefix: &str, plan: Plan) {
+    let bus = build_hub(url, "bus", &format!("{prefix}b_"), false).await;
+    let store = build_hub(url, "store", &format!("{prefix}h_"), true).await;
+    // Warm up: the store creates its tables on first use.
+    sequential(&store, 50).await;
+    sequential(&bus, 50).await;
+    println!(
+        "\nHistory append: {} sequential publishes, then {} by 64 tasks over 16 topics",
+        plan.appends,
+        plan.appends * 4
+    );
+    println!(
+        "{:<22} {:>8} {:>8} {:>8} {:>14}",
+        "", "p50 µs", "p99 µs", "max µs", "concurrent /s"
+    );
+    for (name, hub) in [("notify (no history)", &bus), ("append + notify", &store)] {
+        let lat = sequential(hub, plan.appends).await;
+        let rate = concurrent(hub, plan.appends * 4).await;
+        println!(
+            "{name:<22} {:>8} {:>8} {:>8} {:>14.0}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(0),
+            rate
+        );
+    }
+    bus.shutdown().await;
+    store.shutdown().await;
+}
+
+async fn run(plan: Plan) {
+    let url = std::env::var("SSE_CLUSTER_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| DEFAULT_URL.to_owned());
+    let prefix = format!("pgb{}_", std::process::id());
+    let admin = connect(&url).await;
+    let settings = admin
+        .query_one(
+            "SELECT version(), current_setting('fsync'), current_setting('synchronous_commit')",
+            &[],
+        )
+        .await
+        .expect("settings");
+    let (version, fsync, sync): (String, String, String) =
+        (settings.get(0), settings.get(1), settings.get(2));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("Postgres: {version}");
+    println!("fsync={fsync}, synchronous_commit={sync}; load average before: {load}");
+
+    let ours_side = ours(&url, &prefix).await;
+    let raw_side = raw(&url, &prefix).await;
+    let sides = [(Kind::Ours, &ours_side), (Kind::Raw, &raw_side)];
+    latency(&sides, plan).await;
+    throughput(&sides, plan).await;
+    ours_side.reader.abort();
+    raw_side.reader.abort();
+    history_cost(&url, &prefix, plan).await;
+
+    for table in [
+        "payloads",
+        "b_payloads",
+        "h_payloads",
+        "h_channels",
+        "h_events",
+    ] {
+        let _ = admin
+            .batch_execute(&format!("DROP TABLE IF EXISTS \"{prefix}{table}\""))
+            .await;
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("\nload average after: {load}");
+}
