@@ -32,7 +32,26 @@
 //!   PRIMARY KEY (channel, pos)
 //! );
 //! CREATE INDEX IF NOT EXISTS "sse_events_created_at" ON "sse_events" (created_at);
+//! CREATE TABLE IF NOT EXISTS "sse_keys" (  -- idempotency keys
+//!   channel text NOT NULL,
+//!   key text NOT NULL,
+//!   pos bigint NOT NULL,           -- the first publish's position
+//!   msg text NOT NULL,             -- and its message id
+//!   expires_at timestamptz NOT NULL,
+//!   PRIMARY KEY (channel, key)
+//! );
+//! CREATE INDEX IF NOT EXISTS "sse_keys_expires_at" ON "sse_keys" (expires_at);
 //! ```
+//!
+//! # Idempotency keys
+//!
+//! [`History::append_once`] appends and records the key in the same
+//! statement; a key that is already recorded makes the statement fail as a
+//! whole (a unique violation: nothing counted, stored or notified), and the
+//! store answers the first publish's position and message id. An expired
+//! key is deleted just before, and the background trim deletes the others
+//! once they expire ([`Retention::idempotency_window`], 2 minutes by
+//! default).
 //!
 //! plus the broker's `sse_payloads` table
 //! ([`payload_table_sql`](crate::broker::postgres::payload_table_sql)): a
@@ -86,7 +105,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use super::{Entry, Head, History, Position, Retention};
+use super::{Appended, Entry, Head, History, Position, Retention};
 use crate::broker::postgres::{query_failed, PostgresBroker, NOTIFY_PAYLOAD_LIMIT};
 use crate::broker::{BrokerError, Channel};
 use crate::wire::random_tag;
@@ -110,23 +129,24 @@ struct Inner {
 /// The store's statements, for its prefix.
 struct Sql {
     append: String,
+    append_once: String,
+    forget_key: String,
+    first_publish: String,
+    trim_keys: String,
     heads: String,
     read: String,
     trim_age: String,
 }
 
 impl Sql {
-    fn new(prefix: &str, payloads: &str) -> Self {
-        let channels = format!("\"{prefix}channels\"");
-        let events = format!("\"{prefix}events\"");
-        Self {
-            // $1 channel, $2 envelope, $3 a new epoch, $4 max_len.
-            append: format!(
+    /// The append statement, with `extra` CTEs after the channel's count.
+    fn append_sql(channels: &str, events: &str, payloads: &str, extra: &str) -> String {
+        format!(
                 "WITH c AS (\
                    INSERT INTO {channels} AS ch (channel, last, epoch) VALUES ($1::text, 1, $3::text) \
                    ON CONFLICT (channel) DO UPDATE SET last = ch.last + 1 \
                    RETURNING ch.last, ch.epoch\
-                 ), e AS (\
+                 ){extra}, e AS (\
                    INSERT INTO {events} (channel, pos, payload) SELECT $1::text, c.last, $2::text FROM c\
                  ), t AS (\
                    DELETE FROM {events} d USING c WHERE d.channel = $1::text AND d.pos <= c.last - $4::bigint\
@@ -143,7 +163,32 @@ impl Sql {
                  ) \
                  SELECT s.last, pg_notify($1::text, COALESCE((SELECT '#' || big.id FROM big), s.body)) \
                  FROM s CROSS JOIN durable"
+        )
+    }
+
+    fn new(prefix: &str, payloads: &str) -> Self {
+        let channels = format!("\"{prefix}channels\"");
+        let events = format!("\"{prefix}events\"");
+        let keys = format!("\"{prefix}keys\"");
+        // The append, recording the key ($5, with $6 the message id, for $7
+        // seconds) in the same statement: a key already there makes the
+        // whole statement fail (a unique violation), so nothing is counted,
+        // stored or notified twice.
+        let record_key = format!(
+            ", k AS (INSERT INTO {keys} (channel, key, pos, msg, expires_at) \
+               SELECT $1::text, $5::text, c.last, $6::text, now() + make_interval(secs => $7::float8) FROM c)"
+        );
+        Self {
+            // $1 channel, $2 envelope, $3 a new epoch, $4 max_len.
+            append: Self::append_sql(&channels, &events, payloads, ""),
+            append_once: Self::append_sql(&channels, &events, payloads, &record_key),
+            forget_key: format!(
+                "DELETE FROM {keys} WHERE channel = $1::text AND key = $2::text AND expires_at < now()"
             ),
+            first_publish: format!(
+                "SELECT pos, msg FROM {keys} WHERE channel = $1::text AND key = $2::text"
+            ),
+            trim_keys: format!("DELETE FROM {keys} WHERE expires_at < now()"),
             heads: format!(
                 "SELECT c.channel, c.last, c.epoch, \
                    (SELECT min(e.pos) FROM {events} e WHERE e.channel = c.channel) \
@@ -225,7 +270,7 @@ impl PostgresHistory {
             })
             .await?;
         let mut trim = self.trim.lock().unwrap_or_else(|p| p.into_inner());
-        if trim.is_none() && inner.retention.max_age.is_some() {
+        if trim.is_none() {
             *trim = Some(tokio::spawn(trim_by_age(Arc::downgrade(&self.inner))));
         }
         Ok(inner)
@@ -258,7 +303,16 @@ fn migration_sql(prefix: &str) -> String {
          \x20 payload text NOT NULL,\n\
          \x20 PRIMARY KEY (channel, pos)\n\
          );\n\
-         CREATE INDEX IF NOT EXISTS \"{prefix}events_created_at\" ON \"{prefix}events\" (created_at);\n"
+         CREATE INDEX IF NOT EXISTS \"{prefix}events_created_at\" ON \"{prefix}events\" (created_at);\n\
+         CREATE TABLE IF NOT EXISTS \"{prefix}keys\" (\n\
+         \x20 channel text NOT NULL,\n\
+         \x20 key text NOT NULL,\n\
+         \x20 pos bigint NOT NULL,\n\
+         \x20 msg text NOT NULL,\n\
+         \x20 expires_at timestamptz NOT NULL,\n\
+         \x20 PRIMARY KEY (channel, key)\n\
+         );\n\
+         CREATE INDEX IF NOT EXISTS \"{prefix}keys_expires_at\" ON \"{prefix}keys\" (expires_at);\n"
     )
 }
 
@@ -275,23 +329,31 @@ async fn trim_by_age(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let Some(age) = inner.retention.max_age else {
-            return;
-        };
         let result = async {
             let conn = inner.broker.client_for(&Channel::Broadcast).await?;
-            let statement = conn.prepared(&inner.sql.trim_age).await?;
-            conn.client()
-                .execute(&statement, &[&age.as_secs_f64()])
+            let mut deleted = 0;
+            if let Some(age) = inner.retention.max_age {
+                let statement = conn.prepared(&inner.sql.trim_age).await?;
+                deleted += conn
+                    .client()
+                    .execute(&statement, &[&age.as_secs_f64()])
+                    .await
+                    .map_err(query_failed)?;
+            }
+            let statement = conn.prepared(&inner.sql.trim_keys).await?;
+            deleted += conn
+                .client()
+                .execute(&statement, &[])
                 .await
-                .map_err(query_failed)
+                .map_err(query_failed)?;
+            Ok::<u64, BrokerError>(deleted)
         }
         .await;
         match result {
-            Ok(deleted) if deleted > 0 => tracing::debug!(deleted, "postgres history age trim"),
+            Ok(deleted) if deleted > 0 => tracing::debug!(deleted, "postgres history trim"),
             Ok(_) => {}
             Err(BrokerError::Closed) => return,
-            Err(err) => tracing::debug!(error = %err, "postgres history age trim failed"),
+            Err(err) => tracing::debug!(error = %err, "postgres history trim failed"),
         }
     }
 }
@@ -331,6 +393,68 @@ impl History for PostgresHistory {
             .map_err(query_failed)?;
         let last: i64 = row.try_get(0).map_err(|e| bad_row("the append", e))?;
         Ok(from_db(last))
+    }
+
+    fn idempotency_window(&self) -> Option<Duration> {
+        Some(self.inner.retention.idempotency_window)
+    }
+
+    async fn append_once(
+        &self,
+        channel: &Channel,
+        payload: Bytes,
+        key: &str,
+        msg: &str,
+    ) -> Result<Appended, BrokerError> {
+        let inner = self.ready().await?;
+        let text = std::str::from_utf8(&payload).map_err(|e| BrokerError::Backend {
+            source: format!("a history envelope must be UTF-8: {e}").into(),
+            transient: false,
+        })?;
+        let name = inner.broker.channel_name(channel);
+        let max_len = i64::try_from(inner.retention.max_len.max(1)).unwrap_or(i64::MAX);
+        let window = inner.retention.idempotency_window.as_secs_f64();
+        let conn = inner.broker.client_for(channel).await?;
+        let forget = conn.prepared(&inner.sql.forget_key).await?;
+        let append = conn.prepared(&inner.sql.append_once).await?;
+        let first = conn.prepared(&inner.sql.first_publish).await?;
+        // Twice at most: a key found taken may expire before it is read.
+        for _ in 0..2 {
+            conn.client()
+                .execute(&forget, &[&name, &key])
+                .await
+                .map_err(query_failed)?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+                [&name, &text, &random_tag(12), &max_len, &key, &msg, &window];
+            match conn.client().query_one(&append, &params).await {
+                Ok(row) => {
+                    let last: i64 = row.try_get(0).map_err(|e| bad_row("the append", e))?;
+                    return Ok(Appended::Stored(from_db(last)));
+                }
+                Err(err)
+                    if err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+                {
+                    let row = conn
+                        .client()
+                        .query_opt(&first, &[&name, &key])
+                        .await
+                        .map_err(query_failed)?;
+                    if let Some(row) = row {
+                        let pos: i64 = row.try_get(0).map_err(|e| bad_row("a key", e))?;
+                        let msg: String = row.try_get(1).map_err(|e| bad_row("a key", e))?;
+                        return Ok(Appended::Duplicate {
+                            position: from_db(pos),
+                            msg: Some(msg),
+                        });
+                    }
+                }
+                Err(err) => return Err(query_failed(err)),
+            }
+        }
+        Err(BrokerError::Backend {
+            source: "an idempotency key was taken and gone twice in a row".into(),
+            transient: true,
+        })
     }
 
     async fn heads(
