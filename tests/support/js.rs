@@ -9,19 +9,62 @@ use std::process::{Child, Command, Stdio};
 
 use super::server::skip;
 
-/// The JS client's folder, if its dependencies are installed and `node`
-/// runs; else skipped (or, in CI, a failure).
+/// The JS client's folder, once `node` runs and its npm dependencies are
+/// installed (the first test that needs them runs `npm ci` there, so that
+/// `cargo test --all-features` sets them up by itself); else skipped (or,
+/// in CI, a failure).
 pub fn js_client(test: &str) -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    if !dir.join("node_modules/eventsource").exists() {
-        return skip(
-            test,
-            "tests/js/node_modules is missing: run `npm ci` in tests/js",
-        );
-    }
     match Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => Some(dir),
-        _ => skip(test, "no `node` on PATH"),
+        Ok(out) if out.status.success() => {}
+        _ => return skip(test, "no `node` on PATH"),
+    }
+    match npm_ci(&dir) {
+        Ok(()) => Some(dir),
+        Err(err) => skip(test, &format!("tests/js has no npm modules: {err}")),
+    }
+}
+
+/// The modules every JS helper of the tests needs.
+const MODULES: [&str; 2] = ["eventsource", "playwright-core"];
+
+/// Runs `npm ci` in `dir` unless its modules are there, one test process
+/// at a time (a lock directory; a lock older than two minutes is a dead
+/// installer's, and taken over).
+fn npm_ci(dir: &Path) -> Result<(), String> {
+    let installed = || {
+        MODULES
+            .iter()
+            .all(|m| dir.join("node_modules").join(m).exists())
+    };
+    let lock = dir.join(".npm-ci.lock");
+    let started = std::time::Instant::now();
+    loop {
+        if installed() {
+            return Ok(());
+        }
+        match std::fs::create_dir(&lock) {
+            Ok(()) => break,
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                if started.elapsed() > std::time::Duration::from_secs(120) {
+                    let _ = std::fs::remove_dir(&lock);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(err) => return Err(format!("lock {}: {err}", lock.display())),
+        }
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir(&lock);
+    match status {
+        Ok(status) if status.success() && installed() => Ok(()),
+        Ok(status) => Err(format!("`npm ci` in {}: {status}", dir.display())),
+        Err(err) => Err(format!("cannot run npm: {err}")),
     }
 }
 
@@ -42,12 +85,6 @@ pub fn spawn_eventsource(
 /// skipped (or, in CI, a failure). Returns the folder and the binary.
 pub fn chromium(test: &str) -> Option<(PathBuf, PathBuf)> {
     let js = js_client(test)?;
-    if !js.join("node_modules/playwright-core").exists() {
-        return skip(
-            test,
-            "tests/js/node_modules/playwright-core is missing: run `npm ci` in tests/js",
-        );
-    }
     let binary = std::env::var_os("CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
