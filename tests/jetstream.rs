@@ -228,8 +228,10 @@ async fn retained_is_exact_at_the_window_edge() {
     let heads = h.heads(&asks).await.expect("heads");
     let retained: Vec<bool> = heads.iter().map(|x| x.retained).collect();
     assert_eq!(retained, [false, true, true, true, true, true]);
-    // Once the front of the stream moves past a client that stood at an
-    // empty channel's head, it can no longer be vouched for: conservative.
+    // The front of the stream moves past a client that stood at an empty
+    // channel's head: still no gap, since a subject with no message in a
+    // stream younger than its age limit never had one (only the age limit
+    // removes a subject's last message).
     for i in 0..3 {
         h.append(&b, envelope(&format!("b{}", i + 1)))
             .await
@@ -239,7 +241,10 @@ async fn retained_is_exact_at_the_window_edge() {
         .heads(&[(empty.clone(), Some(start)), (a.clone(), Some(pa[1]))])
         .await
         .expect("heads");
-    assert!(!heads[0].retained, "b0 left the front: {heads:?}");
+    assert!(
+        heads[0].retained,
+        "b0 left the front, `empty` lost nothing: {heads:?}"
+    );
     assert!(heads[1].retained, "a2 is still stored: {heads:?}");
     let kept = h.read(&a, Position::ZERO, 10).await.expect("read");
     let kept: Vec<Position> = kept.iter().map(|e| e.position).collect();
@@ -479,6 +484,44 @@ async fn jetstream_reset_beyond_the_window() {
         return;
     };
     resume::reset_beyond_window(&c.nodes, 5).await;
+}
+
+/// A client that connected before the stream's first event follows a
+/// channel that never gets one (here its user); its topic then passes the
+/// per-subject limit, which moves the stream's first sequence on. Its id
+/// still holds position 0 for the empty channel: that is no gap (nothing
+/// can have been removed from a subject that never had a message in a
+/// stream too young for its age limit), so it resumes with a replay, not a
+/// reset. Found by the scale-out harness (issue 15) with 600 clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_channel_at_position_zero_is_no_gap() {
+    let Some(c) = machine_cluster(2, Retention::default().max_len(5)).await else {
+        return;
+    };
+    let mut client = open(&c.nodes[0], "topic=a&user=never", None).await;
+    for i in 0..3 {
+        publish(&c.nodes[1], "topic=a", &format!("a:{i}")).await;
+    }
+    let seen = read_n(&mut client, 3).await;
+    let last_id = seen.last().expect("events").id.clone();
+    drop(client);
+    // Three more after the id: inside the window of 5, but the topic's
+    // oldest message is gone, so the stream's first sequence is past 1.
+    for i in 3..6 {
+        publish(&c.nodes[1], "topic=a", &format!("a:{i}")).await;
+    }
+    let mut again = open(&c.nodes[1], "topic=a&user=never", Some(&last_id)).await;
+    let events = read_n(&mut again, 3).await;
+    let got: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.event.as_str(), e.data.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [("message", "a:3"), ("message", "a:4"), ("message", "a:5")],
+        "a replay, no reset"
+    );
+    again.expect_quiet().await;
 }
 
 /// The stream is deleted while the client is away: the next publish creates

@@ -89,12 +89,20 @@
 //! - nothing after `p` was removed from the front of the stream (its first
 //!   sequence is at most `p + 1`), and either the stream has no holes (no
 //!   message removed from the middle) or the channel holds fewer messages
-//!   than the per-subject limit (so that limit has not removed any).
+//!   than the per-subject limit (so that limit has not removed any); or
+//! - the channel has no stored message, and the stream is younger than its
+//!   age limit (and has no stream-wide count or size limit): the
+//!   per-subject limit always keeps a subject's newest message, so only
+//!   the age limit (or a purge) can empty a subject, and such a channel
+//!   never had a message. This covers clients that connected before the
+//!   stream's first event, whose ids hold position 0 for channels that
+//!   have had no event since (a user, the broadcast channel).
 //!
 //! Otherwise it answers false, which sends the client the reset event also in
 //! some cases where nothing was lost: a client standing at an empty channel's
-//! head (see below) after the front of the stream moved past it, or a channel
-//! holding exactly the limit in a stream with holes.
+//! head (see below) in a stream older than its age limit after the front of
+//! the stream moved past it, or a channel holding exactly the limit in a
+//! stream with holes.
 //! Messages deleted one by one by an operator are not noticed: a replay skips
 //! them.
 //!
@@ -577,6 +585,17 @@ impl History for JetStreamHistory {
             == newest
                 .saturating_add(1)
                 .saturating_sub(first.min(newest.saturating_add(1)));
+        // Nothing has aged out of a stream younger than its age limit, and
+        // only the age limit (or a purge) can remove every message of a
+        // subject: the per-subject limit keeps the newest. In such a stream
+        // a subject with no message never had one, whatever the client's
+        // position in it (typically 0: it connected before the stream's
+        // first event and that channel never got one since).
+        let nothing_aged = info.config.max_messages < 0
+            && info.config.max_bytes < 0
+            && (info.config.max_age.is_zero()
+                || async_nats::datetime::add_std_duration(info.created, info.config.max_age)
+                    .is_ok_and(|aged_from| aged_from > async_nats::datetime::now()));
         let calls = channels.iter().map(|(channel, asked)| {
             let stream = &ready.stream;
             let epoch = epoch.clone();
@@ -589,6 +608,7 @@ impl History for JetStreamHistory {
                 };
                 let retained = match asked {
                     None => true,
+                    Some(_) if last == 0 && nothing_aged => true,
                     Some(p) => {
                         retained(stream, &subject, p.major(), last, first, limit, no_holes).await?
                     }
