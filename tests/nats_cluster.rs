@@ -72,6 +72,7 @@ async fn the_server_a_node_uses_is_killed_under_load() {
     tokio::task::block_in_place(|| cluster.servers[0].kill());
     // Nothing to wait for on the servers' side: two of three stay up.
     expect_follow(&a.hub, &b.hub, killed, || true).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The replicated stream may need a new leader before appends succeed.
+    load.wait_for_acks(50).await;
     load.finish_and_resume(b.addr, "t").await;
 }

@@ -201,6 +201,6 @@ async fn a_killed_primary_is_followed_to_its_replica() {
     tokio::task::block_in_place(|| cluster.kill(owner));
     expect_follow(&a.hub, &b.hub, killed, || cluster.healed_without(owner)).await;
     assert_ne!(cluster.owner_port(&format!("{prefix}topic:t")), owner);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.wait_for_acks(50).await;
     load.finish_and_resume(b.addr, "t").await;
 }

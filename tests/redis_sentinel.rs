@@ -64,7 +64,7 @@ async fn a_primary_killed_under_load_is_followed_without_loss() {
     })
     .await;
     assert_eq!(set.primary_port(), Some(set.replica.port()));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.wait_for_acks(50).await;
     // The client reconnects, to the other node, with its last id.
     load.finish_and_resume(b.addr, "t").await;
 }
