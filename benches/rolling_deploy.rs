@@ -18,7 +18,8 @@
 //! (600), `--interval-ms MS` between publishes (30), `--hogs N` (2),
 //! `--restart-after N` (restarts begin once N events are published, 60),
 //! `--settle-ms MS` (wait after a restarted node is UP in HAProxy before
-//! the next restart, 1000), `--node-binary PATH`, `--redis URL`
+//! the next restart, 1000), `--history-max N` (the nodes' events kept per
+//! channel; their default, 1000, if not given), `--node-binary PATH`, `--redis URL`
 //! (`redis://127.0.0.1:6379`), `--nats URL` (`nats://127.0.0.1:4222`, with
 //! JetStream), `--logs DIR`, `--json FILE`, `--stop-on-failure`.
 //!
@@ -93,6 +94,8 @@ struct Options {
     settle: Duration,
     /// Scale-out: the nodes' `--max-lifetime`, in seconds.
     max_lifetime_s: u64,
+    /// The nodes' `--history-max` (events kept per channel), if set.
+    history_max: Option<u64>,
     /// Scale-out: publishing before the third node starts.
     warmup: Duration,
     /// Scale-out: how long the connections are sampled once the third node
@@ -110,7 +113,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: rolling_deploy [--scenario rolling|scale-out] [--runs N] [--backends redis,jetstream] \
 [--clients N] [--events N] [--interval-ms MS] [--hogs N] [--restart-after N] [--settle-ms MS] \
-[--max-lifetime SECS] [--warmup-ms MS] [--window-s SECS] [--node-binary PATH] \
+[--max-lifetime SECS] [--warmup-ms MS] [--window-s SECS] [--history-max N] [--node-binary PATH] \
 [--redis URL] [--nats URL] [--logs DIR] [--json FILE] [--stop-on-failure]"
     );
     std::process::exit(2)
@@ -152,6 +155,7 @@ impl Options {
             restart_after: 60,
             settle: Duration::from_millis(1000),
             max_lifetime_s: 30,
+            history_max: None,
             warmup: Duration::from_secs(5),
             window: Duration::from_secs(45),
             node_binary: target.join("release/examples/node"),
@@ -181,6 +185,7 @@ impl Options {
                 "--restart-after" => o.restart_after = number() as usize,
                 "--settle-ms" => o.settle = Duration::from_millis(number()),
                 "--max-lifetime" => o.max_lifetime_s = number(),
+                "--history-max" => o.history_max = Some(number()),
                 "--warmup-ms" => o.warmup = Duration::from_millis(number()),
                 "--window-s" => o.window = Duration::from_secs(number()),
                 "--backends" => {
