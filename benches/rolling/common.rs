@@ -270,8 +270,11 @@ impl NodeSpec {
         o: &Options,
         backend: Backend,
         run: usize,
-        extra: Vec<String>,
+        mut extra: Vec<String>,
     ) -> NodeSpec {
+        if let Some(n) = o.history_max {
+            extra.extend(["--history-max".to_owned(), n.to_string()]);
+        }
         let tag = format!("{}_{run}_{}", std::process::id(), stamp().replace('.', ""));
         NodeSpec {
             binary: o.node_binary.clone(),
