@@ -18,7 +18,8 @@
 //! (600), `--interval-ms MS` between publishes (30), `--hogs N` (2),
 //! `--restart-after N` (restarts begin once N events are published, 60),
 //! `--settle-ms MS` (wait after a restarted node is UP in HAProxy before
-//! the next restart, 1000), `--node-binary PATH`, `--redis URL`
+//! the next restart, 1000), `--history-max N` (the nodes' events kept per
+//! channel; their default, 1000, if not given), `--node-binary PATH`, `--redis URL`
 //! (`redis://127.0.0.1:6379`), `--nats URL` (`nats://127.0.0.1:4222`, with
 //! JetStream), `--logs DIR`, `--json FILE`, `--stop-on-failure`.
 //!
@@ -48,64 +49,58 @@
 //! Every wait has a timeout; a run takes about 40 s and at most a few
 //! minutes; only processes this harness started are stopped, by their id.
 //! Everything listens on 127.0.0.1.
+//!
+//! `--scenario scale-out` (issue 15) measures rebalancing after a scale-out
+//! instead: two nodes with `--max-lifetime`, a third added under load; see
+//! `benches/rolling/scale_out.rs` for what it does and its options. The
+//! parts both scenarios share are in `benches/rolling/common.rs`.
 
 #![allow(missing_docs)]
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+#[path = "rolling/common.rs"]
+mod common;
+#[path = "rolling/scale_out.rs"]
+mod scale_out;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const TOPIC: &str = "rolling";
-const NODES: usize = 3;
-/// Longest a node may take to print `listening on`.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest a node may take to exit after SIGTERM (it drains within ~2 s).
-const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest HAProxy may take to see a node UP (`rise 2` × 500 ms, loaded).
-const UP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest the clients may take to connect, all of them.
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
-/// Longest one HTTP exchange of the harness may take.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts per publish, 100 ms apart, before the event counts as unpublished.
-const PUBLISH_ATTEMPTS: usize = 50;
-/// Longest the clients may take, after "end" is published, to report.
-const SUMMARY_TIMEOUT: Duration = Duration::from_secs(60);
+use common::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Backend {
-    Redis,
-    JetStream,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Redis => "redis",
-            Backend::JetStream => "jetstream",
-        }
-    }
+enum Scenario {
+    /// Each node in turn restarted under load (issue 19).
+    Rolling,
+    /// Two nodes, then a third: how connections spread (issue 15).
+    ScaleOut,
 }
 
 #[derive(Clone, Debug)]
 struct Options {
+    scenario: Scenario,
     runs: usize,
     backends: Vec<Backend>,
     clients: usize,
+    /// Rolling: the events published. Scale-out: the most it may publish.
     events: usize,
     interval: Duration,
     hogs: usize,
     restart_after: usize,
     settle: Duration,
+    /// Scale-out: the nodes' `--max-lifetime`, in seconds.
+    max_lifetime_s: u64,
+    /// The nodes' `--history-max` (events kept per channel), if set.
+    history_max: Option<u64>,
+    /// Scale-out: publishing before the third node starts.
+    warmup: Duration,
+    /// Scale-out: how long the connections are sampled once the third node
+    /// is UP, and the time within which they must be balanced.
+    window: Duration,
     node_binary: PathBuf,
     redis: String,
     nats: String,
@@ -116,8 +111,9 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: rolling_deploy [--runs N] [--backends redis,jetstream] [--clients N] [--events N] \
-[--interval-ms MS] [--hogs N] [--restart-after N] [--settle-ms MS] [--node-binary PATH] \
+        "usage: rolling_deploy [--scenario rolling|scale-out] [--runs N] [--backends redis,jetstream] \
+[--clients N] [--events N] [--interval-ms MS] [--hogs N] [--restart-after N] [--settle-ms MS] \
+[--max-lifetime SECS] [--warmup-ms MS] [--window-s SECS] [--history-max N] [--node-binary PATH] \
 [--redis URL] [--nats URL] [--logs DIR] [--json FILE] [--stop-on-failure]"
     );
     std::process::exit(2)
@@ -134,28 +130,53 @@ fn target_dir() -> PathBuf {
 impl Options {
     fn parse() -> Options {
         let target = target_dir();
+        // `cargo bench` passes `--bench` to harness-less benches.
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| a != "--bench")
+            .collect();
+        let scenario = match args.iter().position(|a| a == "--scenario") {
+            None => Scenario::Rolling,
+            Some(i) => match args.get(i + 1).map(String::as_str) {
+                Some("rolling") => Scenario::Rolling,
+                Some("scale-out") => Scenario::ScaleOut,
+                _ => usage(),
+            },
+        };
+        let scale_out = scenario == Scenario::ScaleOut;
         let mut o = Options {
-            runs: 10,
+            scenario,
+            runs: if scale_out { 3 } else { 10 },
             backends: vec![Backend::Redis, Backend::JetStream],
-            clients: 300,
-            events: 600,
-            interval: Duration::from_millis(30),
-            hogs: 2,
+            clients: if scale_out { 600 } else { 300 },
+            events: if scale_out { 3000 } else { 600 },
+            interval: Duration::from_millis(if scale_out { 50 } else { 30 }),
+            hogs: if scale_out { 0 } else { 2 },
             restart_after: 60,
             settle: Duration::from_millis(1000),
+            max_lifetime_s: 30,
+            history_max: None,
+            warmup: Duration::from_secs(5),
+            window: Duration::from_secs(45),
             node_binary: target.join("release/examples/node"),
             redis: "redis://127.0.0.1:6379".into(),
             nats: "nats://127.0.0.1:4222".into(),
-            logs: target.join("rolling-deploy"),
+            logs: target.join(if scale_out {
+                "scale-out"
+            } else {
+                "rolling-deploy"
+            }),
             json: None,
             stop_on_failure: false,
         };
-        // `cargo bench` passes `--bench` to harness-less benches.
-        let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
+        let mut it = args.into_iter();
         while let Some(flag) = it.next() {
             let mut value = || it.next().unwrap_or_else(|| usage());
             let mut number = || value().parse::<u64>().unwrap_or_else(|_| usage());
             match flag.as_str() {
+                "--scenario" => {
+                    let _ = value();
+                }
                 "--runs" => o.runs = number() as usize,
                 "--clients" => o.clients = number() as usize,
                 "--events" => o.events = number() as usize,
@@ -163,6 +184,10 @@ impl Options {
                 "--hogs" => o.hogs = number() as usize,
                 "--restart-after" => o.restart_after = number() as usize,
                 "--settle-ms" => o.settle = Duration::from_millis(number()),
+                "--max-lifetime" => o.max_lifetime_s = number(),
+                "--history-max" => o.history_max = Some(number()),
+                "--warmup-ms" => o.warmup = Duration::from_millis(number()),
+                "--window-s" => o.window = Duration::from_secs(number()),
                 "--backends" => {
                     o.backends = value()
                         .split(',')
@@ -182,359 +207,19 @@ impl Options {
                 _ => usage(),
             }
         }
-        if o.runs == 0 || o.runs > 100 || o.clients == 0 || o.clients > 5000 || o.events > 100_000 {
+        if o.runs == 0
+            || o.runs > 100
+            || o.clients == 0
+            || o.clients > 5000
+            || o.events > 100_000
+            || o.max_lifetime_s == 0
+            || o.window.is_zero()
+            || o.window > Duration::from_secs(600)
+            || o.interval.is_zero() && scale_out
+        {
             usage()
         }
         o
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// What the harness needs and does not install.
-fn preflight(o: &Options) -> Result<(), String> {
-    let runs = |cmd: &str, arg: &str| {
-        Command::new(cmd)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if !runs("haproxy", "-v") {
-        return Err("no `haproxy` on PATH (Debian: `apt-get install -y haproxy`)".into());
-    }
-    if !runs("node", "--version") {
-        return Err("no `node` on PATH".into());
-    }
-    if !repo().join("tests/js/node_modules/eventsource").exists() {
-        return Err("tests/js/node_modules is missing: run `npm ci` in tests/js".into());
-    }
-    if !o.node_binary.exists() {
-        return Err(format!(
-            "{} is missing: run `cargo build --release --features redis,nats --example node`",
-            o.node_binary.display()
-        ));
-    }
-    for feature in ["redis", "nats"] {
-        if !supports(&o.node_binary, feature) {
-            return Err(format!(
-                "{} lacks `{feature}`: run `cargo build --release --features redis,nats --example node`",
-                o.node_binary.display()
-            ));
-        }
-    }
-    let built = mtime(&o.node_binary);
-    let newest = ["src", "examples"]
-        .iter()
-        .filter_map(|d| newest_mtime(&repo().join(d)))
-        .max();
-    if let (Some(built), Some(newest)) = (built, newest) {
-        if newest > built {
-            return Err(format!(
-                "{} is older than the sources: run `cargo build --release --features redis,nats --example node`",
-                o.node_binary.display()
-            ));
-        }
-    }
-    for (backend, url) in [(Backend::Redis, &o.redis), (Backend::JetStream, &o.nats)] {
-        if o.backends.contains(&backend) {
-            let addr = host_port(url)?;
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                .map_err(|e| format!("{} at {url}: {e}", backend.name()))?;
-        }
-    }
-    Ok(())
-}
-
-fn host_port(url: &str) -> Result<SocketAddr, String> {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let hostport = hostport.rsplit('@').next().unwrap_or(hostport);
-    let hostport = hostport.replace("localhost", "127.0.0.1");
-    hostport
-        .parse()
-        .map_err(|e| format!("{url}: not HOST:PORT ({e})"))
-}
-
-fn mtime(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).ok()?.modified().ok()
-}
-
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() {
-            newest_mtime(&path)
-        } else {
-            mtime(&path)
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
-/// Whether `binary` was built with the broker `feature` (as
-/// `tests/support/process.rs` tells): given an invalid setting for that
-/// broker, such a build fails on the setting, without network I/O.
-fn supports(binary: &Path, feature: &str) -> bool {
-    let args: &[&str] = match feature {
-        "redis" => &["--broker", "redis://[::1"],
-        _ => &[
-            "--broker",
-            "nats://127.0.0.1:1",
-            "--nats-prefix",
-            "not valid",
-        ],
-    };
-    match Command::new(binary)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) => {
-            !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("support")
-        }
-        Err(_) => false,
-    }
-}
-
-/// A loopback port free right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-fn elapsed_ms(since: Instant) -> u64 {
-    since.elapsed().as_millis() as u64
-}
-
-/// One HTTP/1.1 exchange (`Connection: close`): the status and the body.
-/// `Err((sent, reason))`: `sent` tells whether the whole request was
-/// written (a publish may then have happened).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Result<(u16, String), (bool, String)> {
-    let mut tcp = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
-        .map_err(|e| (false, format!("connect: {e}")))?;
-    let _ = tcp.set_read_timeout(Some(HTTP_TIMEOUT));
-    let _ = tcp.set_write_timeout(Some(HTTP_TIMEOUT));
-    let _ = tcp.set_nodelay(true);
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(request.as_bytes())
-        .map_err(|e| (false, format!("write: {e}")))?;
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response)
-        .map_err(|e| (true, format!("read: {e}")))?;
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            (
-                true,
-                format!("no status line in {:?}", truncate(&text, 200)),
-            )
-        })?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
-}
-
-/// A log file every process of a run appends to.
-fn log_file(path: &Path) -> File {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("log file")
-}
-
-fn log_line(path: &Path, line: &str) {
-    let _ = writeln!(log_file(path), "{line}");
-}
-
-/// The processes of one run, stopped (SIGKILL) and reaped on drop.
-#[derive(Default)]
-struct Procs {
-    nodes: Vec<Option<Child>>,
-    others: Vec<Child>,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for child in self
-            .nodes
-            .iter_mut()
-            .flatten()
-            .chain(self.others.iter_mut())
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-struct NodeSpec {
-    binary: PathBuf,
-    backend: Backend,
-    broker: String,
-    prefix: String,
-}
-
-impl NodeSpec {
-    /// Starts node `id` on `port` and waits for its `listening on` line;
-    /// stdout and stderr go to `log`.
-    fn start(&self, id: &str, port: u16, log: &Path) -> Result<Child, String> {
-        log_line(
-            log,
-            &format!("=== harness: starting {id} on port {port} at {}", stamp()),
-        );
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--node-id", id])
-            .args(["--broker", &self.broker])
-            // Long enough for the run, short enough to clean up after itself.
-            .args(["--history-age", "900"]);
-        match self.backend {
-            Backend::Redis => cmd.args(["--redis-prefix", &self.prefix, "--history", "redis"]),
-            Backend::JetStream => {
-                cmd.args(["--nats-prefix", &self.prefix, "--history", "jetstream"])
-            }
-        };
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file(log)))
-            .spawn()
-            .map_err(|e| format!("spawn {id}: {e}"))?;
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        let log_path = log.to_path_buf();
-        std::thread::spawn(move || {
-            let mut file = log_file(&log_path);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("listening on ") {
-                    let _ = tx.send(());
-                }
-                let _ = writeln!(file, "{line}");
-            }
-        });
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(()) => Ok(child),
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                Err(format!(
-                    "{id} did not print `listening on` within {START_TIMEOUT:?} (exit {status:?}); see {}",
-                    log.display()
-                ))
-            }
-        }
-    }
-}
-
-fn stamp() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
-}
-
-fn haproxy_config(lb: u16, stats: u16, ports: &[u16]) -> String {
-    let mut servers = String::new();
-    for (i, port) in ports.iter().enumerate() {
-        servers.push_str(&format!("    server n{i} 127.0.0.1:{port} check\n"));
-    }
-    format!(
-        "global
-    maxconn 8192
-    log stdout format raw local0 info
-
-defaults
-    mode http
-    log global
-    option httplog
-    timeout connect 1s
-    timeout client 10m
-    timeout server 10m
-    timeout tunnel 10m
-    timeout http-request 10s
-    timeout queue 5s
-    retries 3
-    option redispatch 1
-
-frontend fe
-    bind 127.0.0.1:{lb}
-    default_backend nodes
-
-backend nodes
-    balance roundrobin
-    option httpchk GET /healthz
-    http-check expect status 200
-    default-server inter 500ms fall 1 rise 2
-{servers}
-listen stats
-    bind 127.0.0.1:{stats}
-    stats enable
-    stats uri /stats
-"
-    )
-}
-
-/// Each node's status as HAProxy sees it (`UP`, `DOWN`, …).
-fn haproxy_status(stats: SocketAddr) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    if let Ok((200, csv)) = http(stats, "GET", "/stats;csv", "") {
-        for line in csv.lines() {
-            let cols: Vec<&str> = line.split(',').collect();
-            if cols.len() > 17 && cols[0] == "nodes" && cols[1].starts_with('n') {
-                out.insert(cols[1].to_owned(), cols[17].to_owned());
-            }
-        }
-    }
-    out
-}
-
-/// Waits until HAProxy sees `node` (all nodes for `None`) in `want`.
-fn wait_status(stats: SocketAddr, node: Option<&str>, want: &str) -> Result<u64, String> {
-    let started = Instant::now();
-    loop {
-        let status = haproxy_status(stats);
-        let ok = match node {
-            Some(n) => status.get(n).is_some_and(|s| s == want),
-            None => status.len() == NODES && status.values().all(|s| s == want),
-        };
-        if ok {
-            return Ok(elapsed_ms(started));
-        }
-        if started.elapsed() > UP_TIMEOUT {
-            return Err(format!(
-                "HAProxy did not see {} {want} within {UP_TIMEOUT:?}: {status:?}",
-                node.unwrap_or("every node")
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -552,22 +237,9 @@ struct Restart {
 struct RunResult {
     backend: &'static str,
     run: usize,
-    lost: u64,
-    duplicated: u64,
-    out_of_order: u64,
-    closed: u64,
-    not_ended: u64,
-    reconnects: u64,
-    refused: u64,
-    resets: u64,
-    gaps: u64,
-    publish_retries: usize,
-    publish_ambiguous: usize,
-    /// HAProxy: times it marked a node DOWN, and its answers of 500 and
-    /// above to `/events` and to `/publish` (status and termination flags).
-    lb_down: usize,
-    lb_events_5xx: BTreeMap<String, usize>,
-    lb_publish_5xx: BTreeMap<String, usize>,
+    tally: Tally,
+    publishing: PublishCounts,
+    lb: LbLog,
     unpublished: usize,
     restarts: Vec<Restart>,
     publishing_s: f64,
@@ -579,14 +251,7 @@ struct RunResult {
 
 impl RunResult {
     fn ok(&self) -> bool {
-        self.error.is_none()
-            && self.lost == 0
-            && self.duplicated == 0
-            && self.out_of_order == 0
-            && self.closed == 0
-            && self.not_ended == 0
-            && self.resets == 0
-            && self.unpublished == 0
+        self.error.is_none() && self.tally.exactly_once() && self.unpublished == 0
     }
 }
 
@@ -601,6 +266,20 @@ fn main() -> ExitCode {
         eprintln!("[rolling] {}: {e}", session.display());
         return ExitCode::from(2);
     }
+    let ok = match o.scenario {
+        Scenario::Rolling => rolling(&o, &session),
+        Scenario::ScaleOut => scale_out::run(&o, &session),
+    };
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The rolling deploy, `--runs` times per backend; whether every run met
+/// the goal.
+fn rolling(o: &Options, session: &Path) -> bool {
     eprintln!(
         "[rolling] {} run(s) per backend {:?}: {} clients, {} events every {:?}, {} CPU hog(s); logs in {}",
         o.runs,
@@ -617,7 +296,7 @@ fn main() -> ExitCode {
             let dir = session.join(format!("{}-{run:02}", backend.name()));
             let _ = std::fs::create_dir_all(&dir);
             let started = Instant::now();
-            let mut result = run_once(&o, backend, run, &dir);
+            let mut result = run_once(o, backend, run, &dir);
             result.total_s = started.elapsed().as_secs_f64();
             result.logs = dir;
             print_run(&result);
@@ -628,7 +307,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    print_table(&o, &results);
+    print_table(o, &results);
     if let Some(path) = &o.json {
         let runs: Vec<Value> = results.iter().map(run_json).collect();
         let doc = json!({
@@ -640,11 +319,7 @@ fn main() -> ExitCode {
             eprintln!("[rolling] {}: {e}", path.display());
         }
     }
-    if results.iter().all(RunResult::ok) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    results.iter().all(RunResult::ok)
 }
 
 fn run_once(o: &Options, backend: Backend, run: usize, dir: &Path) -> RunResult {
@@ -653,26 +328,14 @@ fn run_once(o: &Options, backend: Backend, run: usize, dir: &Path) -> RunResult 
         run,
         ..RunResult::default()
     };
-    let tag = format!("{}_{run}_{}", std::process::id(), stamp().replace('.', ""));
-    let spec = NodeSpec {
-        binary: o.node_binary.clone(),
-        backend,
-        broker: match backend {
-            Backend::Redis => o.redis.clone(),
-            Backend::JetStream => o.nats.clone(),
-        },
-        prefix: match backend {
-            Backend::Redis => format!("rolling:{tag}:"),
-            Backend::JetStream => format!("rolling_{tag}"),
-        },
-    };
+    let spec = NodeSpec::for_run(o, backend, run, Vec::new());
     let mut procs = Procs::default();
     if let Err(e) = run_inner(o, &spec, dir, &mut procs, &mut result) {
         result.error = Some(e);
     }
     drop(procs);
-    read_haproxy_log(&dir.join("haproxy.log"), &mut result);
-    cleanup(o, &spec);
+    result.lb = read_haproxy_log(&dir.join("haproxy.log"));
+    cleanup(&spec);
     result
 }
 
@@ -684,15 +347,7 @@ fn run_inner(
     result: &mut RunResult,
 ) -> Result<(), String> {
     // The machine busy: CPU hogs from the start to the end of the run.
-    for _ in 0..o.hogs {
-        let hog = Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("hog: {e}"))?;
-        procs.others.push(hog);
-    }
+    start_hogs(o.hogs, procs)?;
 
     let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let node_logs: Vec<PathBuf> = (0..NODES).map(|i| dir.join(format!("n{i}.log"))).collect();
@@ -700,63 +355,13 @@ fn run_inner(
         let child = spec.start(&format!("n{i}"), ports[i], &node_logs[i])?;
         procs.nodes.push(Some(child));
     }
-
-    let (lb_port, stats_port) = (free_port(), free_port());
-    let lb = SocketAddr::from(([127, 0, 0, 1], lb_port));
-    let stats = SocketAddr::from(([127, 0, 0, 1], stats_port));
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_config(lb_port, stats_port, &ports))
-        .map_err(|e| format!("haproxy.cfg: {e}"))?;
-    let haproxy_log = dir.join("haproxy.log");
-    let haproxy = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log_file(&haproxy_log)))
-        .stderr(Stdio::from(log_file(&haproxy_log)))
-        .spawn()
-        .map_err(|e| format!("haproxy: {e}"))?;
-    procs.others.push(haproxy);
+    let (lb, stats) = start_haproxy(dir, &ports, procs)?;
     wait_status(stats, None, "UP")?;
 
     // The clients, all connected (greeted) before the first publish.
     let url = format!("http://{lb}/events?topic={TOPIC}");
     let client_limit = (o.interval * o.events as u32).as_secs() + 180;
-    let mut clients = Command::new("node")
-        .arg(repo().join("tests/js/rolling_clients.mjs"))
-        .arg(&url)
-        .arg(o.clients.to_string())
-        .arg(o.events.to_string())
-        .arg(client_limit.to_string())
-        .current_dir(repo().join("tests/js"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file(&dir.join("clients.stderr"))))
-        .spawn()
-        .map_err(|e| format!("node: {e}"))?;
-    // Closing stdin asks the clients for their summary.
-    let client_stdin: Option<ChildStdin> = clients.stdin.take();
-    let stdout = clients.stdout.take().expect("stdout");
-    procs.others.push(clients);
-    let (lines_tx, lines) = mpsc::channel::<Value>();
-    let clients_log = dir.join("clients.jsonl");
-    std::thread::spawn(move || {
-        let mut file = log_file(&clients_log);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = writeln!(file, "{line}");
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let _ = lines_tx.send(v);
-            }
-        }
-    });
-    let ready = lines
-        .recv_timeout(READY_TIMEOUT)
-        .map_err(|_| format!("the clients did not all connect within {READY_TIMEOUT:?}"))?;
-    if ready["type"] != "ready" {
-        result.summary = ready.clone();
-        return Err(format!("clients: {ready}"));
-    }
+    let clients = Clients::start(&url, o.clients, o.events, client_limit, dir, procs)?;
 
     // The rolling deploy, beside the publisher.
     let published = Arc::new(AtomicUsize::new(0));
@@ -766,12 +371,7 @@ fn run_inner(
         let nodes = nodes.clone();
         let published = published.clone();
         let publishing = publishing.clone();
-        let spec = NodeSpec {
-            binary: spec.binary.clone(),
-            backend: spec.backend,
-            broker: spec.broker.clone(),
-            prefix: spec.prefix.clone(),
-        };
+        let spec = spec.clone();
         let (ports, node_logs, settle, after) =
             (ports.clone(), node_logs.clone(), o.settle, o.restart_after);
         std::thread::spawn(move || -> Result<Vec<Restart>, String> {
@@ -843,7 +443,7 @@ fn run_inner(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        if let Err(e) = publish(lb, &n.to_string(), &publish_log, result) {
+        if let Err(e) = publish(lb, &n.to_string(), &publish_log, &mut result.publishing) {
             result.unpublished += 1;
             publish_error.get_or_insert(e);
         }
@@ -858,167 +458,13 @@ fn run_inner(
     if let Some(e) = publish_error {
         log_line(&publish_log, &format!("unpublished: {e}"));
     }
-    publish(lb, "end", &publish_log, result)?;
+    publish(lb, "end", &publish_log, &mut result.publishing)?;
 
     // The clients report once every one has seen "end" (or gave up).
-    let deadline = Instant::now() + SUMMARY_TIMEOUT;
-    let summary = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(v) if v["type"] == "summary" => break v,
-            Ok(_) => continue,
-            Err(_) => {
-                // Ask for what they have.
-                drop(client_stdin);
-                match lines.recv_timeout(Duration::from_secs(10)) {
-                    Ok(v) if v["type"] == "summary" => break v,
-                    _ => return Err("the clients gave no summary".into()),
-                }
-            }
-        }
-    };
-    let n = |k: &str| summary[k].as_u64().unwrap_or(0);
-    result.lost = n("lost");
-    result.duplicated = n("duplicated");
-    result.out_of_order = n("out_of_order");
-    result.closed = n("closed");
-    result.not_ended = n("clients").saturating_sub(n("ended"));
-    result.reconnects = n("reconnects");
-    result.refused = n("refused");
-    result.resets = n("resets");
-    result.gaps = n("gaps");
+    let summary = clients.summary()?;
+    result.tally = Tally::of(&summary);
     result.summary = summary;
     Ok(())
-}
-
-/// What HAProxy's log tells of the run: DOWN transitions and 5xx answers.
-fn read_haproxy_log(path: &Path, result: &mut RunResult) {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return;
-    };
-    for line in text.lines() {
-        if line.contains(" is DOWN") {
-            result.lb_down += 1;
-            continue;
-        }
-        // `client [date] fe backend/server timers status bytes - - flags ...`
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 10 || fields[2] != "fe" {
-            continue;
-        }
-        let Ok(status) = fields[5].parse::<u16>() else {
-            continue;
-        };
-        if status < 500 {
-            continue;
-        }
-        let key = format!("{status} {}", fields[9]);
-        let map = if line.contains("GET /events") {
-            &mut result.lb_events_5xx
-        } else {
-            &mut result.lb_publish_5xx
-        };
-        *map.entry(key).or_default() += 1;
-    }
-}
-
-/// Publishes `data` through the balancer, retrying a refused or failed
-/// attempt (100 ms apart) as a publisher would.
-fn publish(lb: SocketAddr, data: &str, log: &Path, result: &mut RunResult) -> Result<(), String> {
-    let path = format!("/publish?topic={TOPIC}");
-    let mut last = String::new();
-    for attempt in 1..=PUBLISH_ATTEMPTS {
-        match http(lb, "POST", &path, data) {
-            Ok((202, _)) => {
-                if attempt > 1 {
-                    log_line(
-                        log,
-                        &format!("{} {data}: accepted at attempt {attempt}", stamp()),
-                    );
-                }
-                return Ok(());
-            }
-            Ok((status, body)) => {
-                last = format!("HTTP {status} {}", truncate(body.trim(), 200));
-            }
-            Err((sent, reason)) => {
-                if sent {
-                    // The node may have taken it before the connection broke.
-                    result.publish_ambiguous += 1;
-                }
-                last = format!("{reason} (request sent: {sent})");
-            }
-        }
-        result.publish_retries += 1;
-        log_line(
-            log,
-            &format!("{} {data}: attempt {attempt}: {last}", stamp()),
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!(
-        "event {data} not published after {PUBLISH_ATTEMPTS} attempts: {last}"
-    ))
-}
-
-/// Removes what the run left in the broker (the keys expire anyway).
-fn cleanup(o: &Options, spec: &NodeSpec) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(_) => return,
-    };
-    let done = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            match spec.backend {
-                Backend::Redis => {
-                    let client =
-                        redis::Client::open(o.redis.as_str()).map_err(|e| e.to_string())?;
-                    let mut conn = client
-                        .get_multiplexed_async_connection()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{}*", spec.prefix))
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if !keys.is_empty() {
-                        let _: redis::Value = redis::cmd("DEL")
-                            .arg(keys)
-                            .query_async(&mut conn)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    Ok::<(), String>(())
-                }
-                Backend::JetStream => {
-                    let client = async_nats::connect(o.nats.as_str())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let js = async_nats::jetstream::new(client);
-                    let name = format!("{}_HISTORY", spec.prefix.to_uppercase());
-                    js.delete_stream(&name).await.map_err(|e| e.to_string())?;
-                    Ok(())
-                }
-            }
-        })
-        .await
-    });
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("[rolling] cleanup of {}: {e}", spec.prefix),
-        Err(_) => eprintln!("[rolling] cleanup of {}: timed out", spec.prefix),
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn print_run(r: &RunResult) {
@@ -1032,21 +478,21 @@ fn print_run(r: &RunResult) {
         r.backend,
         r.run,
         if r.ok() { "ok  " } else { "FAIL" },
-        r.lost,
-        r.duplicated,
-        r.out_of_order,
-        r.closed,
-        r.not_ended,
-        r.reconnects,
-        r.refused,
-        r.resets,
-        r.gaps,
-        r.publish_retries,
-        r.publish_ambiguous,
+        r.tally.lost,
+        r.tally.duplicated,
+        r.tally.out_of_order,
+        r.tally.closed,
+        r.tally.not_ended,
+        r.tally.reconnects,
+        r.tally.refused,
+        r.tally.resets,
+        r.tally.gaps,
+        r.publishing.retries,
+        r.publishing.ambiguous,
         r.unpublished,
-        r.lb_down,
-        r.lb_events_5xx,
-        r.lb_publish_5xx,
+        r.lb.down,
+        r.lb.events_5xx,
+        r.lb.publish_5xx,
         r.publishing_s,
         r.total_s,
         loadavg(),
@@ -1085,17 +531,17 @@ fn print_table(o: &Options, results: &[RunResult]) {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {:.1} | {} |",
             r.backend,
             r.run,
-            r.lost,
-            r.duplicated,
-            r.out_of_order,
-            r.closed,
-            r.not_ended,
-            r.reconnects,
-            r.refused,
-            r.publish_retries,
-            r.lb_down,
-            r.lb_events_5xx.values().sum::<usize>(),
-            r.lb_publish_5xx.values().sum::<usize>(),
+            r.tally.lost,
+            r.tally.duplicated,
+            r.tally.out_of_order,
+            r.tally.closed,
+            r.tally.not_ended,
+            r.tally.reconnects,
+            r.tally.refused,
+            r.publishing.retries,
+            r.lb.down,
+            r.lb.events_5xx.values().sum::<usize>(),
+            r.lb.publish_5xx.values().sum::<usize>(),
             restarts.join(", "),
             r.total_s,
             if r.ok() { "met" } else { "missed" }
@@ -1108,12 +554,12 @@ fn print_table(o: &Options, results: &[RunResult]) {
 
 fn run_json(r: &RunResult) -> Value {
     json!({
-        "backend": r.backend, "run": r.run, "ok": r.ok(), "lost": r.lost,
-        "duplicated": r.duplicated, "out_of_order": r.out_of_order, "closed": r.closed,
-        "not_ended": r.not_ended, "reconnects": r.reconnects, "refused": r.refused,
-        "resets": r.resets, "gaps": r.gaps, "publish_retries": r.publish_retries,
-        "publish_ambiguous": r.publish_ambiguous, "unpublished": r.unpublished,
-        "lb_down": r.lb_down, "lb_events_5xx": r.lb_events_5xx, "lb_publish_5xx": r.lb_publish_5xx,
+        "backend": r.backend, "run": r.run, "ok": r.ok(), "lost": r.tally.lost,
+        "duplicated": r.tally.duplicated, "out_of_order": r.tally.out_of_order, "closed": r.tally.closed,
+        "not_ended": r.tally.not_ended, "reconnects": r.tally.reconnects, "refused": r.tally.refused,
+        "resets": r.tally.resets, "gaps": r.tally.gaps, "publish_retries": r.publishing.retries,
+        "publish_ambiguous": r.publishing.ambiguous, "unpublished": r.unpublished,
+        "lb_down": r.lb.down, "lb_events_5xx": r.lb.events_5xx, "lb_publish_5xx": r.lb.publish_5xx,
         "publishing_s": r.publishing_s, "total_s": r.total_s, "error": r.error,
         "restarts": r.restarts.iter().map(|x| json!({
             "exit_ms": x.exit_ms, "exit_status": x.exit_status, "start_ms": x.start_ms,

@@ -4,7 +4,8 @@
 // usage: node rolling_clients.mjs URL CLIENTS EVENTS SECONDS
 //
 // Opens CLIENTS EventSources to URL. Every message's data is a number
-// 0..EVENTS-1, or "end". Per client it counts what it receives: duplicates
+// 0..EVENTS-1, or "end", or "end N": then only 0..N-1 were published (N at
+// most EVENTS; the scale-out scenario publishes until its window is over). Per client it counts what it receives: duplicates
 // (a number seen before), out of order (a number below the highest seen so
 // far, first time seen), lost (numbers never seen once "end" arrived or the
 // time ran out), reconnects (opens after the first), refusals
@@ -22,6 +23,8 @@ const [url, clientsArg, eventsArg, secondsArg] = process.argv.slice(2);
 const CLIENTS = Number(clientsArg || 300);
 const EVENTS = Number(eventsArg || 600);
 const LIMIT_MS = Number(secondsArg || 120) * 1000;
+// The events published, as "end N" tells (EVENTS unless it says fewer).
+let published = EVENTS;
 const started = Date.now();
 const now = () => Date.now() - started;
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
@@ -112,7 +115,9 @@ function open(index) {
   }
   es.addEventListener('message', (event) => {
     const data = event.data;
-    if (data === 'end') {
+    if (data === 'end' || data.startsWith('end ')) {
+      const count = Number(data.slice(4));
+      if (data.length > 4 && Number.isInteger(count) && count >= 0 && count <= EVENTS) published = count;
       record(c, { type: 'end', id: event.lastEventId });
       if (!c.ended) {
         c.ended = true;
@@ -158,7 +163,7 @@ function maybeFinish(timedOut = false) {
   const perNode = {};
   for (const c of clients) {
     const missing = [];
-    for (let n = 0; n < EVENTS; n++) if (!c.seen[n]) missing.push(n);
+    for (let n = 0; n < published; n++) if (!c.seen[n]) missing.push(n);
     lost += missing.length;
     dup += c.dups.length;
     ooo += c.ooo.length;
@@ -199,7 +204,7 @@ function maybeFinish(timedOut = false) {
     type: 'summary',
     timed_out: timedOut,
     clients: CLIENTS,
-    events: EVENTS,
+    events: published,
     ended,
     lost,
     duplicated: dup,
