@@ -500,12 +500,7 @@ fn print_run(r: &RunResult) {
         r.error.as_ref().map(|e| format!(" | error: {e}")).unwrap_or_default(),
     );
     if !r.ok() {
-        println!("[rolling]   logs: {}", r.logs.display());
-        if let Some(failed) = r.summary["failed"].as_array() {
-            for f in failed.iter().take(3) {
-                println!("[rolling]   client: {f}");
-            }
-        }
+        print_failures("rolling", &r.logs, &r.summary);
     }
 }
 

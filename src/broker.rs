@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) mod backoff;
 pub mod memory;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]

@@ -755,3 +755,14 @@ pub(crate) fn loadavg() -> String {
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_default()
 }
+
+/// After a failed run: where its logs are, and the first clients' failures
+/// from the clients' summary.
+pub(crate) fn print_failures(tag: &str, logs: &Path, summary: &serde_json::Value) {
+    println!("[{tag}]   logs: {}", logs.display());
+    if let Some(failed) = summary["failed"].as_array() {
+        for f in failed.iter().take(3) {
+            println!("[{tag}]   client: {f}");
+        }
+    }
+}

@@ -398,12 +398,7 @@ fn print_run(o: &Options, r: &ScaleOutResult) {
         series(r)
     );
     if !r.ok() {
-        println!("[scale-out]   logs: {}", r.logs.display());
-        if let Some(failed) = r.summary["failed"].as_array() {
-            for f in failed.iter().take(3) {
-                println!("[scale-out]   client: {f}");
-            }
-        }
+        print_failures("scale-out", &r.logs, &r.summary);
     }
 }
 

@@ -653,7 +653,6 @@ impl Drop for RedisBroker {
 
 #[cfg(test)]
 mod tests {
-    use super::tasks::Backoff;
     use super::*;
 
     #[test]
@@ -681,19 +680,5 @@ mod tests {
         assert!(matches!(err, BrokerError::Config(_)));
         assert!(!err.to_string().contains("secret"), "{err}");
         assert!(!err.is_transient());
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut b = Backoff::new(
-            &RedisConfig::new("redis://x")
-                .backoff(Duration::from_millis(100), Duration::from_millis(400)),
-        );
-        let d: Vec<_> = (0..5).map(|_| b.delay().as_millis()).collect();
-        assert!((50..=100).contains(&d[0]), "{d:?}");
-        assert!((100..=200).contains(&d[1]), "{d:?}");
-        assert!((200..=400).contains(&d[4]), "{d:?}");
-        b.reset();
-        assert!(b.delay() <= Duration::from_millis(100));
     }
 }

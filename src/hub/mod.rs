@@ -605,6 +605,9 @@ impl Inner {
         &self,
         expires: Option<std::time::SystemTime>,
     ) -> Option<(tokio::time::Instant, bytes::Bytes)> {
+        if expires.is_none() && self.max_lifetime.is_none() {
+            return None;
+        }
         let now = tokio::time::Instant::now();
         // Past the timer's range: it never comes.
         let expiry = expires.and_then(|at| {

@@ -5,61 +5,17 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, Client};
 
 use super::{query_failed, unavailable, Control, PgConnection, Shared};
+use crate::broker::backoff::{pause, stopped, Backoff};
 use crate::broker::{BrokerStatus, Channel};
 
 /// Most channels one `LISTEN`/`UNLISTEN` batch names.
 const MAX_LISTEN_BATCH: usize = 512;
-
-/// Exponential backoff with full jitter.
-pub(super) struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub(super) fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-
-    pub(super) fn delay(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let ms = u64::try_from(ceiling.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        Duration::from_millis(fastrand::u64(ms / 2..=ms))
-    }
-}
-
-/// Resolves once the broker is stopping.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Sleeps for `delay` unless the broker stops; false if it stopped.
-async fn pause(shared: &Shared, delay: Duration) -> bool {
-    let mut stop = shared.stop.subscribe();
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => !shared.stopped(),
-        _ = stopped(&mut stop) => false,
-    }
-}
 
 /// `name` as a quoted identifier (names are `a-z`, `0-9` and `_` only, so
 /// nothing needs escaping; quoting keeps them exact).
@@ -131,7 +87,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut control: mpsc::UnboundedReceive
                         let _ = done.send(Err(unavailable(&err)));
                     }
                 }
-                if !pause(&shared, backoff.delay()).await {
+                if !pause(&shared.stop, backoff.delay()).await {
                     return;
                 }
                 continue;
@@ -175,7 +131,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut control: mpsc::UnboundedReceive
         shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
         shared.set_status(BrokerStatus::Down);
         tracing::warn!(%reason, "postgres listening connection down; reconnecting");
-        if !pause(&shared, backoff.delay()).await {
+        if !pause(&shared.stop, backoff.delay()).await {
             return;
         }
     }
@@ -391,21 +347,5 @@ pub(super) async fn trim_payloads(shared: Weak<Shared>) {
         if let Err(err) = result {
             tracing::debug!(error = %err, "postgres payload trim failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let d: Vec<_> = (0..5).map(|_| b.delay().as_millis()).collect();
-        assert!((50..=100).contains(&d[0]), "{d:?}");
-        assert!((100..=200).contains(&d[1]), "{d:?}");
-        assert!((200..=400).contains(&d[4]), "{d:?}");
-        b.reset();
-        assert!(b.delay() <= Duration::from_millis(100));
     }
 }

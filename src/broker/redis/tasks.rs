@@ -6,63 +6,19 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{ProtocolVersion, PushInfo, PushKind, RedisResult};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::sentinel::is_primary;
-use super::{unavailable, Control, RedisConfig, Shared};
+use super::{unavailable, Control, Shared};
+use crate::broker::backoff::{pause, stopped, Backoff};
 
 /// Most channels one `SUBSCRIBE` (or `SSUBSCRIBE`) names.
 const MAX_SUBSCRIBE_BATCH: usize = 512;
-
-/// Exponential backoff with full jitter.
-pub(super) struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub(super) fn new(config: &RedisConfig) -> Self {
-        Self {
-            min: config.backoff_min,
-            max: config.backoff_max,
-            next: config.backoff_min,
-        }
-    }
-
-    pub(super) fn reset(&mut self) {
-        self.next = self.min;
-    }
-
-    pub(super) fn delay(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let ms = u64::try_from(ceiling.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        Duration::from_millis(fastrand::u64(ms / 2..=ms))
-    }
-}
-
-/// Resolves once the broker is stopping.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Sleeps for `delay` unless the broker stops; false if it stopped.
-async fn pause(shared: &Shared, delay: Duration) -> bool {
-    let mut stop = shared.stop.subscribe();
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => !shared.stopped(),
-        _ = stopped(&mut stop) => false,
-    }
-}
 
 /// A connection to one server, or to a Redis Cluster (sharded mode).
 #[derive(Clone)]
@@ -215,7 +171,7 @@ pub(super) async fn run_subscriber(
 ) {
     let sharded = shared.config.sharded;
     let sentinel = shared.config.sentinel.is_some();
-    let mut backoff = Backoff::new(&shared.config);
+    let mut backoff = Backoff::new(shared.config.backoff_min, shared.config.backoff_max);
     let mut stop = shared.stop.subscribe();
     while !shared.stopped() {
         let (lost_tx, mut lost) = mpsc::unbounded_channel();
@@ -249,7 +205,7 @@ pub(super) async fn run_subscriber(
                         let _ = done.send(Err(unavailable(&err)));
                     }
                 }
-                if !pause(&shared, backoff.delay()).await {
+                if !pause(&shared.stop, backoff.delay()).await {
                     return;
                 }
                 continue;
@@ -294,7 +250,7 @@ pub(super) async fn run_subscriber(
         shared.set_up(&shared.sub_up, false);
         tracing::warn!(%reason, "redis subscription down; reconnecting");
         drop(conn);
-        if !pause(&shared, backoff.delay()).await {
+        if !pause(&shared.stop, backoff.delay()).await {
             return;
         }
     }
@@ -353,7 +309,7 @@ async fn apply(
 /// Keeps the publish connection ready for callers: connects, hands it out,
 /// and replaces it as soon as it closes or a publish finds it broken.
 pub(super) async fn run_publisher(shared: Arc<Shared>) {
-    let mut backoff = Backoff::new(&shared.config);
+    let mut backoff = Backoff::new(shared.config.backoff_min, shared.config.backoff_max);
     let mut generation = 0u64;
     let mut stop = shared.stop.subscribe();
     while !shared.stopped() {
@@ -372,7 +328,7 @@ pub(super) async fn run_publisher(shared: Arc<Shared>) {
             Err(err) => {
                 tracing::debug!(error = %err, "redis publish connect failed");
                 shared.set_up(&shared.pub_up, false);
-                if !pause(&shared, backoff.delay()).await {
+                if !pause(&shared.stop, backoff.delay()).await {
                     return;
                 }
                 continue;
