@@ -50,11 +50,21 @@
 //! # What a connect writes: nothing per channel
 //!
 //! Only appends store anything per channel. A connect reads: the stream's
-//! info and, per channel, its last message by a direct get
-//! ([`History::heads`]), then the replay reads each channel after the
-//! client's position, again with a direct get when nothing is there (a
-//! replay creates an ephemeral, memory-stored consumer on the channel's
-//! subject only when there are messages to send, and deletes it after).
+//! info and, per channel, its last message ([`History::heads`]), then the
+//! replay reads each channel after the client's position. A gap of at most
+//! [`SHORT_REPLAY`] stream sequences (the usual reconnect) is read message
+//! by message; a longer one through an ephemeral, memory-stored consumer
+//! on the channel's subject, deleted after (and message by message if the
+//! consumer cannot be created).
+//!
+//! Every one of these reads is answered by the stream's leader (the
+//! `STREAM.MSG.GET` API), not by a direct get, although the stream allows
+//! direct gets for other tools: a direct get may be answered by a replica
+//! that has not applied the newest messages yet, and a replay that stopped
+//! at such a replica's end would skip events for good. Likewise a consumer:
+//! right after a server of a replicated stream died, the cluster may place
+//! a new consumer on the dead server, and its creation times out for
+//! seconds; the message-by-message read needs only the stream's leader.
 //! The one write is the stream itself, created by the first use if it does
 //! not exist (once per cluster, not per channel). The epoch is the stream's,
 //! shared by all channels, so [`History::heads`] never reports the empty
@@ -145,7 +155,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, context, stream};
+use async_nats::jetstream::{self, context, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -155,6 +165,8 @@ use super::{Appended, Entry, Head, History, Position};
 use crate::broker::nats::NatsBroker;
 use crate::broker::{Broker, BrokerError, BrokerStatus, Channel};
 use crate::wire::Envelope;
+pub use read::SHORT_REPLAY;
+use read::{found, last_sequence, read_by_consumer, read_by_gets, retained};
 
 mod config;
 pub use config::{JetStreamConfig, Storage, DEFAULT_IDLE_TTL};
@@ -559,13 +571,12 @@ impl History for JetStreamHistory {
         // The first message's id, from the message itself (it may have
         // left the stream since: then unknown).
         let ready = inner.ready().await?;
-        let msg = match ready.stream.direct_get(ack.sequence).await {
-            Ok(message) => Envelope::decode(&message.payload)
+        let get = ready.stream.raw_message_builder().sequence(ack.sequence);
+        let msg = found(get.send().await, "get")?.and_then(|message| {
+            Envelope::decode(&message.payload)
                 .ok()
-                .and_then(|envelope| envelope.msg.map(|m| m.into_owned())),
-            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => None,
-            Err(err) => return Err(unavailable("get", err)),
-        };
+                .and_then(|envelope| envelope.msg.map(|m| m.into_owned()))
+        });
         Ok(Appended::Duplicate { position, msg })
     }
 
@@ -601,11 +612,7 @@ impl History for JetStreamHistory {
             let epoch = epoch.clone();
             async move {
                 let subject = inner.history_subject(channel);
-                let last = match stream.direct_get_last_for_subject(subject.clone()).await {
-                    Ok(message) => message.sequence,
-                    Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => 0,
-                    Err(err) => return Err(unavailable("get last", err)),
-                };
+                let last = last_sequence(stream, &subject).await?;
                 let retained = match asked {
                     None => true,
                     Some(_) if last == 0 && nothing_aged => true,
@@ -634,70 +641,21 @@ impl History for JetStreamHistory {
         let ready = inner.ready().await?;
         let subject = inner.history_subject(channel);
         // Nothing after `after`, the common case on a connect (every connect
-        // reads each channel from its head): answered by a direct get,
-        // without creating a consumer on the server.
-        match ready
-            .stream
-            .direct_get_last_for_subject(subject.clone())
-            .await
-        {
-            Ok(message) if message.sequence <= after.major() => return Ok(Vec::new()),
-            Ok(_) => {}
-            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(unavailable("get last", err)),
+        // reads each channel from its head): answered without a consumer.
+        let last = last_sequence(&ready.stream, &subject).await?;
+        if last <= after.major() {
+            return Ok(Vec::new());
         }
-        let start = after.major().saturating_add(1);
-        // One ephemeral consumer on the channel's subject, read in one batch.
-        let consumer = ready
-            .stream
-            .create_consumer(consumer::pull::Config {
-                filter_subject: subject,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable("create consumer", e))?;
-        let name = consumer.cached_info().name.clone();
-        let pending = consumer.cached_info().num_pending;
-        let mut entries = Vec::new();
-        let wanted = usize::try_from(pending).unwrap_or(usize::MAX).min(limit);
-        let result = async {
-            if wanted == 0 {
-                return Ok(());
-            }
-            let mut batch = consumer
-                .fetch()
-                .max_messages(wanted)
-                .expires(inner.config.timeout)
-                .messages()
-                .await
-                .map_err(|e| unavailable("fetch", e))?;
-            while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| unavailable("fetch", e))?;
-                let seq = message
-                    .info()
-                    .map_err(|e| backend("message info", e))?
-                    .stream_sequence;
-                entries.push(Entry::new(Position::new(seq, 0), message.payload.clone()));
-                if entries.len() == wanted {
-                    break;
-                }
-            }
-            Ok(())
+        if last - after.major() <= SHORT_REPLAY {
+            return read_by_gets(&ready.stream, &subject, after, limit).await;
         }
-        .await;
-        // The server would drop it after its inactivity threshold anyway.
-        let stream = ready.stream.clone();
-        tokio::spawn(async move {
-            let _ = stream.delete_consumer(&name).await;
-        });
-        result.map(|()| entries)
+        match read_by_consumer(inner, &ready.stream, &subject, after, limit).await {
+            Ok(entries) => Ok(entries),
+            Err(err) => {
+                tracing::debug!(error = %err, "jetstream replay consumer failed; reading message by message");
+                read_by_gets(&ready.stream, &subject, after, limit).await
+            }
+        }
     }
 
     fn live_epoch(&self, _channel: &Channel) -> Option<Arc<str>> {
@@ -705,60 +663,6 @@ impl History for JetStreamHistory {
     }
 }
 
-/// Whether no message of `subject` after `p` can have been removed; see the
-/// module docs. `last`: the subject's last sequence (0: none); `first`: the
-/// stream's first sequence; `limit`: the per-subject limit; `no_holes`:
-/// the stream has no interior deletes.
-async fn retained(
-    stream: &stream::Stream<()>,
-    subject: &str,
-    p: u64,
-    last: u64,
-    first: u64,
-    limit: Option<u64>,
-    no_holes: bool,
-) -> Result<bool, BrokerError> {
-    if last != 0 && p >= last {
-        return Ok(true);
-    }
-    if last != 0 {
-        let oldest = match stream.direct_get_first_for_subject(subject).await {
-            Ok(message) => message.sequence,
-            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => u64::MAX,
-            Err(err) => return Err(unavailable("get first", err)),
-        };
-        // A stored message at or before `p`, or the next one right after
-        // it: nothing of the channel after `p` is missing.
-        if oldest <= p.saturating_add(1) {
-            return Ok(true);
-        }
-    }
-    if first > p.saturating_add(1) {
-        return Ok(false);
-    }
-    // Nothing after `p` left from the front of the stream; per-subject
-    // trimming (or purges) left holes only if the stream has any.
-    let Some(limit) = limit.filter(|l| *l > 0) else {
-        return Ok(true);
-    };
-    if last == 0 || no_holes {
-        return Ok(true);
-    }
-    let mut subjects = stream
-        .info_builder()
-        .subjects(subject)
-        .fetch()
-        .await
-        .map_err(|e| unavailable("stream info", e))?;
-    let mut count = 0u64;
-    while let Some(item) = subjects.next().await {
-        let (name, n) = item.map_err(|e| unavailable("stream info", e))?;
-        if name == subject {
-            count = u64::try_from(n).unwrap_or(u64::MAX);
-        }
-    }
-    Ok(count < limit)
-}
-
+mod read;
 #[cfg(test)]
 mod tests;

@@ -48,10 +48,15 @@ pub fn machine_nats() -> Option<String> {
     }
 }
 
-/// `/usr/sbin/nats-server`, or `nats-server` on the PATH.
+/// `$SSE_CLUSTER_NATS_SERVER` when set, else `/usr/sbin/nats-server`, or
+/// `nats-server` on the PATH.
 fn server_binary() -> Result<PathBuf, String> {
     let mut errors = Vec::new();
-    for candidate in [PathBuf::from(SERVER_PATH), PathBuf::from("nats-server")] {
+    let candidates = match std::env::var_os("SSE_CLUSTER_NATS_SERVER") {
+        Some(path) => vec![PathBuf::from(path)],
+        None => vec![PathBuf::from(SERVER_PATH), PathBuf::from("nats-server")],
+    };
+    for candidate in candidates {
         match server::runs(&candidate) {
             Ok(()) => return Ok(candidate),
             Err(err) => errors.push(err),
