@@ -73,6 +73,12 @@ fn supports(binary: &Path, feature: &str) -> bool {
             "--postgres-prefix",
             "Not Valid",
         ],
+        "kafka" => &[
+            "--broker",
+            "kafka://127.0.0.1:1",
+            "--kafka-topic",
+            "not valid",
+        ],
         other => panic!("unknown broker feature {other}"),
     };
     let out = Command::new(binary)
