@@ -1,0 +1,622 @@
+//! The Kafka backend across two nodes, against the same traffic sent
+//! through rskafka directly (a raw produce → fetch loop) on the same
+//! broker; and the bus bytes each node receives for user-targeted traffic,
+//! on Kafka beside Redis and NATS.
+//!
+//! Needs a Kafka-API broker at `SSE_CLUSTER_KAFKA` (default
+//! `127.0.0.1:9092`; the figures in BENCHMARKS.md: tansu 0.6 with
+//! `memory://` storage started by hand), Redis at 127.0.0.1:6379 and NATS
+//! at 127.0.0.1:4222 (the machine's). Every run uses topics, prefixes and
+//! users of its own. Run with
+//!
+//! ```sh
+//! cargo bench --features kafka,redis,nats --bench kafka
+//! ```
+//!
+//! (`SSE_KAFKA_BENCH_QUICK=1` shortens every phase.) Every loop is bounded
+//! in count and in time.
+//!
+//! Two hubs, `A` and `B`, each with its own `KafkaBroker` (topic of 3
+//! partitions), run in this process on one multi-thread Tokio runtime with
+//! 2 workers. `A` holds one connection on a topic; `B` publishes to it
+//! with `Hub::publish` and holds none.
+//!
+//! * **ours**: `B.publish` → envelope → one produce request of one record
+//!   → the broker → A's fetch task for the key's partition (a long poll) →
+//!   key filter → envelope decode → SSE encode → A's per-connection queue
+//!   → the task reading A's stream, which parses the frame.
+//! * **raw**: an rskafka partition client producing the data itself, one
+//!   record per request, to a topic of one partition; another partition
+//!   client fetching that partition in a loop (the same long poll) in a
+//!   task that parses each record.
+//!
+//! Data: a JSON-ish object of 100 B starting with `{"s":<seq>,"t":<ns>`.
+//!
+//! 1. **Latency at 200 events/s**: an open-loop schedule; after a warm-up,
+//!    3 slices of 2 s per variant, alternating. Latency = just before the
+//!    publish call → the reader has the message.
+//! 2. **Throughput**: 10 000 events published by 64 tasks (each
+//!    sequential), bounded to 10 s; 3 runs per variant, alternating; the
+//!    ratio uses medians.
+//! 3. **Bus bytes per node**: 6 hubs per bus, each holding one connection
+//!    of its own user, and a 7th that publishes 100 events to each user.
+//!    Per node: the bus messages it received (`HubStats::bus_in` on Redis
+//!    and NATS; on Kafka the records its broker read,
+//!    `KafkaStats::received`, of which `bus_in` are its own) and their
+//!    envelope bytes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::ClientBuilder;
+use rskafka::record::Record;
+use sse_cluster::broker::kafka::{KafkaBroker, KafkaConfig};
+use sse_cluster::broker::nats::{NatsBroker, NatsConfig};
+use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
+use sse_cluster::{Broker, Event, Hub, StreamConfig, Subscription, Target};
+use tokio::runtime::Handle;
+
+const DEFAULT_KAFKA: &str = "127.0.0.1:9092";
+const SIZE: usize = 100;
+const RATE: u64 = 200;
+
+#[derive(Clone, Copy)]
+struct Plan {
+    warmup: Duration,
+    slice: Duration,
+    slices: usize,
+    throughput_events: u64,
+    throughput_tasks: usize,
+    runs: usize,
+    per_user: usize,
+}
+
+impl Plan {
+    fn from_env() -> Self {
+        if std::env::var("SSE_KAFKA_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0") {
+            return Plan {
+                warmup: Duration::from_millis(200),
+                slice: Duration::from_millis(500),
+                slices: 1,
+                throughput_events: 2_000,
+                throughput_tasks: 16,
+                runs: 1,
+                per_user: 20,
+            };
+        }
+        Plan {
+            warmup: Duration::from_secs(1),
+            slice: Duration::from_secs(2),
+            slices: 3,
+            throughput_events: 10_000,
+            throughput_tasks: 64,
+            runs: 3,
+            per_user: 100,
+        }
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(Plan::from_env()));
+}
+
+/// Where each reader reports: latencies in µs and a receipt count.
+#[derive(Default)]
+struct Probe {
+    epoch: Mutex<Option<Instant>>,
+    lat_us: Mutex<Vec<u64>>,
+    received: AtomicU64,
+    last_receipt_ns: AtomicU64,
+}
+
+impl Probe {
+    fn start(&self, at: Instant) {
+        *self.epoch.lock().expect("probe") = Some(at);
+        self.lat_us.lock().expect("probe").clear();
+        self.received.store(0, Ordering::SeqCst);
+    }
+
+    fn on_message(&self, bytes: &[u8]) {
+        let Some(epoch) = *self.epoch.lock().expect("probe") else {
+            return;
+        };
+        let Some(sent_ns) = number_after(bytes, b"\"t\":") else {
+            return;
+        };
+        let now = epoch.elapsed().as_nanos() as u64;
+        self.lat_us
+            .lock()
+            .expect("probe")
+            .push(now.saturating_sub(sent_ns) / 1_000);
+        self.received.fetch_add(1, Ordering::SeqCst);
+        self.last_receipt_ns.store(now, Ordering::SeqCst);
+    }
+}
+
+/// The decimal number after the first `key` in `bytes`.
+fn number_after(bytes: &[u8], key: &[u8]) -> Option<u64> {
+    let at = bytes.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&bytes[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// `{"s":seq,"t":ns,"p":"xxx…"}` of `SIZE` bytes.
+fn payload(seq: u64, ns: u64) -> String {
+    let mut s = format!("{{\"s\":{seq},\"t\":{ns},\"p\":\"");
+    while s.len() < SIZE - 2 {
+        s.push('x');
+    }
+    s.push_str("\"}");
+    s
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Ours,
+    Raw,
+}
+
+/// One side's publisher.
+#[derive(Clone)]
+enum Publisher {
+    Ours(Hub),
+    Raw(Arc<PartitionClient>),
+}
+
+impl Publisher {
+    async fn send(&self, seq: u64, epoch: Instant) -> bool {
+        let data = payload(seq, epoch.elapsed().as_nanos() as u64);
+        match self {
+            Publisher::Ours(hub) => hub
+                .publish(Target::topic("bench"), Event::new().data(data))
+                .await
+                .is_ok(),
+            Publisher::Raw(client) => {
+                let record = Record {
+                    key: Some(b"topic:bench".to_vec()),
+                    value: Some(data.into_bytes()),
+                    headers: Default::default(),
+                    timestamp: rskafka::chrono::DateTime::from_timestamp_millis(0)
+                        .unwrap_or_default(),
+                };
+                client
+                    .produce(vec![record], Compression::NoCompression)
+                    .await
+                    .is_ok()
+            }
+        }
+    }
+}
+
+struct Side {
+    publisher: Publisher,
+    probe: Arc<Probe>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+fn kafka_config(addr: &str, topic: &str) -> KafkaConfig {
+    KafkaConfig::new(addr).topic(topic).partitions(3)
+}
+
+async fn build_hub(addr: &str, node: &str, topic: &str) -> Hub {
+    let broker = KafkaBroker::new(kafka_config(addr, topic)).expect("config");
+    let hub = Hub::builder()
+        .node_id(node)
+        .broker(broker)
+        .gap_events(false)
+        .stream_config(
+            StreamConfig::default()
+                .keep_alive(None)
+                .initial_retry(None)
+                .queue_limits(1_000_000, 1 << 30),
+        )
+        .build()
+        .await
+        .expect("hub");
+    assert_eq!(
+        hub.broker_status(),
+        sse_cluster::BrokerStatus::Up,
+        "the hub's KafkaBroker did not come up"
+    );
+    hub
+}
+
+async fn ours(addr: &str, topic: &str) -> Side {
+    let a = build_hub(addr, "a", topic).await;
+    let b = build_hub(addr, "b", topic).await;
+    let probe = Arc::new(Probe::default());
+    let mut stream = a
+        .connect(Subscription::new().topic("bench"))
+        .await
+        .expect("connect")
+        .into_stream();
+    let p = probe.clone();
+    let reader = tokio::spawn(async move {
+        let _a = a;
+        while let Some(frame) = stream.next().await {
+            p.on_message(&frame);
+        }
+    });
+    Side {
+        publisher: Publisher::Ours(b),
+        probe,
+        reader,
+    }
+}
+
+async fn raw(addr: &str, topic: &str) -> Side {
+    let client = ClientBuilder::new(vec![addr.to_owned()])
+        .build()
+        .await
+        .expect("rskafka client");
+    client
+        .controller_client()
+        .expect("controller")
+        .create_topic(topic, 1, 1, 5_000)
+        .await
+        .expect("create the raw topic");
+    let partition = || client.partition_client(topic, 0, UnknownTopicHandling::Retry);
+    let producer = Arc::new(partition().await.expect("producer"));
+    let consumer = partition().await.expect("consumer");
+    let probe = Arc::new(Probe::default());
+    let p = probe.clone();
+    let reader = tokio::spawn(async move {
+        let mut offset = 0;
+        loop {
+            match consumer.fetch_records(offset, 1..1 << 20, 500).await {
+                Ok((records, _)) => {
+                    for record in records {
+                        offset = record.offset + 1;
+                        if let Some(value) = record.record.value {
+                            p.on_message(&value);
+                        }
+                    }
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    });
+    Side {
+        publisher: Publisher::Raw(producer),
+        probe,
+        reader,
+    }
+}
+
+/// Publishes at `RATE`/s for `length` on a pacing thread, one task per
+/// event; returns (sent, failed).
+fn pace(handle: Handle, publisher: Publisher, epoch: Instant, length: Duration) -> (u64, u64) {
+    let failed = Arc::new(AtomicU64::new(0));
+    let interval = Duration::from_nanos(1_000_000_000 / RATE);
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while start.elapsed() < length {
+        let deadline = start + interval * seq as u32;
+        if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let publisher = publisher.clone();
+        let failed = failed.clone();
+        handle.spawn(async move {
+            if !publisher.send(seq, epoch).await {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        seq += 1;
+    }
+    (seq, failed.load(Ordering::Relaxed))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
+async fn latency(sides: &[(Kind, &Side)], plan: Plan) {
+    let mut results: Vec<(Kind, Vec<u64>, u64, u64, u64)> = sides
+        .iter()
+        .map(|(k, _)| (*k, Vec::new(), 0, 0, 0))
+        .collect();
+    for (_, side) in sides {
+        let epoch = Instant::now();
+        side.probe.start(epoch);
+        let (handle, publisher) = (Handle::current(), side.publisher.clone());
+        let warm = plan.warmup;
+        tokio::task::spawn_blocking(move || pace(handle, publisher, epoch, warm))
+            .await
+            .expect("pace");
+    }
+    for slice in 0..plan.slices {
+        for i in 0..sides.len() {
+            // Alternate which variant goes first.
+            let (kind, side) = sides[(i + slice) % sides.len()];
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let epoch = Instant::now();
+            side.probe.start(epoch);
+            let (handle, publisher) = (Handle::current(), side.publisher.clone());
+            let length = plan.slice;
+            let (sent, failed) =
+                tokio::task::spawn_blocking(move || pace(handle, publisher, epoch, length))
+                    .await
+                    .expect("pace");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let lat = std::mem::take(&mut *side.probe.lat_us.lock().expect("probe"));
+            let received = lat.len() as u64;
+            let entry = results.iter_mut().find(|r| r.0 == kind).expect("kind");
+            entry.1.extend(lat);
+            entry.2 += sent;
+            entry.3 += received;
+            entry.4 += failed;
+        }
+    }
+    println!(
+        "\nCross-node latency, {RATE} events/s, {SIZE} B data, {} x {:.1} s per variant",
+        plan.slices,
+        plan.slice.as_secs_f64()
+    );
+    println!(
+        "{:<6} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "", "sent", "recv", "failed", "p50 µs", "p90 µs", "p99 µs", "max µs"
+    );
+    let mut p99 = Vec::new();
+    for (kind, mut lat, sent, received, failed) in results {
+        lat.sort_unstable();
+        println!(
+            "{:<6} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
+            format!("{kind:?}").to_lowercase(),
+            sent,
+            received,
+            failed,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(0)
+        );
+        p99.push(percentile(&lat, 0.99));
+    }
+    if let [ours, raw] = p99[..] {
+        println!(
+            "p99 ours - raw: {:+.3} ms",
+            (ours as f64 - raw as f64) / 1000.0
+        );
+    }
+}
+
+/// Events received per second, `events` published by `tasks` tasks.
+async fn throughput_run(side: &Side, plan: Plan) -> (f64, u64) {
+    let epoch = Instant::now();
+    side.probe.start(epoch);
+    let next = Arc::new(AtomicU64::new(0));
+    let total = plan.throughput_events;
+    let mut tasks = Vec::new();
+    for _ in 0..plan.throughput_tasks {
+        let (next, publisher) = (next.clone(), side.publisher.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= total || epoch.elapsed() > Duration::from_secs(10) {
+                    return failed;
+                }
+                if !publisher.send(seq, epoch).await {
+                    failed += 1;
+                }
+            }
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await.expect("publisher task");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while side.probe.received.load(Ordering::SeqCst) + failed < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let received = side.probe.received.load(Ordering::SeqCst);
+    let secs = side.probe.last_receipt_ns.load(Ordering::SeqCst) as f64 / 1e9;
+    (received as f64 / secs.max(1e-9), total - received)
+}
+
+async fn throughput(sides: &[(Kind, &Side)], plan: Plan) {
+    println!(
+        "\nThroughput, {} events of {SIZE} B by {} tasks, {} runs per variant",
+        plan.throughput_events, plan.throughput_tasks, plan.runs
+    );
+    let mut rates: Vec<(Kind, Vec<f64>)> = sides.iter().map(|(k, _)| (*k, Vec::new())).collect();
+    for run in 0..plan.runs {
+        for i in 0..sides.len() {
+            let (kind, side) = sides[(i + run) % sides.len()];
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (rate, lost) = throughput_run(side, plan).await;
+            println!(
+                "  run {run} {:<5} {rate:>9.0} events/s, {lost} not received",
+                format!("{kind:?}").to_lowercase()
+            );
+            rates
+                .iter_mut()
+                .find(|r| r.0 == kind)
+                .expect("kind")
+                .1
+                .push(rate);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ours = median(&mut rates[0].1);
+    let raw = median(&mut rates[1].1);
+    println!(
+        "median: ours {ours:.0}/s, raw {raw:.0}/s, ours/raw {:.0}%",
+        ours / raw * 100.0
+    );
+}
+
+/// A bus to measure bytes per node on: six hubs with a user each and a
+/// seventh that publishes.
+enum Bus {
+    Kafka(String),
+    Redis,
+    Nats,
+}
+
+/// Per node: (bus messages received, bus messages for the node's own
+/// clients, envelope bytes received).
+async fn bytes_per_node(bus: &Bus, tag: &str, per_user: usize) -> Vec<(u64, u64, u64)> {
+    let mut hubs = Vec::new();
+    let mut kafka = Vec::new();
+    for i in 0..7 {
+        let broker: Arc<dyn Broker> = match bus {
+            Bus::Kafka(addr) => {
+                let broker =
+                    KafkaBroker::new(kafka_config(addr, &format!("{tag}-bytes"))).expect("kafka");
+                kafka.push(broker.clone());
+                broker
+            }
+            Bus::Redis => RedisBroker::new(
+                RedisConfig::new("redis://127.0.0.1:6379").prefix(format!("{tag}:")),
+            )
+            .expect("redis"),
+            Bus::Nats => NatsBroker::new(
+                NatsConfig::new("nats://127.0.0.1:4222").prefix(tag.replace('-', "_")),
+            )
+            .expect("nats"),
+        };
+        let hub = Hub::builder()
+            .node_id(format!("n{i}"))
+            .broker(broker)
+            .stream_config(StreamConfig::default().keep_alive(None))
+            .build()
+            .await
+            .expect("hub");
+        hubs.push(hub);
+    }
+    let mut streams = Vec::new();
+    for (i, hub) in hubs.iter().take(6).enumerate() {
+        let stream = hub
+            .connect(Subscription::new().user(format!("u{i}")))
+            .await
+            .expect("connect")
+            .into_stream();
+        streams.push(stream);
+    }
+    let before: Vec<_> = kafka.iter().map(|b| b.stats()).collect();
+    let hub_before: Vec<_> = hubs.iter().map(Hub::stats).collect();
+    let data = payload(0, 0);
+    let envelope = {
+        let event = Event::new().data(data.clone());
+        sse_cluster::wire::Envelope::from_event(&event)
+            .encode()
+            .expect("envelope")
+            .len() as u64
+    };
+    for round in 0..per_user {
+        for user in 0..6 {
+            let _ = hubs[6]
+                .publish(
+                    Target::user(format!("u{user}")),
+                    Event::new().data(data.clone()),
+                )
+                .await;
+        }
+        if round % 20 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Until every stream has its events (at most 10 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for stream in &mut streams {
+        let mut got = 0;
+        while got < per_user {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, stream.next()).await {
+                Ok(Some(_)) => got += 1,
+                _ => break,
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut out = Vec::new();
+    for (i, hub) in hubs.iter().take(6).enumerate() {
+        let own = hub.stats().bus_in - hub_before[i].bus_in;
+        let (received, bytes) = match kafka.get(i) {
+            Some(broker) => {
+                let now = broker.stats();
+                let n = now.received - before[i].received;
+                // The record value is the envelope; the key is extra.
+                (n, now.received_bytes - before[i].received_bytes)
+            }
+            None => (own, own * envelope),
+        };
+        out.push((received, own, bytes));
+    }
+    for hub in hubs {
+        hub.shutdown().await;
+    }
+    out
+}
+
+async fn bus_bytes(addr: &str, plan: Plan) {
+    let tag = format!("kbb{}", std::process::id());
+    println!(
+        "\nBus traffic per node: 6 nodes with one user each, {} user-targeted events (100 B data) from a 7th",
+        plan.per_user * 6
+    );
+    println!(
+        "{:<7} {:>22} {:>22} {:>16}",
+        "bus", "messages in, per node", "for its own user", "bytes per node"
+    );
+    for (name, bus) in [
+        ("redis", Bus::Redis),
+        ("nats", Bus::Nats),
+        ("kafka", Bus::Kafka(addr.to_owned())),
+    ] {
+        let rows = bytes_per_node(&bus, &format!("{tag}-{name}"), plan.per_user).await;
+        let mean =
+            |f: fn(&(u64, u64, u64)) -> u64| rows.iter().map(f).sum::<u64>() / rows.len() as u64;
+        println!(
+            "{name:<7} {:>22} {:>22} {:>16}",
+            mean(|r| r.0),
+            mean(|r| r.1),
+            mean(|r| r.2)
+        );
+    }
+}
+
+async fn run(plan: Plan) {
+    let addr = std::env::var("SSE_CLUSTER_KAFKA")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| DEFAULT_KAFKA.to_owned());
+    let addr = addr.strip_prefix("kafka://").unwrap_or(&addr).to_owned();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("Kafka-API broker at {addr}; load average before: {load}");
+    let topic = format!("kbench-{}", std::process::id());
+    let ours_side = ours(&addr, &topic).await;
+    let raw_side = raw(&addr, &format!("{topic}-raw")).await;
+    let sides = [(Kind::Ours, &ours_side), (Kind::Raw, &raw_side)];
+    latency(&sides, plan).await;
+    throughput(&sides, plan).await;
+    ours_side.reader.abort();
+    raw_side.reader.abort();
+    bus_bytes(&addr, plan).await;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("\nload average after: {load}");
+}
