@@ -79,9 +79,7 @@ async fn a_record_from_kafka_python_reaches_the_clients_of_its_channel() {
     let (b, _) = kafka_node(fast_config(&server.url(), &topic), "b", false).await;
     let mut on_a = open(&a, "topic=news", None).await;
     let mut on_b = SseClient::connect(b.addr, "/events?topic=news").await;
-    assert_eq!(on_b.next().await.expect("greeting").event, "connected");
     let mut other = SseClient::connect(b.addr, "/events?topic=sport&user=u1").await;
-    assert_eq!(other.next().await.expect("greeting").event, "connected");
     let last_id = last_id_sent(&mut on_a).await;
     drop(on_a);
 
@@ -120,7 +118,10 @@ async fn a_record_from_kafka_python_reaches_the_clients_of_its_channel() {
     assert!(!event.id.is_empty(), "{event:?}");
     back.expect_quiet().await;
     let stats = broker.stats();
-    assert!(stats.foreign == 0 && stats.misplaced == 0, "{stats:?}");
+    assert!(
+        stats.received >= 1 && stats.misplaced == 0,
+        "read, in its key's partition: {stats:?}"
+    );
 }
 
 /// What the one-record-per-produce rule rests on, pinned against the test
@@ -234,7 +235,6 @@ async fn demo_node_processes_over_kafka_with_history() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let mut client = SseClient::connect(two.addr, "/events?topic=t").await;
-    assert_eq!(client.next().await.expect("greeting").event, "connected");
     post_ok(one.addr, "/publish?topic=t&event=k", "first").await;
     let event = client.next().await.expect("first");
     assert_eq!((event.event.as_str(), event.data.as_str()), ("k", "first"));
@@ -332,9 +332,10 @@ enum Fault {
 /// Down then Up (and counts one outage), every stream of the nodes without
 /// history gets the gap event and then events again without reconnecting,
 /// and a client that left during the outage and resumes on another node
-/// gets every event the log kept after the last one it saw, once, in order
-/// (after a kill the log kept only what came after the restart: it gets
-/// the reset event first).
+/// gets every event the log kept after the last one it saw, once, in order.
+/// After a kill, tansu's `memory://` log is gone and the topic is created
+/// anew (a new epoch): the client gets the reset event, then every event
+/// published after it reconnected.
 async fn broker_fault_under_load(test: &str, fault: Fault) {
     let Some(server) = KafkaServer::start(test) else {
         return;
@@ -360,8 +361,7 @@ async fn broker_fault_under_load(test: &str, fault: Fault) {
         ("b topic=t", &b, "topic=t"),
         ("b topic=t, user=v", &b, "topic=t&user=v"),
     ] {
-        let mut client = SseClient::connect(node.addr, &format!("/events?{query}")).await;
-        assert_eq!(client.next().await.expect("greeting").event, "connected");
+        let client = SseClient::connect(node.addr, &format!("/events?{query}")).await;
         gapped.push((who, client));
     }
     let mut resumable = open(&h1, "topic=h", None).await;
@@ -434,6 +434,7 @@ async fn broker_fault_under_load(test: &str, fault: Fault) {
     // Back on another node, resuming.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut back = open(&h2, "topic=h", Some(&last_id)).await;
+    let reconnected = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let published = history_load.await.expect("history publisher");
@@ -484,13 +485,14 @@ async fn broker_fault_under_load(test: &str, fault: Fault) {
     );
     let got: BTreeSet<u64> = got.into_iter().collect();
     // Frozen: every acknowledged event after the last one seen. Killed
-    // (the log lost): every event acknowledged after the restart.
+    // (the log lost, a new topic): the reset event starts the client at
+    // the new log's head, then every event published after it connected.
     let resumed_after = seen.last().copied();
     let missing: Vec<u64> = acked
         .iter()
         .filter(|a| {
             if reset {
-                a.at > restarted
+                a.at > reconnected
             } else {
                 resumed_after.is_none_or(|s| a.seq > s)
             }
