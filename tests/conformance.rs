@@ -582,7 +582,7 @@ mod kafka {
                 .topic(namespace)
                 .partitions(3)
                 .backoff(Duration::from_millis(20), Duration::from_millis(200))
-                .liveness(Duration::from_millis(500), Duration::from_millis(100));
+                .liveness(Duration::from_millis(2000), Duration::from_millis(100));
             config.connect_timeout = Duration::from_millis(500);
             let broker = KafkaBroker::new(config)?;
             let mut parts = NodeParts::new(broker.clone());

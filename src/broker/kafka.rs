@@ -183,18 +183,27 @@ pub struct Fetched {
     pub high_watermark: i64,
 }
 
-/// One connection to the cluster: the partitions' clients and the topic's
-/// epoch.
+/// One connection to the cluster: the partitions' clients (on one
+/// connection, for publishes and queries), each partition's reader (on a
+/// connection of its own, for its long poll) and the topic's epoch.
 pub(crate) struct Session {
     partitions: Vec<Arc<PartitionClient>>,
+    readers: Vec<Arc<PartitionClient>>,
     epoch: Arc<str>,
 }
 
 impl Session {
     fn partition(&self, partition: i32) -> Result<&Arc<PartitionClient>, BrokerError> {
+        Self::pick(&self.partitions, partition)
+    }
+
+    fn pick(
+        clients: &[Arc<PartitionClient>],
+        partition: i32,
+    ) -> Result<&Arc<PartitionClient>, BrokerError> {
         usize::try_from(partition)
             .ok()
-            .and_then(|p| self.partitions.get(p))
+            .and_then(|p| clients.get(p))
             .ok_or_else(|| BrokerError::Config(format!("no partition {partition}")))
     }
 
@@ -246,15 +255,22 @@ impl Shared {
     }
 
     /// Reads `partition` from `offset`, waiting up to `wait` for records
-    /// (see [`KafkaBroker::fetch`]).
+    /// (see [`KafkaBroker::fetch`]), on the partition's reader connection
+    /// (`reader`, the live long poll) or the shared one.
     async fn fetch(
         &self,
         session: &Session,
         partition: i32,
         offset: i64,
         wait: Duration,
+        reader: bool,
     ) -> Result<Fetched, FetchError> {
-        let client = session.partition(partition).map_err(FetchError::Other)?;
+        let clients = if reader {
+            &session.readers
+        } else {
+            &session.partitions
+        };
+        let client = Session::pick(clients, partition).map_err(FetchError::Other)?;
         let wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
         let limit = wait + self.config.request_timeout;
         let max_bytes = self.config.fetch_max_bytes;
@@ -270,6 +286,11 @@ impl Shared {
                 Ok(Err(err)) => return Err(FetchError::Other(failed("fetch", err))),
                 Err(_) => return Err(FetchError::Other(timed_out("fetch"))),
             };
+        if high_watermark < offset {
+            // Past the end: some brokers answer so rather than with
+            // OffsetOutOfRange (the log was truncated or recreated).
+            return Err(FetchError::OutOfRange);
+        }
         let records: Vec<LogRecord> = records
             .into_iter()
             .filter(|r| r.offset >= offset)
@@ -504,7 +525,11 @@ impl KafkaBroker {
         wait: Duration,
     ) -> Result<Fetched, BrokerError> {
         let session = self.shared.connected()?;
-        match self.shared.fetch(&session, partition, offset, wait).await {
+        match self
+            .shared
+            .fetch(&session, partition, offset, wait, false)
+            .await
+        {
             Ok(fetched) => Ok(fetched),
             Err(FetchError::OutOfRange) => Err(BrokerError::Backend {
                 source: format!("kafka offset {offset} is not in partition {partition}").into(),

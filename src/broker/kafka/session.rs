@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
-use rskafka::client::partition::UnknownTopicHandling;
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 use tokio::sync::mpsc;
@@ -17,6 +17,9 @@ use super::{bump, failed, keys, metadata, timed_out, FetchError, Fetched, Sessio
 use crate::broker::backoff::{pause, stopped, Backoff};
 use crate::broker::{BrokerError, BrokerStatus};
 use crate::wire::Position;
+
+/// How often a connected broker checks that its topic is the same one.
+const EPOCH_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the last session stood: the topic's epoch and, per partition,
 /// the next offset to read.
@@ -66,11 +69,27 @@ pub(super) async fn run(shared: Arc<Shared>) {
         backoff.reset();
         tracing::info!(topic = %config.topic, epoch = %session.epoch, "kafka connected");
 
-        let reason = tokio::select! {
-            why = lost.recv() => why.unwrap_or_else(|| "readers ended".into()),
-            _ = stopped(&mut stop) => {
-                readers.abort_all();
-                return;
+        // A topic deleted and created again between two fetches can go
+        // unseen by the readers (rskafka reconnects by itself): its id is
+        // checked every `EPOCH_CHECK`.
+        let mut check = tokio::time::interval(EPOCH_CHECK);
+        check.tick().await;
+        let reason = loop {
+            tokio::select! {
+                why = lost.recv() => break why.unwrap_or_else(|| "readers ended".into()),
+                _ = check.tick() => {
+                    match metadata::epoch(config, session.count()).await {
+                        Ok(epoch) if epoch != session.epoch => {
+                            break format!("the topic was recreated (epoch {epoch})");
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::debug!(error = %err, "kafka epoch check failed"),
+                    }
+                }
+                _ = stopped(&mut stop) => {
+                    readers.abort_all();
+                    return;
+                }
             }
         };
         readers.abort_all();
@@ -96,35 +115,24 @@ async fn connect(
     resume: Option<&Resume>,
 ) -> Result<(Arc<Session>, Vec<i64>), BrokerError> {
     let config = &shared.config;
-    let build = ClientBuilder::new(config.brokers.clone())
-        .client_id("sse-cluster")
-        .backoff_config(BackoffConfig {
-            init_backoff: config.backoff_min.min(config.request_timeout),
-            max_backoff: config.request_timeout,
-            base: 2.0,
-            // rskafka retries a broken connection until this deadline: the
-            // broker's own reconnect loop takes over after it.
-            deadline: Some(config.request_timeout),
-        })
-        .build();
-    let client = match tokio::time::timeout(config.connect_timeout, build).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(err)) => return Err(failed("connect", err)),
-        Err(_) => return Err(timed_out("connect")),
-    };
+    let client = build_client(shared).await?;
     let count = ensure_topic(shared, &client).await?;
     let epoch = metadata::epoch(config, count).await?;
+    // Kafka serves one connection's requests one at a time: each
+    // partition's long poll gets a connection of its own, so that it
+    // holds up neither the others nor the publishes.
     let mut partitions = Vec::new();
+    let mut readers = Vec::new();
     for partition in 0..count {
-        let made =
-            client.partition_client(config.topic.clone(), partition, UnknownTopicHandling::Retry);
-        match tokio::time::timeout(config.request_timeout * 2, made).await {
-            Ok(Ok(client)) => partitions.push(Arc::new(client)),
-            Ok(Err(err)) => return Err(failed("partition client", err)),
-            Err(_) => return Err(timed_out("partition client")),
-        }
+        partitions.push(partition_client(shared, &client, partition).await?);
+        let own = build_client(shared).await?;
+        readers.push(partition_client(shared, &own, partition).await?);
     }
-    let session = Arc::new(Session { partitions, epoch });
+    let session = Arc::new(Session {
+        partitions,
+        readers,
+        epoch,
+    });
     let same_topic =
         resume.filter(|r| r.epoch == session.epoch && r.next.len() == session.partitions.len());
     let mut starts = Vec::new();
@@ -143,6 +151,42 @@ async fn connect(
         starts.push(start);
     }
     Ok((session, starts))
+}
+
+/// A client for the bootstrap brokers (one connection per broker).
+async fn build_client(shared: &Shared) -> Result<Client, BrokerError> {
+    let config = &shared.config;
+    let build = ClientBuilder::new(config.brokers.clone())
+        .client_id("sse-cluster")
+        .backoff_config(BackoffConfig {
+            init_backoff: config.backoff_min.min(config.request_timeout),
+            max_backoff: config.request_timeout,
+            base: 2.0,
+            // rskafka retries a broken connection until this deadline: the
+            // broker's own reconnect loop takes over after it.
+            deadline: Some(config.request_timeout),
+        })
+        .build();
+    match tokio::time::timeout(config.connect_timeout, build).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(err)) => Err(failed("connect", err)),
+        Err(_) => Err(timed_out("connect")),
+    }
+}
+
+async fn partition_client(
+    shared: &Shared,
+    client: &Client,
+    partition: i32,
+) -> Result<Arc<PartitionClient>, BrokerError> {
+    let config = &shared.config;
+    let made =
+        client.partition_client(config.topic.clone(), partition, UnknownTopicHandling::Retry);
+    match tokio::time::timeout(config.request_timeout * 2, made).await {
+        Ok(Ok(client)) => Ok(Arc::new(client)),
+        Ok(Err(err)) => Err(failed("partition client", err)),
+        Err(_) => Err(timed_out("partition client")),
+    }
 }
 
 /// The topic's partition count, creating it first if it is missing.
@@ -217,7 +261,7 @@ async fn read(
             return;
         }
         let from = slot.load(Ordering::Acquire);
-        match shared.fetch(&session, partition, from, wait).await {
+        match shared.fetch(&session, partition, from, wait, true).await {
             Ok(fetched) => {
                 deliver(&shared, &session, partition, &fetched);
                 slot.store(fetched.next, Ordering::Release);
