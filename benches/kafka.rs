@@ -43,10 +43,13 @@
 //!    Per node: the bus messages it received (`HubStats::bus_in` on Redis
 //!    and NATS; on Kafka the records its broker read,
 //!    `KafkaStats::received`, of which `bus_in` are its own) and their
-//!    envelope bytes.
+//!    bytes (on Kafka `KafkaStats::received_bytes`, keys and values; on
+//!    Redis and NATS the messages times the mean record size on Kafka).
+//!
+//! `SSE_KAFKA_BENCH_WAIT_MS` sets the fetch long poll of both variants
+//! (default 500 ms, the broker's default).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -57,20 +60,19 @@ use sse_cluster::broker::kafka::{KafkaBroker, KafkaConfig};
 use sse_cluster::broker::nats::{NatsBroker, NatsConfig};
 use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
 use sse_cluster::{Broker, Event, Hub, StreamConfig, Subscription, Target};
-use tokio::runtime::Handle;
+
+mod paced;
+
+use paced::{payload, Kind, Probe, Publish};
+
+type Side = paced::Side<Publisher>;
 
 const DEFAULT_KAFKA: &str = "127.0.0.1:9092";
-const SIZE: usize = 100;
 const RATE: u64 = 200;
 
 #[derive(Clone, Copy)]
 struct Plan {
-    warmup: Duration,
-    slice: Duration,
-    slices: usize,
-    throughput_events: u64,
-    throughput_tasks: usize,
-    runs: usize,
+    paced: paced::Plan,
     per_user: usize,
 }
 
@@ -78,22 +80,28 @@ impl Plan {
     fn from_env() -> Self {
         if std::env::var("SSE_KAFKA_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0") {
             return Plan {
-                warmup: Duration::from_millis(200),
-                slice: Duration::from_millis(500),
-                slices: 1,
-                throughput_events: 2_000,
-                throughput_tasks: 16,
-                runs: 1,
+                paced: paced::Plan {
+                    rate: RATE,
+                    warmup: Duration::from_millis(200),
+                    slice: Duration::from_millis(500),
+                    slices: 1,
+                    throughput_events: 2_000,
+                    throughput_tasks: 16,
+                    runs: 1,
+                },
                 per_user: 20,
             };
         }
         Plan {
-            warmup: Duration::from_secs(1),
-            slice: Duration::from_secs(2),
-            slices: 3,
-            throughput_events: 10_000,
-            throughput_tasks: 64,
-            runs: 3,
+            paced: paced::Plan {
+                rate: RATE,
+                warmup: Duration::from_secs(1),
+                slice: Duration::from_secs(2),
+                slices: 3,
+                throughput_events: 10_000,
+                throughput_tasks: 64,
+                runs: 3,
+            },
             per_user: 100,
         }
     }
@@ -108,68 +116,6 @@ fn main() {
     runtime.block_on(run(Plan::from_env()));
 }
 
-/// Where each reader reports: latencies in µs and a receipt count.
-#[derive(Default)]
-struct Probe {
-    epoch: Mutex<Option<Instant>>,
-    lat_us: Mutex<Vec<u64>>,
-    received: AtomicU64,
-    last_receipt_ns: AtomicU64,
-}
-
-impl Probe {
-    fn start(&self, at: Instant) {
-        *self.epoch.lock().expect("probe") = Some(at);
-        self.lat_us.lock().expect("probe").clear();
-        self.received.store(0, Ordering::SeqCst);
-    }
-
-    fn on_message(&self, bytes: &[u8]) {
-        let Some(epoch) = *self.epoch.lock().expect("probe") else {
-            return;
-        };
-        let Some(sent_ns) = number_after(bytes, b"\"t\":") else {
-            return;
-        };
-        let now = epoch.elapsed().as_nanos() as u64;
-        self.lat_us
-            .lock()
-            .expect("probe")
-            .push(now.saturating_sub(sent_ns) / 1_000);
-        self.received.fetch_add(1, Ordering::SeqCst);
-        self.last_receipt_ns.store(now, Ordering::SeqCst);
-    }
-}
-
-/// The decimal number after the first `key` in `bytes`.
-fn number_after(bytes: &[u8], key: &[u8]) -> Option<u64> {
-    let at = bytes.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits = bytes[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    std::str::from_utf8(&bytes[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// `{"s":seq,"t":ns,"p":"xxx…"}` of `SIZE` bytes.
-fn payload(seq: u64, ns: u64) -> String {
-    let mut s = format!("{{\"s\":{seq},\"t\":{ns},\"p\":\"");
-    while s.len() < SIZE - 2 {
-        s.push('x');
-    }
-    s.push_str("\"}");
-    s
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Ours,
-    Raw,
-}
-
 /// One side's publisher.
 #[derive(Clone)]
 enum Publisher {
@@ -177,7 +123,7 @@ enum Publisher {
     Raw(Arc<PartitionClient>),
 }
 
-impl Publisher {
+impl Publish for Publisher {
     async fn send(&self, seq: u64, epoch: Instant) -> bool {
         let data = payload(seq, epoch.elapsed().as_nanos() as u64);
         match self {
@@ -202,14 +148,20 @@ impl Publisher {
     }
 }
 
-struct Side {
-    publisher: Publisher,
-    probe: Arc<Probe>,
-    reader: tokio::task::JoinHandle<()>,
+/// The fetch long poll of both variants: `SSE_KAFKA_BENCH_WAIT_MS`, else
+/// the broker's default (500 ms).
+fn fetch_wait() -> Duration {
+    std::env::var("SSE_KAFKA_BENCH_WAIT_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_millis(500), Duration::from_millis)
 }
 
 fn kafka_config(addr: &str, topic: &str) -> KafkaConfig {
-    KafkaConfig::new(addr).topic(topic).partitions(3)
+    KafkaConfig::new(addr)
+        .topic(topic)
+        .partitions(3)
+        .liveness(Duration::from_secs(2), fetch_wait())
 }
 
 async fn build_hub(addr: &str, node: &str, topic: &str) -> Hub {
@@ -255,6 +207,7 @@ async fn ours(addr: &str, topic: &str) -> Side {
         publisher: Publisher::Ours(b),
         probe,
         reader,
+        keep: None,
     }
 }
 
@@ -274,10 +227,11 @@ async fn raw(addr: &str, topic: &str) -> Side {
     let consumer = partition().await.expect("consumer");
     let probe = Arc::new(Probe::default());
     let p = probe.clone();
+    let wait = i32::try_from(fetch_wait().as_millis()).unwrap_or(500);
     let reader = tokio::spawn(async move {
         let mut offset = 0;
         loop {
-            match consumer.fetch_records(offset, 1..1 << 20, 500).await {
+            match consumer.fetch_records(offset, 1..1 << 20, wait).await {
                 Ok((records, _)) => {
                     for record in records {
                         offset = record.offset + 1;
@@ -294,179 +248,8 @@ async fn raw(addr: &str, topic: &str) -> Side {
         publisher: Publisher::Raw(producer),
         probe,
         reader,
+        keep: None,
     }
-}
-
-/// Publishes at `RATE`/s for `length` on a pacing thread, one task per
-/// event; returns (sent, failed).
-fn pace(handle: Handle, publisher: Publisher, epoch: Instant, length: Duration) -> (u64, u64) {
-    let failed = Arc::new(AtomicU64::new(0));
-    let interval = Duration::from_nanos(1_000_000_000 / RATE);
-    let start = Instant::now();
-    let mut seq = 0u64;
-    while start.elapsed() < length {
-        let deadline = start + interval * seq as u32;
-        if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let publisher = publisher.clone();
-        let failed = failed.clone();
-        handle.spawn(async move {
-            if !publisher.send(seq, epoch).await {
-                failed.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        seq += 1;
-    }
-    (seq, failed.load(Ordering::Relaxed))
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[at.min(sorted.len() - 1)]
-}
-
-async fn latency(sides: &[(Kind, &Side)], plan: Plan) {
-    let mut results: Vec<(Kind, Vec<u64>, u64, u64, u64)> = sides
-        .iter()
-        .map(|(k, _)| (*k, Vec::new(), 0, 0, 0))
-        .collect();
-    for (_, side) in sides {
-        let epoch = Instant::now();
-        side.probe.start(epoch);
-        let (handle, publisher) = (Handle::current(), side.publisher.clone());
-        let warm = plan.warmup;
-        tokio::task::spawn_blocking(move || pace(handle, publisher, epoch, warm))
-            .await
-            .expect("pace");
-    }
-    for slice in 0..plan.slices {
-        for i in 0..sides.len() {
-            // Alternate which variant goes first.
-            let (kind, side) = sides[(i + slice) % sides.len()];
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let epoch = Instant::now();
-            side.probe.start(epoch);
-            let (handle, publisher) = (Handle::current(), side.publisher.clone());
-            let length = plan.slice;
-            let (sent, failed) =
-                tokio::task::spawn_blocking(move || pace(handle, publisher, epoch, length))
-                    .await
-                    .expect("pace");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let lat = std::mem::take(&mut *side.probe.lat_us.lock().expect("probe"));
-            let received = lat.len() as u64;
-            let entry = results.iter_mut().find(|r| r.0 == kind).expect("kind");
-            entry.1.extend(lat);
-            entry.2 += sent;
-            entry.3 += received;
-            entry.4 += failed;
-        }
-    }
-    println!(
-        "\nCross-node latency, {RATE} events/s, {SIZE} B data, {} x {:.1} s per variant",
-        plan.slices,
-        plan.slice.as_secs_f64()
-    );
-    println!(
-        "{:<6} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
-        "", "sent", "recv", "failed", "p50 µs", "p90 µs", "p99 µs", "max µs"
-    );
-    let mut p99 = Vec::new();
-    for (kind, mut lat, sent, received, failed) in results {
-        lat.sort_unstable();
-        println!(
-            "{:<6} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
-            format!("{kind:?}").to_lowercase(),
-            sent,
-            received,
-            failed,
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.9),
-            percentile(&lat, 0.99),
-            lat.last().copied().unwrap_or(0)
-        );
-        p99.push(percentile(&lat, 0.99));
-    }
-    if let [ours, raw] = p99[..] {
-        println!(
-            "p99 ours - raw: {:+.3} ms",
-            (ours as f64 - raw as f64) / 1000.0
-        );
-    }
-}
-
-/// Events received per second, `events` published by `tasks` tasks.
-async fn throughput_run(side: &Side, plan: Plan) -> (f64, u64) {
-    let epoch = Instant::now();
-    side.probe.start(epoch);
-    let next = Arc::new(AtomicU64::new(0));
-    let total = plan.throughput_events;
-    let mut tasks = Vec::new();
-    for _ in 0..plan.throughput_tasks {
-        let (next, publisher) = (next.clone(), side.publisher.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut failed = 0;
-            loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= total || epoch.elapsed() > Duration::from_secs(10) {
-                    return failed;
-                }
-                if !publisher.send(seq, epoch).await {
-                    failed += 1;
-                }
-            }
-        }));
-    }
-    let mut failed = 0;
-    for task in tasks {
-        failed += task.await.expect("publisher task");
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while side.probe.received.load(Ordering::SeqCst) + failed < total && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let received = side.probe.received.load(Ordering::SeqCst);
-    let secs = side.probe.last_receipt_ns.load(Ordering::SeqCst) as f64 / 1e9;
-    (received as f64 / secs.max(1e-9), total - received)
-}
-
-async fn throughput(sides: &[(Kind, &Side)], plan: Plan) {
-    println!(
-        "\nThroughput, {} events of {SIZE} B by {} tasks, {} runs per variant",
-        plan.throughput_events, plan.throughput_tasks, plan.runs
-    );
-    let mut rates: Vec<(Kind, Vec<f64>)> = sides.iter().map(|(k, _)| (*k, Vec::new())).collect();
-    for run in 0..plan.runs {
-        for i in 0..sides.len() {
-            let (kind, side) = sides[(i + run) % sides.len()];
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let (rate, lost) = throughput_run(side, plan).await;
-            println!(
-                "  run {run} {:<5} {rate:>9.0} events/s, {lost} not received",
-                format!("{kind:?}").to_lowercase()
-            );
-            rates
-                .iter_mut()
-                .find(|r| r.0 == kind)
-                .expect("kind")
-                .1
-                .push(rate);
-        }
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let ours = median(&mut rates[0].1);
-    let raw = median(&mut rates[1].1);
-    println!(
-        "median: ours {ours:.0}/s, raw {raw:.0}/s, ours/raw {:.0}%",
-        ours / raw * 100.0
-    );
 }
 
 /// A bus to measure bytes per node on: six hubs with a user each and a
@@ -479,7 +262,15 @@ enum Bus {
 
 /// Per node: (bus messages received, bus messages for the node's own
 /// clients, envelope bytes received).
-async fn bytes_per_node(bus: &Bus, tag: &str, per_user: usize) -> Vec<(u64, u64, u64)> {
+/// `envelope`: the bytes of one bus message where the bus does not count
+/// them (Redis, NATS): the mean record size read on Kafka, the same
+/// publishes' envelopes.
+async fn bytes_per_node(
+    bus: &Bus,
+    tag: &str,
+    per_user: usize,
+    envelope: u64,
+) -> Vec<(u64, u64, u64)> {
     let mut hubs = Vec::new();
     let mut kafka = Vec::new();
     for i in 0..7 {
@@ -520,13 +311,6 @@ async fn bytes_per_node(bus: &Bus, tag: &str, per_user: usize) -> Vec<(u64, u64,
     let before: Vec<_> = kafka.iter().map(|b| b.stats()).collect();
     let hub_before: Vec<_> = hubs.iter().map(Hub::stats).collect();
     let data = payload(0, 0);
-    let envelope = {
-        let event = Event::new().data(data.clone());
-        sse_cluster::wire::Envelope::from_event(&event)
-            .encode()
-            .expect("envelope")
-            .len() as u64
-    };
     for round in 0..per_user {
         for user in 0..6 {
             let _ = hubs[6]
@@ -583,12 +367,18 @@ async fn bus_bytes(addr: &str, plan: Plan) {
         "{:<7} {:>22} {:>22} {:>16}",
         "bus", "messages in, per node", "for its own user", "bytes per node"
     );
+    println!("(Redis, NATS: messages × the mean record size read on Kafka, key included)");
+    let mut envelope = 0;
     for (name, bus) in [
+        ("kafka", Bus::Kafka(addr.to_owned())),
         ("redis", Bus::Redis),
         ("nats", Bus::Nats),
-        ("kafka", Bus::Kafka(addr.to_owned())),
     ] {
-        let rows = bytes_per_node(&bus, &format!("{tag}-{name}"), plan.per_user).await;
+        let rows = bytes_per_node(&bus, &format!("{tag}-{name}"), plan.per_user, envelope).await;
+        if envelope == 0 {
+            let (n, bytes) = rows.iter().fold((0, 0), |(n, b), r| (n + r.0, b + r.2));
+            envelope = bytes / n.max(1);
+        }
         let mean =
             |f: fn(&(u64, u64, u64)) -> u64| rows.iter().map(f).sum::<u64>() / rows.len() as u64;
         println!(
@@ -612,8 +402,8 @@ async fn run(plan: Plan) {
     let ours_side = ours(&addr, &topic).await;
     let raw_side = raw(&addr, &format!("{topic}-raw")).await;
     let sides = [(Kind::Ours, &ours_side), (Kind::Raw, &raw_side)];
-    latency(&sides, plan).await;
-    throughput(&sides, plan).await;
+    paced::latency(&sides, plan.paced).await;
+    paced::throughput(&sides, plan.paced).await;
     ours_side.reader.abort();
     raw_side.reader.abort();
     bus_bytes(&addr, plan).await;

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::StatusCode;
 use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
 use rskafka::client::ClientBuilder;
 use rskafka::record::Record;
@@ -24,12 +23,12 @@ use sse_cluster::broker::Channel;
 use sse_cluster::history::kafka::KafkaHistory;
 use sse_cluster::history::Retention;
 use sse_cluster::stream::GAP_EVENT;
-use sse_cluster::{BrokerStatus, Event, Hub, PublishError, StreamConfig, Target};
-use support::bus::{post_ok, wait_until};
+use sse_cluster::{BrokerStatus, Event, Hub, StreamConfig, Target};
+use support::bus::{publish_steadily, read_resumed, wait_until};
 use support::kafka_server::{kafka_python, python_produce, unique_topic, KafkaServer};
-use support::process::{node_binary, NodeProcess};
+use support::process::{node_binary, resume_across_demo_nodes, NodeProcess};
 use support::resume::{last_id_sent, open, RESET};
-use support::{get, Node, SseClient, QUIET};
+use support::{Node, SseClient, QUIET};
 use tokio::time::Instant;
 
 /// Quick failure detection and reconnects, for the fault tests.
@@ -230,71 +229,7 @@ async fn demo_node_processes_over_kafka_with_history() {
     };
     let one = start("proc-1");
     let two = start("proc-2");
-    for node in [&one, &two] {
-        let (status, body) = get(node.addr, "/healthz").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
-    let mut client = SseClient::connect(two.addr, "/events?topic=t").await;
-    post_ok(one.addr, "/publish?topic=t&event=k", "first").await;
-    let event = client.next().await.expect("first");
-    assert_eq!((event.event.as_str(), event.data.as_str()), ("k", "first"));
-    let last_id = event.id.clone();
-    drop(client);
-    post_ok(one.addr, "/publish?topic=t", "missed 1").await;
-    post_ok(one.addr, "/publish?topic=t", "missed 2").await;
-    let path = "/events?topic=t";
-    let mut back = SseClient::open(one.addr, path, &[("last-event-id", last_id.as_str())]).await;
-    assert_eq!(back.status, StatusCode::OK);
-    assert_eq!(back.next().await.expect("greeting").event, "connected");
-    for want in ["missed 1", "missed 2"] {
-        assert_eq!(back.next().await.expect(want).data, want);
-    }
-    post_ok(two.addr, "/publish?topic=t", "live").await;
-    assert_eq!(back.next().await.expect("live").data, "live");
-    back.expect_quiet().await;
-}
-
-/// One publish of [`publish_steadily`].
-#[derive(Debug, Clone, Copy)]
-struct Attempt {
-    seq: u64,
-    at: Instant,
-    ok: bool,
-}
-
-/// Publishes `0`, `1`, `2`… to `topic` through `hub`, one every 10 ms
-/// (100 events/s) until `stop` (at most 3000), recording each attempt.
-fn publish_steadily(
-    hub: Hub,
-    topic: &'static str,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<Attempt>> {
-    tokio::spawn(async move {
-        let mut log = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        for seq in 0..3000u64 {
-            tick.tick().await;
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let at = Instant::now();
-            let result = hub
-                .publish(Target::topic(topic), Event::new().data(seq.to_string()))
-                .await;
-            if let Err(err) = &result {
-                assert!(
-                    matches!(err, PublishError::Broker(_)) && err.is_transient(),
-                    "unexpected publish error: {err:?}"
-                );
-            }
-            log.push(Attempt {
-                seq,
-                at,
-                ok: result.is_ok(),
-            });
-        }
-        log
-    })
+    resume_across_demo_nodes(&one, &two).await;
 }
 
 /// Reads `client` in the background until the gap event and then one
@@ -440,10 +375,10 @@ async fn broker_fault_under_load(test: &str, fault: Fault) {
     let published = history_load.await.expect("history publisher");
     let bus_published = bus_load.await.expect("bus publisher");
     user_load.await.expect("user publisher");
-    let acked: Vec<Attempt> = published.iter().copied().filter(|a| a.ok).collect();
+    let acked: Vec<_> = published.iter().copied().filter(|a| a.ok).collect();
     let newest = acked.last().expect("acknowledged publishes").seq;
     assert!(
-        acked.iter().any(|a| a.at > restarted),
+        acked.iter().any(|a| a.started > restarted),
         "nothing was acknowledged after the recovery: {published:?}"
     );
     assert!(
@@ -451,33 +386,7 @@ async fn broker_fault_under_load(test: &str, fault: Fault) {
         "the outage refused no publish: was the broker really down?"
     );
 
-    let mut reset = false;
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while got.last() != Some(&newest) {
-        assert!(
-            Instant::now() < deadline,
-            "stalled at {:?}, newest {newest}",
-            got.last()
-        );
-        let Some(event) = back.next_within(Duration::from_secs(2)).await else {
-            panic!(
-                "stream stalled after {:?}, newest acknowledged {newest}",
-                got.last()
-            );
-        };
-        if event.event == RESET {
-            assert!(got.is_empty(), "a reset after events: {event:?}");
-            reset = true;
-            continue;
-        }
-        got.push(event.data.parse::<u64>().expect("a sequence number"));
-    }
-    back.expect_quiet().await;
-    assert!(
-        got.windows(2).all(|w| w[0] < w[1]),
-        "duplicates or disorder: {got:?}"
-    );
+    let (reset, got) = read_resumed(&mut back, newest, RESET).await;
     assert_eq!(
         reset,
         fault == Fault::KillAndRestart,
@@ -492,7 +401,7 @@ async fn broker_fault_under_load(test: &str, fault: Fault) {
         .iter()
         .filter(|a| {
             if reset {
-                a.at > reconnected
+                a.started > reconnected
             } else {
                 resumed_after.is_none_or(|s| a.seq > s)
             }

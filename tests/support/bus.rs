@@ -118,3 +118,77 @@ pub fn spawn_publisher(
         log
     })
 }
+
+/// Publishes `0`, `1`, `2`… to `topic` through `hub`, one every 10 ms
+/// (100 events/s) until `stop` (at most 3000), recording each attempt;
+/// every failure must be a transient bus error.
+pub fn publish_steadily(
+    hub: Hub,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Vec<Attempt>> {
+    tokio::spawn(async move {
+        let mut log = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        for seq in 0..3000u64 {
+            tick.tick().await;
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let started = Instant::now();
+            let result = hub
+                .publish(Target::topic(topic), Event::new().data(seq.to_string()))
+                .await;
+            if let Err(err) = &result {
+                assert!(
+                    matches!(err, PublishError::Broker(_)) && err.is_transient(),
+                    "unexpected publish error: {err:?}"
+                );
+            }
+            log.push(Attempt {
+                seq,
+                started,
+                ok: result.is_ok(),
+            });
+        }
+        log
+    })
+}
+
+/// Reads a client that resumed after an outage until the event `newest`
+/// (each event's data is a sequence number): whether the reset event came
+/// first, and the numbers received, checked to arrive once and in order.
+pub async fn read_resumed(
+    back: &mut SseClient,
+    newest: u64,
+    reset_event: &str,
+) -> (bool, Vec<u64>) {
+    let mut reset = false;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.last() != Some(&newest) {
+        assert!(
+            Instant::now() < deadline,
+            "stalled at {:?}, newest {newest}",
+            got.last()
+        );
+        let Some(event) = back.next_within(Duration::from_secs(2)).await else {
+            panic!(
+                "stream stalled after {:?}, newest acknowledged {newest}",
+                got.last()
+            );
+        };
+        if event.event == reset_event {
+            assert!(got.is_empty(), "a reset after events: {event:?}");
+            reset = true;
+            continue;
+        }
+        got.push(event.data.parse::<u64>().expect("a sequence number"));
+    }
+    back.expect_quiet().await;
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "duplicates or disorder: {got:?}"
+    );
+    (reset, got)
+}

@@ -137,43 +137,27 @@ pub fn kafka_python(test: &str) -> Option<PathBuf> {
 fn pip_install(py: &Path) -> Result<(), String> {
     let deps = py.join(".deps");
     let installed = || deps.join("kafka").join("__init__.py").is_file();
-    let lock = py.join(".pip.lock");
-    let started = std::time::Instant::now();
-    loop {
-        if installed() {
-            return Ok(());
+    super::server::install_once(&py.join(".pip.lock"), installed, || {
+        match Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&deps)
+            .arg("-r")
+            .arg(py.join("requirements.txt"))
+            .stdin(Stdio::null())
+            .status()
+        {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("pip install kafka-python: {status}")),
+            Err(err) => Err(format!("cannot run python3 -m pip: {err}")),
         }
-        match std::fs::create_dir(&lock) {
-            Ok(()) => break,
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                if started.elapsed() > Duration::from_secs(120) {
-                    let _ = std::fs::remove_dir(&lock);
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(err) => return Err(format!("lock {}: {err}", lock.display())),
-        }
-    }
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg("--target")
-        .arg(&deps)
-        .arg("-r")
-        .arg(py.join("requirements.txt"))
-        .stdin(Stdio::null())
-        .status();
-    let _ = std::fs::remove_dir(&lock);
-    match status {
-        Ok(status) if status.success() && installed() => Ok(()),
-        Ok(status) => Err(format!("pip install kafka-python: {status}")),
-        Err(err) => Err(format!("cannot run python3 -m pip: {err}")),
-    }
+    })
 }
 
 /// Produces one record with kafka-python (its default partitioner) and
