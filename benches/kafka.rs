@@ -168,7 +168,7 @@ async fn build_hub(addr: &str, node: &str, topic: &str) -> Hub {
     let broker = KafkaBroker::new(kafka_config(addr, topic)).expect("config");
     let hub = Hub::builder()
         .node_id(node)
-        .broker(broker)
+        .broker(broker.clone())
         .gap_events(false)
         .stream_config(
             StreamConfig::default()
@@ -184,8 +184,16 @@ async fn build_hub(addr: &str, node: &str, topic: &str) -> Hub {
         sse_cluster::BrokerStatus::Up,
         "the hub's KafkaBroker did not come up"
     );
+    BROKERS
+        .lock()
+        .expect("brokers")
+        .push((node.to_owned(), broker));
     hub
 }
+
+/// The brokers of the latency and throughput hubs, for their counters.
+static BROKERS: std::sync::Mutex<Vec<(String, Arc<KafkaBroker>)>> =
+    std::sync::Mutex::new(Vec::new());
 
 async fn ours(addr: &str, topic: &str) -> Side {
     let a = build_hub(addr, "a", topic).await;
@@ -404,6 +412,9 @@ async fn run(plan: Plan) {
     let sides = [(Kind::Ours, &ours_side), (Kind::Raw, &raw_side)];
     paced::latency(&sides, plan.paced).await;
     paced::throughput(&sides, plan.paced).await;
+    for (node, broker) in BROKERS.lock().expect("brokers").iter() {
+        println!("broker of hub {node}: {:?}", broker.stats());
+    }
     ours_side.reader.abort();
     raw_side.reader.abort();
     bus_bytes(&addr, plan).await;
