@@ -44,7 +44,7 @@
 //!    64 concurrent publishers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -52,7 +52,6 @@ use sse_cluster::broker::postgres::{PostgresBroker, PostgresConfig};
 use sse_cluster::history::postgres::PostgresHistory;
 use sse_cluster::history::Retention;
 use sse_cluster::{Event, Hub, StreamConfig, Subscription, Target};
-use tokio::runtime::Handle;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 mod paced;

@@ -18,17 +18,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::StatusCode;
 use sse_cluster::broker::postgres::{PostgresBroker, PostgresConfig};
 use sse_cluster::history::postgres::PostgresHistory;
 use sse_cluster::history::Retention;
 use sse_cluster::stream::GAP_EVENT;
-use sse_cluster::{BrokerStatus, Event, Hub, PublishError, StreamConfig, Target};
+use sse_cluster::{BrokerStatus, Hub, StreamConfig};
 use support::bus::{post_ok, publish_steadily, read_resumed, spawn_reader, wait_until};
 use support::postgres_server::{drop_tables, psql, shared_postgres, unique_prefix, PostgresServer};
 use support::process::{node_binary, resume_across_demo_nodes, NodeProcess};
 use support::resume::{self, last_id_sent, open, RESET};
-use support::{get, Node, SseClient, QUIET};
+use support::{Node, SseClient, QUIET};
 use tokio::time::Instant;
 
 /// Quick failure detection and reconnects, for the fault test.
