@@ -27,7 +27,9 @@ pub struct KafkaConfig {
     pub connect_timeout: Duration,
     /// How long a fetch waits on the broker for new records (the long
     /// poll). A fetch without an answer within this plus `request_timeout`
-    /// means a dead connection. Default: 500 ms.
+    /// means a dead connection. Kafka answers a fetch as soon as a record
+    /// is there; a broker that answers only when the wait ends (tansu 0.6)
+    /// delays live events by up to this. Default: 500 ms.
     pub fetch_wait: Duration,
     /// Most bytes one fetch asks for. Default: 1 MiB (a record larger
     /// than this is still returned whole by Kafka).
