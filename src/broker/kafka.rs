@@ -62,7 +62,12 @@
 //! offsets it had reached if the topic is the same one (the same
 //! [`KafkaBroker::epoch`]); if the topic was recreated, from its end. Then
 //! it reports Up and the hub sends every stream the gap event (or, with
-//! history, replays). While it is Down, [`Broker::publish`] fails at once
+//! history, replays). A read past a partition's end, or a topic id that
+//! changed (checked every 5 s, on a short connection of its own: rskafka
+//! reconnects by itself, so a topic recreated meanwhile could otherwise go
+//! unseen), counts as a loss of the connection too. Each partition is read
+//! on a connection of its own: Kafka serves one connection's requests one
+//! at a time, so a long poll would hold up publishes and other partitions. While it is Down, [`Broker::publish`] fails at once
 //! with the transient [`BrokerError::Unavailable`] (no buffering).
 //!
 //! # Client
