@@ -80,28 +80,12 @@ impl Plan {
     fn from_env() -> Self {
         if std::env::var("SSE_KAFKA_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0") {
             return Plan {
-                paced: paced::Plan {
-                    rate: RATE,
-                    warmup: Duration::from_millis(200),
-                    slice: Duration::from_millis(500),
-                    slices: 1,
-                    throughput_events: 2_000,
-                    throughput_tasks: 16,
-                    runs: 1,
-                },
+                paced: paced::Plan::quick(RATE, 2_000, 16),
                 per_user: 20,
             };
         }
         Plan {
-            paced: paced::Plan {
-                rate: RATE,
-                warmup: Duration::from_secs(1),
-                slice: Duration::from_secs(2),
-                slices: 3,
-                throughput_events: 10_000,
-                throughput_tasks: 64,
-                runs: 3,
-            },
+            paced: paced::Plan::full(RATE, 10_000),
             per_user: 100,
         }
     }

@@ -45,7 +45,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use sse_cluster::broker::postgres::{PostgresBroker, PostgresConfig};
@@ -71,28 +71,12 @@ impl Plan {
     fn from_env() -> Self {
         if std::env::var("SSE_PG_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0") {
             return Plan {
-                paced: paced::Plan {
-                    rate: RATE,
-                    warmup: Duration::from_millis(200),
-                    slice: Duration::from_millis(500),
-                    slices: 1,
-                    throughput_events: 5_000,
-                    throughput_tasks: 64,
-                    runs: 1,
-                },
+                paced: paced::Plan::quick(RATE, 5_000, 64),
                 appends: 200,
             };
         }
         Plan {
-            paced: paced::Plan {
-                rate: RATE,
-                warmup: Duration::from_secs(1),
-                slice: Duration::from_secs(2),
-                slices: 3,
-                throughput_events: 40_000,
-                throughput_tasks: 64,
-                runs: 3,
-            },
+            paced: paced::Plan::full(RATE, 40_000),
             appends: 2_000,
         }
     }

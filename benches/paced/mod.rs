@@ -28,6 +28,35 @@ pub struct Plan {
     pub runs: usize,
 }
 
+impl Plan {
+    /// The full run: 1 s of warm-up, 3 latency slices of 2 s, `events`
+    /// by 64 tasks 3 times.
+    pub fn full(rate: u64, events: u64) -> Self {
+        Plan {
+            rate,
+            warmup: Duration::from_secs(1),
+            slice: Duration::from_secs(2),
+            slices: 3,
+            throughput_events: events,
+            throughput_tasks: 64,
+            runs: 3,
+        }
+    }
+
+    /// A short run: one latency slice of 0.5 s, `events` by `tasks` once.
+    pub fn quick(rate: u64, events: u64, tasks: usize) -> Self {
+        Plan {
+            rate,
+            warmup: Duration::from_millis(200),
+            slice: Duration::from_millis(500),
+            slices: 1,
+            throughput_events: events,
+            throughput_tasks: tasks,
+            runs: 1,
+        }
+    }
+}
+
 /// Sends one event: `seq` and the time since `epoch` in its data.
 pub trait Publish: Clone + Send + Sync + 'static {
     fn send(&self, seq: u64, epoch: Instant) -> impl Future<Output = bool> + Send;

@@ -92,9 +92,43 @@ pub fn spawn_publisher(
     topic: &'static str,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<Vec<Attempt>> {
+    publish_loop(
+        hub,
+        topic,
+        stop,
+        4000,
+        Pace::After(Duration::from_millis(3)),
+    )
+}
+
+/// How [`publish_loop`] spaces its publishes.
+enum Pace {
+    /// A pause after each publish.
+    After(Duration),
+    /// One publish per tick of this period (100 per second for 10 ms).
+    Every(Duration),
+}
+
+/// Publishes `0`, `1`, `2`… to `topic` through `hub` until `stop` (at
+/// most `max`), recording each attempt; every failure must be a transient
+/// bus error.
+fn publish_loop(
+    hub: Hub,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+    max: u64,
+    pace: Pace,
+) -> JoinHandle<Vec<Attempt>> {
     tokio::spawn(async move {
         let mut log = Vec::new();
-        for seq in 0..4000u64 {
+        let mut tick = match pace {
+            Pace::Every(period) => Some(tokio::time::interval(period)),
+            Pace::After(_) => None,
+        };
+        for seq in 0..max {
+            if let Some(tick) = &mut tick {
+                tick.tick().await;
+            }
             if stop.load(Ordering::SeqCst) {
                 break;
             }
@@ -113,7 +147,9 @@ pub fn spawn_publisher(
                 started,
                 ok: result.is_ok(),
             });
-            tokio::time::sleep(Duration::from_millis(3)).await;
+            if let Pace::After(pause) = pace {
+                tokio::time::sleep(pause).await;
+            }
         }
         log
     })
@@ -127,32 +163,13 @@ pub fn publish_steadily(
     topic: &'static str,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<Vec<Attempt>> {
-    tokio::spawn(async move {
-        let mut log = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        for seq in 0..3000u64 {
-            tick.tick().await;
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let started = Instant::now();
-            let result = hub
-                .publish(Target::topic(topic), Event::new().data(seq.to_string()))
-                .await;
-            if let Err(err) = &result {
-                assert!(
-                    matches!(err, PublishError::Broker(_)) && err.is_transient(),
-                    "unexpected publish error: {err:?}"
-                );
-            }
-            log.push(Attempt {
-                seq,
-                started,
-                ok: result.is_ok(),
-            });
-        }
-        log
-    })
+    publish_loop(
+        hub,
+        topic,
+        stop,
+        3000,
+        Pace::Every(Duration::from_millis(10)),
+    )
 }
 
 /// Reads a client that resumed after an outage until the event `newest`
