@@ -44,29 +44,26 @@
 //!    64 concurrent publishers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use sse_cluster::broker::postgres::{PostgresBroker, PostgresConfig};
 use sse_cluster::history::postgres::PostgresHistory;
 use sse_cluster::history::Retention;
 use sse_cluster::{Event, Hub, StreamConfig, Subscription, Target};
-use tokio::runtime::Handle;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
+mod paced;
+
+use paced::{payload, percentile, Kind, Probe, Publish};
+
 const DEFAULT_URL: &str = "postgres://root@127.0.0.1:5432/test";
-const SIZE: usize = 100;
 const RATE: u64 = 1_000;
 
 #[derive(Clone, Copy)]
 struct Plan {
-    warmup: Duration,
-    slice: Duration,
-    slices: usize,
-    throughput_events: u64,
-    throughput_tasks: usize,
-    runs: usize,
+    paced: paced::Plan,
     appends: usize,
 }
 
@@ -74,22 +71,12 @@ impl Plan {
     fn from_env() -> Self {
         if std::env::var("SSE_PG_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0") {
             return Plan {
-                warmup: Duration::from_millis(200),
-                slice: Duration::from_millis(500),
-                slices: 1,
-                throughput_events: 5_000,
-                throughput_tasks: 64,
-                runs: 1,
+                paced: paced::Plan::quick(RATE, 5_000, 64),
                 appends: 200,
             };
         }
         Plan {
-            warmup: Duration::from_secs(1),
-            slice: Duration::from_secs(2),
-            slices: 3,
-            throughput_events: 40_000,
-            throughput_tasks: 64,
-            runs: 3,
+            paced: paced::Plan::full(RATE, 40_000),
             appends: 2_000,
         }
     }
@@ -104,68 +91,6 @@ fn main() {
     runtime.block_on(run(Plan::from_env()));
 }
 
-/// Where each reader reports: latencies in µs and a receipt count.
-#[derive(Default)]
-struct Probe {
-    epoch: Mutex<Option<Instant>>,
-    lat_us: Mutex<Vec<u64>>,
-    received: AtomicU64,
-    last_receipt_ns: AtomicU64,
-}
-
-impl Probe {
-    fn start(&self, at: Instant) {
-        *self.epoch.lock().expect("probe") = Some(at);
-        self.lat_us.lock().expect("probe").clear();
-        self.received.store(0, Ordering::SeqCst);
-    }
-
-    fn on_message(&self, bytes: &[u8]) {
-        let Some(epoch) = *self.epoch.lock().expect("probe") else {
-            return;
-        };
-        let Some(sent_ns) = number_after(bytes, b"\"t\":") else {
-            return;
-        };
-        let now = epoch.elapsed().as_nanos() as u64;
-        self.lat_us
-            .lock()
-            .expect("probe")
-            .push(now.saturating_sub(sent_ns) / 1_000);
-        self.received.fetch_add(1, Ordering::SeqCst);
-        self.last_receipt_ns.store(now, Ordering::SeqCst);
-    }
-}
-
-/// The decimal number after the first `key` in `bytes`.
-fn number_after(bytes: &[u8], key: &[u8]) -> Option<u64> {
-    let at = bytes.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits = bytes[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    std::str::from_utf8(&bytes[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// `{"s":seq,"t":ns,"p":"xxx…"}` of `SIZE` bytes.
-fn payload(seq: u64, ns: u64) -> String {
-    let mut s = format!("{{\"s\":{seq},\"t\":{ns},\"p\":\"");
-    while s.len() < SIZE - 2 {
-        s.push('x');
-    }
-    s.push_str("\"}");
-    s
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Ours,
-    Raw,
-}
-
 /// One side's publisher.
 #[derive(Clone)]
 enum Publisher {
@@ -173,7 +98,7 @@ enum Publisher {
     Raw(Arc<Client>, Statement, String),
 }
 
-impl Publisher {
+impl Publish for Publisher {
     async fn send(&self, seq: u64, epoch: Instant) -> bool {
         let data = payload(seq, epoch.elapsed().as_nanos() as u64);
         match self {
@@ -188,13 +113,9 @@ impl Publisher {
     }
 }
 
-struct Side {
-    publisher: Publisher,
-    probe: Arc<Probe>,
-    reader: tokio::task::JoinHandle<()>,
-    /// The raw listener's client: its connection closes when it drops.
-    _listener: Option<Client>,
-}
+/// A side keeps the raw listener's client in `keep`: its connection
+/// closes when it drops.
+type Side = paced::Side<Publisher>;
 
 async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
@@ -253,7 +174,7 @@ async fn ours(url: &str, prefix: &str) -> Side {
         publisher: Publisher::Ours(b),
         probe,
         reader,
-        _listener: None,
+        keep: None,
     }
 }
 
@@ -284,180 +205,8 @@ async fn raw(url: &str, prefix: &str) -> Side {
         publisher: Publisher::Raw(client, statement, channel),
         probe,
         reader,
-        _listener: Some(listener),
+        keep: Some(Box::new(listener)),
     }
-}
-
-/// Publishes at `RATE`/s for `length` on a pacing thread, one task per
-/// event; returns (sent, failed).
-fn pace(handle: Handle, publisher: Publisher, epoch: Instant, length: Duration) -> (u64, u64) {
-    let failed = Arc::new(AtomicU64::new(0));
-    let interval = Duration::from_nanos(1_000_000_000 / RATE);
-    let start = Instant::now();
-    let mut seq = 0u64;
-    while start.elapsed() < length {
-        let deadline = start + interval * seq as u32;
-        if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let publisher = publisher.clone();
-        let failed = failed.clone();
-        handle.spawn(async move {
-            if !publisher.send(seq, epoch).await {
-                failed.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        seq += 1;
-    }
-    (seq, failed.load(Ordering::Relaxed))
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[at.min(sorted.len() - 1)]
-}
-
-async fn latency(sides: &[(Kind, &Side)], plan: Plan) {
-    let mut results: Vec<(Kind, Vec<u64>, u64, u64, u64)> = sides
-        .iter()
-        .map(|(k, _)| (*k, Vec::new(), 0, 0, 0))
-        .collect();
-    for (_, side) in sides {
-        let epoch = Instant::now();
-        side.probe.start(epoch);
-        let (handle, publisher) = (Handle::current(), side.publisher.clone());
-        let warm = plan.warmup;
-        tokio::task::spawn_blocking(move || pace(handle, publisher, epoch, warm))
-            .await
-            .expect("pace");
-    }
-    for slice in 0..plan.slices {
-        for i in 0..sides.len() {
-            // Alternate which variant goes first.
-            let (kind, side) = sides[(i + slice) % sides.len()];
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let epoch = Instant::now();
-            side.probe.start(epoch);
-            let (handle, publisher) = (Handle::current(), side.publisher.clone());
-            let length = plan.slice;
-            let (sent, failed) =
-                tokio::task::spawn_blocking(move || pace(handle, publisher, epoch, length))
-                    .await
-                    .expect("pace");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let lat = std::mem::take(&mut *side.probe.lat_us.lock().expect("probe"));
-            let received = lat.len() as u64;
-            let entry = results.iter_mut().find(|r| r.0 == kind).expect("kind");
-            entry.1.extend(lat);
-            entry.2 += sent;
-            entry.3 += received;
-            entry.4 += failed;
-        }
-    }
-    println!(
-        "\nCross-node latency, {RATE} events/s, {SIZE} B data, {} x {:.1} s per variant",
-        plan.slices,
-        plan.slice.as_secs_f64()
-    );
-    println!(
-        "{:<6} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
-        "", "sent", "recv", "failed", "p50 µs", "p90 µs", "p99 µs", "max µs"
-    );
-    let mut p99 = Vec::new();
-    for (kind, mut lat, sent, received, failed) in results {
-        lat.sort_unstable();
-        println!(
-            "{:<6} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
-            format!("{kind:?}").to_lowercase(),
-            sent,
-            received,
-            failed,
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.9),
-            percentile(&lat, 0.99),
-            lat.last().copied().unwrap_or(0)
-        );
-        p99.push(percentile(&lat, 0.99));
-    }
-    if let [ours, raw] = p99[..] {
-        println!(
-            "p99 ours - raw: {:+.3} ms (goal: at most +0.5 ms)",
-            (ours as f64 - raw as f64) / 1000.0
-        );
-    }
-}
-
-/// Events received per second, `events` published by `tasks` tasks.
-async fn throughput_run(side: &Side, plan: Plan) -> (f64, u64) {
-    let epoch = Instant::now();
-    side.probe.start(epoch);
-    let next = Arc::new(AtomicU64::new(0));
-    let total = plan.throughput_events;
-    let mut tasks = Vec::new();
-    for _ in 0..plan.throughput_tasks {
-        let (next, publisher) = (next.clone(), side.publisher.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut failed = 0;
-            loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= total || epoch.elapsed() > Duration::from_secs(10) {
-                    return failed;
-                }
-                if !publisher.send(seq, epoch).await {
-                    failed += 1;
-                }
-            }
-        }));
-    }
-    let mut failed = 0;
-    for task in tasks {
-        failed += task.await.expect("publisher task");
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while side.probe.received.load(Ordering::SeqCst) + failed < total && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let received = side.probe.received.load(Ordering::SeqCst);
-    let secs = side.probe.last_receipt_ns.load(Ordering::SeqCst) as f64 / 1e9;
-    (received as f64 / secs.max(1e-9), total - received)
-}
-
-async fn throughput(sides: &[(Kind, &Side)], plan: Plan) {
-    println!(
-        "\nThroughput, {} events of {SIZE} B by {} tasks, {} runs per variant",
-        plan.throughput_events, plan.throughput_tasks, plan.runs
-    );
-    let mut rates: Vec<(Kind, Vec<f64>)> = sides.iter().map(|(k, _)| (*k, Vec::new())).collect();
-    for run in 0..plan.runs {
-        for i in 0..sides.len() {
-            let (kind, side) = sides[(i + run) % sides.len()];
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let (rate, lost) = throughput_run(side, plan).await;
-            println!(
-                "  run {run} {:<5} {rate:>9.0} events/s, {lost} not received",
-                format!("{kind:?}").to_lowercase()
-            );
-            rates
-                .iter_mut()
-                .find(|r| r.0 == kind)
-                .expect("kind")
-                .1
-                .push(rate);
-        }
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let ours = median(&mut rates[0].1);
-    let raw = median(&mut rates[1].1);
-    println!(
-        "median: ours {ours:.0}/s, raw {raw:.0}/s, ours/raw {:.0}% (goal: at least 70%)",
-        ours / raw * 100.0
-    );
 }
 
 /// Publish latency (µs, sorted) of `n` sequential publishes through `hub`.
@@ -557,8 +306,8 @@ async fn run(plan: Plan) {
     let ours_side = ours(&url, &prefix).await;
     let raw_side = raw(&url, &prefix).await;
     let sides = [(Kind::Ours, &ours_side), (Kind::Raw, &raw_side)];
-    latency(&sides, plan).await;
-    throughput(&sides, plan).await;
+    paced::latency(&sides, plan.paced).await;
+    paced::throughput(&sides, plan.paced).await;
     ours_side.reader.abort();
     raw_side.reader.abort();
     history_cost(&url, &prefix, plan).await;

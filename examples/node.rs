@@ -5,6 +5,7 @@
 //! cargo run --release --features redis --example node -- --broker redis://127.0.0.1:6379 [--redis-prefix sse:] [--redis-sharded]
 //! cargo run --release --features nats --example node -- --broker nats://127.0.0.1:4222 [--nats-prefix sse]
 //! cargo run --release --features postgres --example node -- --broker postgres://app@127.0.0.1:5432/app [--postgres-prefix sse_]
+//! cargo run --release --features kafka --example node -- --broker kafka://127.0.0.1:9092 [--kafka-topic sse-cluster]
 //! ```
 //!
 //! Tokens and CORS: `--jwt-secret SECRET` (HS256) or `--jwt-public-key
@@ -24,8 +25,8 @@
 //! format, through `metrics-exporter-prometheus`. SIGTERM or SIGINT drains
 //! the node: every stream ends within a second and the process exits 0.
 //!
-//! Resume after reconnect: `--history memory|redis|jetstream|postgres` (matching the
-//! broker) keeps each channel's recent events, `--history-max N` of them
+//! Resume after reconnect: `--history memory|redis|jetstream|postgres|kafka` (matching the
+//! broker; Kafka's history is the bus topic itself, retained by Kafka) keeps each channel's recent events, `--history-max N` of them
 //! (default 1000) for at most `--history-age SECS` (default 3600; 0 keeps
 //! them until `N` pushes them out, but a Redis channel's keys still expire
 //! after 7 days without events, and JetStream keeps 7 days of events). The
@@ -63,6 +64,7 @@ struct Args {
     node_id: Option<String>,
     redis_prefix: Option<String>,
     postgres_prefix: Option<String>,
+    kafka_topic: Option<String>,
     redis_sharded: bool,
     nats_prefix: Option<String>,
     auth_token: Option<String>,
@@ -89,12 +91,12 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|redis+sentinel://HOST:PORT[,…]/NAME|nats://HOST:PORT|postgres://USER@HOST:PORT/DB] \
+    "usage: node [--listen 127.0.0.1:3000] [--broker memory|redis://HOST:PORT|redis+sentinel://HOST:PORT[,…]/NAME|nats://HOST:PORT|postgres://USER@HOST:PORT/DB|kafka://HOST:PORT[,HOST:PORT…]] \
 [--node-id ID] [--redis-prefix PREFIX] [--redis-sharded] [--nats-prefix PREFIX] \
-[--postgres-prefix PREFIX] [--auth-token TOKEN] \
+[--postgres-prefix PREFIX] [--kafka-topic NAME] [--auth-token TOKEN] \
 [--jwt-secret SECRET | --jwt-public-key PEM_FILE (ES256 or RS256)] [--cors-origin ORIGIN]... \
 [--presence-heartbeat-ms MS] \
-[--history memory|redis|jetstream|postgres] [--history-max N] [--history-age SECS] \
+[--history memory|redis|jetstream|postgres|kafka] [--history-max N] [--history-age SECS] \
 [--history-max-bytes N (memory store, default 67108864; 0: no budget)] \
 [--header-timeout-ms MS] [--write-deadline-ms MS] [--drain-grace-ms MS] [--max-lifetime SECS]";
 
@@ -105,6 +107,7 @@ fn parse_args() -> Result<Args, String> {
         node_id: None,
         redis_prefix: None,
         postgres_prefix: None,
+        kafka_topic: None,
         redis_sharded: false,
         nats_prefix: None,
         auth_token: None,
@@ -134,6 +137,7 @@ fn parse_args() -> Result<Args, String> {
             "--node-id" => args.node_id = Some(value()?),
             "--redis-prefix" => args.redis_prefix = Some(value()?),
             "--postgres-prefix" => args.postgres_prefix = Some(value()?),
+            "--kafka-topic" => args.kafka_topic = Some(value()?),
             "--redis-sharded" => args.redis_sharded = true,
             "--nats-prefix" => args.nats_prefix = Some(value()?),
             "--auth-token" => args.auth_token = Some(value()?),
@@ -149,9 +153,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--history" => {
                 let v = value()?;
-                if !["memory", "redis", "jetstream", "postgres"].contains(&v.as_str()) {
+                if !["memory", "redis", "jetstream", "postgres", "kafka"].contains(&v.as_str()) {
                     return Err(format!(
-                        "--history {v}: use memory, redis, jetstream or postgres\n{USAGE}"
+                        "--history {v}: use memory, redis, jetstream, postgres or kafka\n{USAGE}"
                     ));
                 }
                 args.history = Some(v);
@@ -310,6 +314,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         redis_prefix: args.redis_prefix.clone(),
         redis_sharded: args.redis_sharded,
         postgres_prefix: args.postgres_prefix.clone(),
+        kafka_topic: args.kafka_topic.clone(),
         nats_prefix: args.nats_prefix.clone(),
         history: args.history.clone(),
         retention: args.retention,

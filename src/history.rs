@@ -7,7 +7,7 @@
 //! handles only: a broker hands out what its store needs
 //! ([`MemoryBus`](crate::broker::memory::MemoryBus) delivery,
 //! `RedisBroker::query`/`invoke`, `NatsBroker::client`,
-//! `PostgresBroker::client_for`), so a backend
+//! `PostgresBroker::client_for`, `KafkaBroker::produce`/`fetch`), so a backend
 //! written outside the crate can have a store of its own.
 //!
 //! # Stores
@@ -18,6 +18,7 @@
 //! | `redis::RedisHistory` | `redis` | Redis Stream entry ids | random, stored beside each stream by its first append (none before: the empty epoch) |
 //! | `jetstream::JetStreamHistory` | `nats` | JetStream stream sequences | the stream's creation time (changes when it is deleted and recreated) |
 //! | `postgres::PostgresHistory` | `postgres` | a counter per channel, in a table row | random, stored in the channel's row by its first append (none before: the empty epoch) |
+//! | `kafka::KafkaHistory` | `kafka` | the record's offset in its partition of the bus topic, plus one | the topic's id and partition count (changes when it is recreated or grows) |
 //!
 //! Retention ([`Retention`]) is by count and by age, per store; the memory
 //! store also holds a store-wide byte budget ([`Retention::max_bytes`]) and
@@ -67,6 +68,9 @@ pub use crate::wire::Position;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod jetstream;
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub mod kafka;
 pub(crate) mod keys;
 pub mod memory;
 #[cfg(feature = "postgres")]

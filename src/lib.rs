@@ -99,7 +99,10 @@
 //! On NATS the subjects are `{prefix}.topic.{t}`, `{prefix}.user.{u}`,
 //! `{prefix}.node.{n}` and `{prefix}.all` (prefix `sse`), with topic and user
 //! names encoded into valid subject tokens (`a.b` becomes `a%2Eb`, so a user
-//! named `>` cannot subscribe to everything); see `broker::nats`.
+//! named `>` cannot subscribe to everything); see `broker::nats`. On Kafka
+//! the channel is the record key (`topic:{t}`, `user:{u}`, `node:{n}`,
+//! `broadcast`) in one topic that every node reads whole; see
+//! `broker::kafka`.
 //!
 //! **Broker outages.** When the broker loses its server, the hub reports
 //! [`BrokerStatus::Down`] ([`Hub::broker_status`]), publishes still reach
@@ -174,7 +177,9 @@
 //! (header or `last_event_id` query parameter) from the request, and
 //! [`Hub::connect`] takes it from [`Subscription::resume_from`]. The stores:
 //! [`history::memory`] (one process), `history::redis` (Redis Streams,
-//! feature `redis`) and `history::jetstream` (feature `nats`); the codec,
+//! feature `redis`), `history::jetstream` (feature `nats`),
+//! `history::postgres` (feature `postgres`) and `history::kafka` (the bus
+//! topic itself, feature `kafka`); the codec,
 //! the live/replay seam and the reset reasons are in [`resume`].
 //!
 //! # Features
@@ -188,6 +193,7 @@
 //! | `nats` | no | `broker::nats`: core NATS subjects, with credentials, token, user/password and TLS |
 //! | `jwt` | no | `auth::jwt`: signed tokens (HS256, ES256, RS256) from a bearer header, a cookie or the query, per-topic grants, streams that end at `exp` |
 //! | `postgres` | no | `broker::postgres` and `history::postgres`: Postgres `LISTEN`/`NOTIFY` as the bus and tables as the history, through tokio-postgres |
+//! | `kafka` | no | `broker::kafka` and `history::kafka`: one Kafka topic as the bus, read whole by every node, and the same log as the history, through rskafka |
 //! | `testkit` | no | `testkit`: the conformance suite every backend passes, for authors of a `Broker` or `History` outside this crate |
 //!
 //! The in-memory broker ([`broker::memory`]) is always available.
@@ -245,6 +251,7 @@ pub use telemetry::HubStats;
     feature = "redis",
     feature = "nats",
     feature = "postgres",
+    feature = "kafka",
     feature = "jwt"
 ))]
 #[doc = include_str!("../README.md")]

@@ -1,10 +1,10 @@
 //! The backend conformance suite (`sse_cluster::testkit`) against every
-//! backend of the crate: memory, Redis, Redis Cluster, NATS, JetStream and
-//! Postgres.
+//! backend of the crate: memory, Redis, Redis Cluster, NATS, JetStream,
+//! Postgres and Kafka.
 //! Each backend is one test; the scenarios are written once, in the
 //! testkit, and a failure names the backend and the scenario.
 //!
-//! Redis, NATS and Postgres run on servers these tests start on free loopback ports,
+//! Redis, NATS, Postgres and Kafka (tansu) run on servers these tests start on free loopback ports,
 //! so that the outage and restart scenarios can stop, kill and restart them.
 //! Without a server binary a test is skipped (`SKIPPED:` on stderr), unless
 //! `CI` is set: then it fails.
@@ -25,7 +25,12 @@ use sse_cluster::testkit::{self, Backend, Capabilities, NodeParts, Outcome, Scen
 
 /// Kills (`down`) or starts again (restarting it if it runs) a server a
 /// backend of this file spawned, off the async worker.
-#[cfg(any(feature = "redis", feature = "nats", feature = "postgres"))]
+#[cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "postgres",
+    feature = "kafka"
+))]
 fn stop_or_start<S>(server: &Mutex<S>, down: bool)
 where
     S: std::ops::DerefMut<Target = support::server::ServerProcess>,
@@ -506,5 +511,122 @@ mod postgres {
             return;
         };
         conformance(&backend, &[]).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Kafka
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "kafka")]
+mod kafka {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use sse_cluster::broker::kafka::{KafkaBroker, KafkaConfig};
+    use sse_cluster::broker::BrokerError;
+    use sse_cluster::history::kafka::KafkaHistory;
+    use sse_cluster::history::Retention;
+    use sse_cluster::testkit::{Backend, Capabilities, NodeParts, Scenario};
+
+    use super::conformance;
+    use crate::support::kafka_server::KafkaServer;
+
+    /// A tansu broker of its own (so that the outage and restart scenarios
+    /// can kill it); namespaces are topics. Every node reads the whole
+    /// topic: no interest routing. The log is the history; it keeps no
+    /// idempotency keys.
+    struct Kafka {
+        server: Mutex<KafkaServer>,
+        url: String,
+        history: bool,
+    }
+
+    impl Kafka {
+        fn start(test: &str, history: bool) -> Option<Kafka> {
+            let server = KafkaServer::start(test)?;
+            Some(Kafka {
+                url: server.url(),
+                server: Mutex::new(server),
+                history,
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Kafka {
+        fn name(&self) -> &str {
+            if self.history {
+                "kafka+history"
+            } else {
+                "kafka"
+            }
+        }
+
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::new()
+                .interest_routing(false)
+                .history(self.history)
+                .outage(true)
+                .restart(true)
+        }
+
+        async fn node(
+            &self,
+            namespace: &str,
+            history: Option<Retention>,
+        ) -> Result<NodeParts, BrokerError> {
+            // Quick failure detection and reconnects, for the outage scenarios.
+            let mut config = KafkaConfig::new(&self.url)
+                .topic(namespace)
+                .partitions(3)
+                .backoff(Duration::from_millis(20), Duration::from_millis(200))
+                .liveness(Duration::from_millis(2000), Duration::from_millis(100));
+            config.connect_timeout = Duration::from_millis(500);
+            let broker = KafkaBroker::new(config)?;
+            let mut parts = NodeParts::new(broker.clone());
+            if let Some(retention) = history {
+                assert!(self.history, "history asked of the bus-only backend");
+                parts = parts.with_history(Arc::new(KafkaHistory::new(broker, retention)));
+            }
+            Ok(parts)
+        }
+
+        async fn outage(&self, down: bool) {
+            super::stop_or_start(&self.server, down);
+        }
+
+        async fn restart(&self) {
+            super::stop_or_start(&self.server, false);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kafka_passes_the_conformance_suite() {
+        let Some(backend) = Kafka::start("kafka_passes_the_conformance_suite", false) else {
+            return;
+        };
+        let no_history = [
+            Scenario::InterestRouting,
+            Scenario::Resume,
+            Scenario::ResumeToken,
+            Scenario::ResetBeyondRetention,
+            Scenario::Idempotency,
+        ];
+        conformance(&backend, &no_history).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kafka_with_history_passes_the_conformance_suite() {
+        let Some(backend) = Kafka::start("kafka_with_history_passes_the_conformance_suite", true)
+        else {
+            return;
+        };
+        conformance(
+            &backend,
+            &[Scenario::InterestRouting, Scenario::Idempotency],
+        )
+        .await;
     }
 }

@@ -18,17 +18,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::StatusCode;
 use sse_cluster::broker::postgres::{PostgresBroker, PostgresConfig};
 use sse_cluster::history::postgres::PostgresHistory;
 use sse_cluster::history::Retention;
 use sse_cluster::stream::GAP_EVENT;
-use sse_cluster::{BrokerStatus, Event, Hub, PublishError, StreamConfig, Target};
-use support::bus::{post_ok, spawn_reader, wait_until};
+use sse_cluster::{BrokerStatus, Hub, StreamConfig};
+use support::bus::{post_ok, publish_steadily, read_resumed, spawn_reader, wait_until};
 use support::postgres_server::{drop_tables, psql, shared_postgres, unique_prefix, PostgresServer};
-use support::process::{node_binary, NodeProcess};
+use support::process::{node_binary, resume_across_demo_nodes, NodeProcess};
 use support::resume::{self, last_id_sent, open, RESET};
-use support::{get, Node, SseClient, QUIET};
+use support::{Node, SseClient, QUIET};
 use tokio::time::Instant;
 
 /// Quick failure detection and reconnects, for the fault test.
@@ -321,72 +320,8 @@ async fn demo_node_processes_over_postgres_with_history() {
     };
     let one = start("proc-1");
     let two = start("proc-2");
-    for node in [&one, &two] {
-        let (status, body) = get(node.addr, "/healthz").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
-    let mut client = SseClient::connect(two.addr, "/events?topic=t").await;
-    post_ok(one.addr, "/publish?topic=t&event=k", "first").await;
-    let event = client.next().await.expect("first");
-    assert_eq!((event.event.as_str(), event.data.as_str()), ("k", "first"));
-    let last_id = event.id.clone();
-    drop(client);
-    post_ok(one.addr, "/publish?topic=t", "missed 1").await;
-    post_ok(one.addr, "/publish?topic=t", "missed 2").await;
-    let path = "/events?topic=t";
-    let mut back = SseClient::open(one.addr, path, &[("last-event-id", last_id.as_str())]).await;
-    assert_eq!(back.status, StatusCode::OK);
-    assert_eq!(back.next().await.expect("greeting").event, "connected");
-    for want in ["missed 1", "missed 2"] {
-        assert_eq!(back.next().await.expect(want).data, want);
-    }
-    post_ok(two.addr, "/publish?topic=t", "live").await;
-    assert_eq!(back.next().await.expect("live").data, "live");
-    back.expect_quiet().await;
+    resume_across_demo_nodes(&one, &two).await;
     drop_tables(&url, &prefix).await;
-}
-
-/// One publish of [`publish_steadily`].
-#[derive(Debug, Clone, Copy)]
-struct Attempt {
-    seq: u64,
-    at: Instant,
-    ok: bool,
-}
-
-/// Publishes `0`, `1`, `2`… to `topic` through `hub`, one every 10 ms
-/// (100 events/s) until `stop` (at most 3000), recording each attempt.
-fn publish_steadily(
-    hub: Hub,
-    topic: &'static str,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<Attempt>> {
-    tokio::spawn(async move {
-        let mut log = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        for seq in 0..3000u64 {
-            tick.tick().await;
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let at = Instant::now();
-            let result = hub
-                .publish(Target::topic(topic), Event::new().data(seq.to_string()))
-                .await;
-            if let Err(err) = &result {
-                assert!(
-                    matches!(err, PublishError::Broker(_)) && err.is_transient(),
-                    "unexpected publish error: {err:?}"
-                );
-            }
-            log.push(Attempt {
-                seq,
-                at,
-                ok: result.is_ok(),
-            });
-        }
-        log
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,10 +410,10 @@ async fn kill_and_restart_under_load_gaps_every_stream_and_history_misses_nothin
     stop.store(true, Ordering::SeqCst);
     let published = history_load.await.expect("history publisher");
     let bus_published = bus_load.await.expect("bus publisher");
-    let acked: Vec<Attempt> = published.iter().copied().filter(|a| a.ok).collect();
+    let acked: Vec<_> = published.iter().copied().filter(|a| a.ok).collect();
     let newest = acked.last().expect("acknowledged publishes").seq;
     assert!(
-        acked.iter().any(|a| a.at > restarted),
+        acked.iter().any(|a| a.started > restarted),
         "nothing was acknowledged after the restart: {published:?}"
     );
     assert!(
@@ -486,33 +421,7 @@ async fn kill_and_restart_under_load_gaps_every_stream_and_history_misses_nothin
         "the outage refused no publish: was the server really down?"
     );
 
-    let mut reset = false;
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while got.last() != Some(&newest) {
-        assert!(
-            Instant::now() < deadline,
-            "stalled at {:?}, newest {newest}",
-            got.last()
-        );
-        let Some(event) = back.next_within(Duration::from_secs(2)).await else {
-            panic!(
-                "stream stalled after {:?}, newest acknowledged {newest}",
-                got.last()
-            );
-        };
-        if event.event == RESET {
-            assert!(got.is_empty(), "a reset after events: {event:?}");
-            reset = true;
-            continue;
-        }
-        got.push(event.data.parse::<u64>().expect("a sequence number"));
-    }
-    back.expect_quiet().await;
-    assert!(
-        got.windows(2).all(|w| w[0] < w[1]),
-        "duplicates or disorder: {got:?}"
-    );
+    let (reset, got) = read_resumed(&mut back, newest, RESET).await;
     let got: BTreeSet<u64> = got.into_iter().collect();
     // Without a reset: every acknowledged event after the last one seen.
     // With one: at least every event acknowledged after the restart.
@@ -521,7 +430,7 @@ async fn kill_and_restart_under_load_gaps_every_stream_and_history_misses_nothin
         .iter()
         .filter(|a| {
             if reset {
-                a.at > restarted
+                a.started > restarted
             } else {
                 resumed_after.is_none_or(|s| a.seq > s)
             }

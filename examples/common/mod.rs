@@ -621,7 +621,9 @@ pub struct BrokerOptions {
     pub nats_prefix: Option<String>,
     /// `--postgres-prefix` (channel and table prefix).
     pub postgres_prefix: Option<String>,
-    /// `--history memory|redis|jetstream|postgres`.
+    /// `--kafka-topic` (the cluster's topic).
+    pub kafka_topic: Option<String>,
+    /// `--history memory|redis|jetstream|postgres|kafka`.
     pub history: Option<String>,
     /// `--history-max N`, `--history-age SECS` and `--history-max-bytes N`.
     pub retention: sse_cluster::history::Retention,
@@ -632,7 +634,7 @@ type Backend = (
     Option<std::sync::Arc<dyn sse_cluster::history::History>>,
 );
 
-/// The broker for `--broker memory|redis://…|rediss://…|redis+sentinel://…|nats://…|tls://…|postgres://…`.
+/// The broker for `--broker memory|redis://…|rediss://…|redis+sentinel://…|nats://…|tls://…|postgres://…|kafka://…`.
 pub async fn broker(
     url: &str,
     options: &BrokerOptions,
@@ -641,8 +643,8 @@ pub async fn broker(
 }
 
 /// The broker for `--broker …` and the history store for `--history …`
-/// (which must match the broker: memory, redis, jetstream over NATS, or
-/// postgres).
+/// (which must match the broker: memory, redis, jetstream over NATS,
+/// postgres, or kafka).
 pub async fn backend(
     url: &str,
     options: &BrokerOptions,
@@ -675,6 +677,7 @@ pub async fn backend(
         url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             postgres_backend(url, options)
         }
+        url if url.starts_with("kafka://") => kafka_backend(url, options),
         other => Err(format!("unsupported --broker {other:?}").into()),
     }
 }
@@ -785,6 +788,39 @@ fn postgres_backend(
     _options: &BrokerOptions,
 ) -> Result<Backend, Box<dyn std::error::Error>> {
     Err("this build has no Postgres support: rebuild with `--features postgres`".into())
+}
+
+#[cfg(feature = "kafka")]
+fn kafka_backend(
+    url: &str,
+    options: &BrokerOptions,
+) -> Result<Backend, Box<dyn std::error::Error>> {
+    use sse_cluster::broker::kafka::{KafkaBroker, KafkaConfig};
+    let mut config = KafkaConfig::new(url);
+    if let Some(topic) = &options.kafka_topic {
+        config = config.topic(topic.clone());
+    }
+    let broker = KafkaBroker::new(config)?;
+    let store: Option<std::sync::Arc<dyn sse_cluster::history::History>> = match options
+        .history
+        .as_deref()
+    {
+        None => None,
+        // The log is the history: nothing to create.
+        Some("kafka") => Some(std::sync::Arc::new(
+            sse_cluster::history::kafka::KafkaHistory::new(broker.clone(), options.retention),
+        )),
+        Some(other) => return Err(format!("--history {other} needs a matching --broker").into()),
+    };
+    Ok((broker, store))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn kafka_backend(
+    _url: &str,
+    _options: &BrokerOptions,
+) -> Result<Backend, Box<dyn std::error::Error>> {
+    Err("this build has no Kafka support: rebuild with `--features kafka`".into())
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -92,9 +92,43 @@ pub fn spawn_publisher(
     topic: &'static str,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<Vec<Attempt>> {
+    publish_loop(
+        hub,
+        topic,
+        stop,
+        4000,
+        Pace::After(Duration::from_millis(3)),
+    )
+}
+
+/// How [`publish_loop`] spaces its publishes.
+enum Pace {
+    /// A pause after each publish.
+    After(Duration),
+    /// One publish per tick of this period (100 per second for 10 ms).
+    Every(Duration),
+}
+
+/// Publishes `0`, `1`, `2`… to `topic` through `hub` until `stop` (at
+/// most `max`), recording each attempt; every failure must be a transient
+/// bus error.
+fn publish_loop(
+    hub: Hub,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+    max: u64,
+    pace: Pace,
+) -> JoinHandle<Vec<Attempt>> {
     tokio::spawn(async move {
         let mut log = Vec::new();
-        for seq in 0..4000u64 {
+        let mut tick = match pace {
+            Pace::Every(period) => Some(tokio::time::interval(period)),
+            Pace::After(_) => None,
+        };
+        for seq in 0..max {
+            if let Some(tick) = &mut tick {
+                tick.tick().await;
+            }
             if stop.load(Ordering::SeqCst) {
                 break;
             }
@@ -113,8 +147,65 @@ pub fn spawn_publisher(
                 started,
                 ok: result.is_ok(),
             });
-            tokio::time::sleep(Duration::from_millis(3)).await;
+            if let Pace::After(pause) = pace {
+                tokio::time::sleep(pause).await;
+            }
         }
         log
     })
+}
+
+/// Publishes `0`, `1`, `2`… to `topic` through `hub`, one every 10 ms
+/// (100 events/s) until `stop` (at most 3000), recording each attempt;
+/// every failure must be a transient bus error.
+pub fn publish_steadily(
+    hub: Hub,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Vec<Attempt>> {
+    publish_loop(
+        hub,
+        topic,
+        stop,
+        3000,
+        Pace::Every(Duration::from_millis(10)),
+    )
+}
+
+/// Reads a client that resumed after an outage until the event `newest`
+/// (each event's data is a sequence number): whether the reset event came
+/// first, and the numbers received, checked to arrive once and in order.
+pub async fn read_resumed(
+    back: &mut SseClient,
+    newest: u64,
+    reset_event: &str,
+) -> (bool, Vec<u64>) {
+    let mut reset = false;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.last() != Some(&newest) {
+        assert!(
+            Instant::now() < deadline,
+            "stalled at {:?}, newest {newest}",
+            got.last()
+        );
+        let Some(event) = back.next_within(Duration::from_secs(2)).await else {
+            panic!(
+                "stream stalled after {:?}, newest acknowledged {newest}",
+                got.last()
+            );
+        };
+        if event.event == reset_event {
+            assert!(got.is_empty(), "a reset after events: {event:?}");
+            reset = true;
+            continue;
+        }
+        got.push(event.data.parse::<u64>().expect("a sequence number"));
+    }
+    back.expect_quiet().await;
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "duplicates or disorder: {got:?}"
+    );
+    (reset, got)
 }

@@ -37,35 +37,21 @@ fn npm_ci(dir: &Path) -> Result<(), String> {
             .iter()
             .all(|m| dir.join("node_modules").join(m).exists())
     };
-    let lock = dir.join(".npm-ci.lock");
-    let started = std::time::Instant::now();
-    loop {
-        if installed() {
-            return Ok(());
-        }
-        match std::fs::create_dir(&lock) {
-            Ok(()) => break,
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                if started.elapsed() > std::time::Duration::from_secs(120) {
-                    let _ = std::fs::remove_dir(&lock);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-            Err(err) => return Err(format!("lock {}: {err}", lock.display())),
-        }
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status();
-    let _ = std::fs::remove_dir(&lock);
-    match status {
-        Ok(status) if status.success() && installed() => Ok(()),
-        Ok(status) => Err(format!("`npm ci` in {}: {status}", dir.display())),
-        Err(err) => Err(format!("cannot run npm: {err}")),
-    }
+    super::server::install_once(
+        &dir.join(".npm-ci.lock"),
+        installed,
+        || match Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+        {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("`npm ci` in {}: {status}", dir.display())),
+            Err(err) => Err(format!("cannot run npm: {err}")),
+        },
+    )
 }
 
 /// An `EventSource` on `url` for at most `seconds`, and its output lines.

@@ -8,6 +8,8 @@ pub mod app;
 pub mod bus;
 pub mod failover;
 pub mod js;
+#[cfg(feature = "kafka")]
+pub mod kafka_server;
 #[cfg(feature = "nats")]
 pub mod nats_server;
 #[cfg(feature = "postgres")]

@@ -73,6 +73,12 @@ fn supports(binary: &Path, feature: &str) -> bool {
             "--postgres-prefix",
             "Not Valid",
         ],
+        "kafka" => &[
+            "--broker",
+            "kafka://127.0.0.1:1",
+            "--kafka-topic",
+            "not valid",
+        ],
         other => panic!("unknown broker feature {other}"),
     };
     let out = Command::new(binary)
@@ -146,4 +152,36 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Two demo-node processes sharing a bus and a history: an event published
+/// on `one` reaches a client of `two`, and a client that went away resumes
+/// on `one` from its `Last-Event-ID`, then gets live events from `two`.
+pub async fn resume_across_demo_nodes(one: &NodeProcess, two: &NodeProcess) {
+    use super::bus::post_ok;
+    use super::{get, SseClient};
+    use hyper::StatusCode;
+
+    for node in [one, two] {
+        let (status, body) = get(node.addr, "/healthz").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let mut client = SseClient::connect(two.addr, "/events?topic=t").await;
+    post_ok(one.addr, "/publish?topic=t&event=k", "first").await;
+    let event = client.next().await.expect("first");
+    assert_eq!((event.event.as_str(), event.data.as_str()), ("k", "first"));
+    let last_id = event.id.clone();
+    drop(client);
+    post_ok(one.addr, "/publish?topic=t", "missed 1").await;
+    post_ok(one.addr, "/publish?topic=t", "missed 2").await;
+    let path = "/events?topic=t";
+    let mut back = SseClient::open(one.addr, path, &[("last-event-id", last_id.as_str())]).await;
+    assert_eq!(back.status, StatusCode::OK);
+    assert_eq!(back.next().await.expect("greeting").event, "connected");
+    for want in ["missed 1", "missed 2"] {
+        assert_eq!(back.next().await.expect(want).data, want);
+    }
+    post_ok(two.addr, "/publish?topic=t", "live").await;
+    assert_eq!(back.next().await.expect("live").data, "live");
+    back.expect_quiet().await;
 }

@@ -81,6 +81,40 @@ pub fn runs(binary: &Path) -> Result<(), String> {
     }
 }
 
+/// Runs `install` unless `installed()` holds, one test process at a time
+/// (a lock directory `lock`; a lock older than two minutes is a dead
+/// installer's, and taken over); then `installed()` must hold.
+pub fn install_once(
+    lock: &Path,
+    installed: impl Fn() -> bool,
+    install: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        if installed() {
+            return Ok(());
+        }
+        match std::fs::create_dir(lock) {
+            Ok(()) => break,
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                if started.elapsed() > Duration::from_secs(120) {
+                    let _ = std::fs::remove_dir(lock);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(err) => return Err(format!("lock {}: {err}", lock.display())),
+        }
+    }
+    let result = install();
+    let _ = std::fs::remove_dir(lock);
+    result?;
+    if installed() {
+        Ok(())
+    } else {
+        Err("installed, yet not found".into())
+    }
+}
+
 /// Builds the server's command line for a port.
 type CommandFor = Box<dyn Fn(u16) -> Command + Send + Sync>;
 /// Probes `127.0.0.1:PORT`: `Ok` once the server serves.
