@@ -46,12 +46,21 @@
 //!   (what a node that listens to everything receives).
 //! * **scale**: the same 6 nodes, one client process each, up to 100k
 //!   connections in total; total server RSS and a broadcast reaching all.
+//! * **topics** (not in the default parts): connections with many topics
+//!   (`--topic-conns` connections × 256 topics of 230 bytes, every name its
+//!   own), opened in this process on a hub over the memory bus, Redis and
+//!   NATS (those two when reachable); RSS of this process before and after,
+//!   bytes per connection and per subscription beyond the names' bytes.
+//!   In process because such a request line (60 KB) is longer than the
+//!   HTTP/1 driver's head limit.
 //!
 //! Every loop is bounded in count and in time; everything is on 127.0.0.1.
 
 #![allow(missing_docs)]
 
 mod common;
+#[path = "load/topics.rs"]
+mod topics;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -106,6 +115,8 @@ fn main() {
         .expect("tokio runtime");
     if client_mode {
         rt.block_on(client::run(&args[1..]));
+    } else if args.first().map(String::as_str) == Some(topics::CHILD) {
+        rt.block_on(topics::child(&args[1..]));
     } else {
         let opts = Options::parse(&args);
         rt.block_on(run(opts, nofile));
@@ -162,6 +173,7 @@ struct Options {
     scale_nodes: usize,
     interest_users: usize,
     interest_events: usize,
+    topic_conns: usize,
 }
 
 impl Options {
@@ -191,6 +203,7 @@ impl Options {
             scale_nodes: 6,
             interest_users: if quick { 20 } else { 100 },
             interest_events: if quick { 120 } else { 600 },
+            topic_conns: if quick { 20 } else { 200 },
         };
         let mut it = args.iter();
         let list = |v: Option<&String>| -> Vec<String> {
@@ -217,6 +230,9 @@ impl Options {
                 }
                 "--scale-total" => {
                     o.scale_total = nums(it.next()).first().copied().unwrap_or(o.scale_total)
+                }
+                "--topic-conns" => {
+                    o.topic_conns = nums(it.next()).first().copied().unwrap_or(o.topic_conns)
                 }
                 "--lat-secs" => {
                     o.lat_secs = it.next().and_then(|v| v.parse().ok()).unwrap_or(o.lat_secs)
@@ -1639,6 +1655,10 @@ async fn run(opts: Options, nofile: u64) {
         say("── cluster: interest routing and scale");
         cluster(&opts, &mut report).await;
     }
+    if opts.parts.iter().any(|p| p == "topics") {
+        say("── connections with many topics (in process)");
+        topics::run(&opts, &mut report).await;
+    }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     report.insert("loadavg_end".into(), json!(load_after.trim()));
     report.insert("started_unix_ns".into(), json!(started));
@@ -1748,6 +1768,7 @@ fn print_single_node(doc: &Value, targets: &[&String]) {
 }
 
 fn print_tables(doc: &Value, opts: &Options) {
+    topics::print(doc);
     let targets: Vec<&String> = opts
         .targets
         .iter()

@@ -453,8 +453,9 @@ async fn serve_one(
     if let Ok(Served::Other(io)) = served {
         let (app, http) = &*shared;
         let service = TowerToHyperService::new(app.clone());
-        let _ = watcher
-            .watch(http.serve_connection(TokioIo::new(io), service))
-            .await;
+        // Boxed: in place, hyper's connection future would size every
+        // connection's task, the SSE streams' too (most of an idle
+        // stream's memory).
+        let _ = Box::pin(watcher.watch(http.serve_connection(TokioIo::new(io), service))).await;
     }
 }

@@ -383,7 +383,14 @@ impl Outbound {
             });
         }
         let n = self.next_msg.fetch_add(1, Ordering::Relaxed);
-        Ok(format!("{}.m{n}", self.origin))
+        // Built by hand: `format!` was 4% of a bus message's instructions.
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n);
+        let mut id = String::with_capacity(self.origin.len() + 2 + digits.len());
+        id.push_str(&self.origin);
+        id.push_str(".m");
+        id.push_str(digits);
+        Ok(id)
     }
 
     /// The bus channel and envelope of `event` to `target`, as message

@@ -106,6 +106,69 @@ impl Hasher for SeqHasher {
 
 type SeqMap<V> = HashMap<u64, V, BuildHasherDefault<SeqHasher>>;
 
+/// The connections of one user or topic on this node. Most have one: that
+/// one is held in place, without a hash table of its own (which cost about
+/// 110 bytes per subscription, more than the rest of the index).
+#[derive(Default)]
+enum Members {
+    #[default]
+    Empty,
+    One(u64, FrameSender),
+    Many(SeqMap<FrameSender>),
+}
+
+impl Members {
+    fn len(&self) -> usize {
+        match self {
+            Members::Empty => 0,
+            Members::One(..) => 1,
+            Members::Many(map) => map.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(&mut self, seq: u64, sender: FrameSender) {
+        match self {
+            Members::Empty => *self = Members::One(seq, sender),
+            Members::One(one, held) if *one == seq => *held = sender,
+            Members::One(..) => {
+                let Members::One(one, held) = std::mem::take(self) else {
+                    return;
+                };
+                let mut map = SeqMap::default();
+                map.insert(one, held);
+                map.insert(seq, sender);
+                *self = Members::Many(map);
+            }
+            Members::Many(map) => {
+                map.insert(seq, sender);
+            }
+        }
+    }
+
+    fn remove(&mut self, seq: u64) {
+        match self {
+            Members::One(one, _) if *one == seq => *self = Members::Empty,
+            Members::Many(map) => {
+                map.remove(&seq);
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs `f` on every member.
+    fn each(&self, mut f: impl FnMut(u64, &FrameSender)) {
+        match self {
+            Members::Empty => {}
+            Members::One(seq, sender) => f(*seq, sender),
+            Members::Many(map) => map.iter().for_each(|(seq, sender)| f(*seq, sender)),
+        }
+    }
+}
+
 struct Entry {
     id: ConnectionId,
     user: Option<Arc<str>>,
@@ -140,8 +203,8 @@ fn record(out: &mut FanOut, result: Result<bool, SendError>) {
 #[derive(Default)]
 pub struct ConnectionRegistry {
     by_id: DashMap<u64, Entry, BuildHasherDefault<SeqHasher>>,
-    by_user: DashMap<Arc<str>, SeqMap<FrameSender>>,
-    by_topic: DashMap<Arc<str>, SeqMap<FrameSender>>,
+    by_user: DashMap<Arc<str>, Members>,
+    by_topic: DashMap<Arc<str>, Members>,
     len: AtomicUsize,
 }
 
@@ -353,7 +416,11 @@ impl ConnectionRegistry {
     pub(crate) fn topic_presence(&self, topic: &str) -> (u64, Vec<Arc<str>>) {
         // Copy the ids first: no lock of one map is held while reading the other.
         let seqs: Vec<u64> = match self.by_topic.get(topic) {
-            Some(conns) => conns.keys().copied().collect(),
+            Some(conns) => {
+                let mut seqs = Vec::with_capacity(conns.len());
+                conns.each(|seq, _| seqs.push(seq));
+                seqs
+            }
             None => return (0, Vec::new()),
         };
         let mut users = std::collections::HashSet::new();
@@ -373,27 +440,27 @@ impl ConnectionRegistry {
     }
 }
 
-fn fan_out(conns: Option<&SeqMap<FrameSender>>, frame: &Bytes) -> FanOut {
+fn fan_out(conns: Option<&Members>, frame: &Bytes) -> FanOut {
     fan_out_with(conns, |sender| sender.send(frame.clone()).map(|()| true))
 }
 
 fn fan_out_with(
-    conns: Option<&SeqMap<FrameSender>>,
+    conns: Option<&Members>,
     send: impl Fn(&FrameSender) -> Result<bool, SendError>,
 ) -> FanOut {
     let mut out = FanOut::default();
-    for sender in conns.into_iter().flat_map(|m| m.values()) {
-        record(&mut out, send(sender));
+    if let Some(conns) = conns {
+        conns.each(|_, sender| record(&mut out, send(sender)));
     }
     out
 }
 
 /// Removes `seq` from `key`'s set; drops the set and returns true when it
 /// becomes empty.
-fn remove_from(index: &DashMap<Arc<str>, SeqMap<FrameSender>>, key: &Arc<str>, seq: u64) -> bool {
+fn remove_from(index: &DashMap<Arc<str>, Members>, key: &Arc<str>, seq: u64) -> bool {
     index
         .remove_if_mut(key, |_, conns| {
-            conns.remove(&seq);
+            conns.remove(seq);
             conns.is_empty()
         })
         .is_some()

@@ -50,6 +50,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, EventError};
 
 pub mod command;
+mod json;
 mod position;
 pub use command::{is_command, Command, CommandOp};
 pub(crate) use position::random_tag;
@@ -149,6 +150,10 @@ impl<'a> Envelope<'a> {
 
     /// Parses and checks one bus message.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
+        // The shape hubs write, read by hand; anything else, by serde_json.
+        if let Some(env) = json::decode(bytes).filter(|env| env.v == VERSION) {
+            return Ok(env);
+        }
         match serde_json::from_slice::<Envelope<'a>>(bytes) {
             Ok(env) if env.v == VERSION => Ok(env),
             Ok(env) => Err(WireError::UnsupportedVersion(env.v)),
@@ -167,15 +172,17 @@ impl<'a> Envelope<'a> {
         }
     }
 
-    /// Encodes the envelope as JSON. Writing strings and integers does not
-    /// fail in practice; if serialization ever did, the error says so
-    /// instead of an empty message going out.
+    /// Encodes the envelope as JSON: the bytes `serde_json` would write
+    /// (fields in declaration order, `None` and empty `data` left out).
+    /// Does not fail; the `Result` is kept for callers written against
+    /// the serializer it used to call.
     pub fn encode(&self) -> Result<Bytes, WireError> {
         // Sized for the data plus the other fields, so the common case
         // never reallocates.
         let mut buf = Vec::with_capacity(self.data.len() + self.data.len() / 8 + 160);
-        serde_json::to_writer(&mut buf, self)
-            .map_err(|err| WireError::Malformed(format!("cannot encode envelope: {err}")))?;
+        // The bytes serde_json writes, without its per-byte escape loop
+        // (see `json`); writing into a `Vec` cannot fail.
+        json::encode(self, &mut buf);
         Ok(Bytes::from(buf))
     }
 

@@ -33,7 +33,9 @@
 //! match serve_sse(tcp, is_sse, respond).await? {
 //!     Served::Done => {}
 //!     // Any other request: serve `io` with hyper or axum as usual, e.g.
-//!     // `http1::Builder::new().serve_connection(TokioIo::new(io), service)`.
+//!     // `Box::pin(http1::Builder::new().serve_connection(TokioIo::new(io), service)).await`
+//!     // (boxed: in place, that future would size the task of every SSE
+//!     // stream served by the same `async` block, for its whole life).
 //!     Served::Other(io) => drop(io),
 //!     _ => {}
 //! }
@@ -291,7 +293,10 @@ where
     drop(head);
     // Only what the CORS grant depends on outlives the request.
     let origin = cors.and_then(|_| parts.headers.get(http::header::ORIGIN).cloned());
-    let response = respond(http::Request::from_parts(parts, ())).await;
+    // Boxed, and freed once the response is there: in place, the app's
+    // future (a router, the connect) would size this future, and so every
+    // idle stream's task, for as long as the stream lives.
+    let response = Box::pin(respond(http::Request::from_parts(parts, ()))).await;
     // Every write of the answer has the default write deadline: a client
     // that stops reading cannot pin the connection (and its stream's
     // registry entry) however the caller built `io`.

@@ -62,7 +62,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -186,18 +185,36 @@ impl NatsConfig {
 /// assert_eq!(decode_token(&encode_token("héllo.*")).as_deref(), Some("héllo.*"));
 /// ```
 pub fn encode_token(name: &str) -> String {
-    if name.is_empty() {
-        return "%".into();
-    }
-    let mut token = String::with_capacity(name.len());
-    for &b in name.as_bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            token.push(char::from(b));
-        } else {
-            let _ = write!(token, "%{b:02X}");
-        }
-    }
+    let mut token = String::with_capacity(name.len().max(1));
+    push_token(&mut token, name);
     token
+}
+
+/// [`encode_token`] of `name`, appended to `out` (a subject is built in
+/// one buffer, once per publish).
+fn push_token(out: &mut String, name: &str) {
+    if name.is_empty() {
+        out.push('%');
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = name.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            continue;
+        }
+        // A run of kept bytes is ASCII, so both ends are char boundaries;
+        // an empty run may sit inside a multi-byte character: skipped.
+        if plain < i {
+            out.push_str(&name[plain..i]);
+        }
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+        plain = i + 1;
+    }
+    out.push_str(&name[plain..]);
 }
 
 /// Reverses [`encode_token`]; `None` for a token it cannot have produced.
@@ -351,13 +368,22 @@ impl NatsBroker {
 
     /// The NATS subject for `channel`.
     pub fn subject(&self, channel: &Channel) -> String {
+        let (kind, name) = match channel {
+            Channel::Broadcast => (".all", None),
+            Channel::Node(n) => (".node.", Some(n)),
+            Channel::Topic(t) => (".topic.", Some(t)),
+            Channel::User(u) => (".user.", Some(u)),
+        };
+        // One buffer, sized for a name that needs no escaping: no
+        // `format!` on the publish path.
         let p = &self.config.prefix;
-        match channel {
-            Channel::Broadcast => format!("{p}.all"),
-            Channel::Node(n) => format!("{p}.node.{}", encode_token(n)),
-            Channel::Topic(t) => format!("{p}.topic.{}", encode_token(t)),
-            Channel::User(u) => format!("{p}.user.{}", encode_token(u)),
+        let mut subject = String::with_capacity(p.len() + kind.len() + name.map_or(0, |n| n.len()));
+        subject.push_str(p);
+        subject.push_str(kind);
+        if let Some(name) = name {
+            push_token(&mut subject, name);
         }
+        subject
     }
 
     /// The subject prefix (a history store names its own subjects after it).

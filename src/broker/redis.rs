@@ -252,7 +252,7 @@ struct Counters {
 
 enum Control {
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
-    Unsubscribe(String),
+    Unsubscribe(Channel),
 }
 
 struct Shared {
@@ -260,7 +260,9 @@ struct Shared {
     client: redis::Client,
     /// Cluster seed nodes (RESP3), empty for a single server.
     cluster_nodes: Vec<redis::ConnectionInfo>,
-    interests: Mutex<HashSet<String>>,
+    /// The channels wanted, as the hub's own `Channel`s (sharing its
+    /// names): the Redis names are built when they are (re)subscribed.
+    interests: Mutex<HashSet<Channel>>,
     status: watch::Sender<BrokerStatus>,
     sub_up: AtomicBool,
     pub_up: AtomicBool,
@@ -292,7 +294,7 @@ impl Shared {
         }
     }
 
-    fn interests(&self) -> MutexGuard<'_, HashSet<String>> {
+    fn interests(&self) -> MutexGuard<'_, HashSet<Channel>> {
         self.interests.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -342,13 +344,19 @@ impl Shared {
     }
 
     fn name(&self, channel: &Channel) -> String {
+        let (kind, name): (&str, &str) = match channel {
+            Channel::Broadcast => ("all", ""),
+            Channel::Node(n) => ("node:", n),
+            Channel::Topic(t) => ("topic:", t),
+            Channel::User(u) => ("user:", u),
+        };
+        // One exact allocation per publish, no `format!`.
         let p = &self.config.prefix;
-        match channel {
-            Channel::Broadcast => format!("{p}all"),
-            Channel::Node(n) => format!("{p}node:{n}"),
-            Channel::Topic(t) => format!("{p}topic:{t}"),
-            Channel::User(u) => format!("{p}user:{u}"),
-        }
+        let mut out = String::with_capacity(p.len() + kind.len() + name.len());
+        out.push_str(p);
+        out.push_str(kind);
+        out.push_str(name);
+        out
     }
 
     fn channel(&self, name: &[u8]) -> Option<Channel> {
@@ -602,7 +610,7 @@ impl Broker for RedisBroker {
 
     async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
         let name = self.shared.name(channel);
-        self.shared.interests().insert(name.clone());
+        self.shared.interests().insert(channel.clone());
         // Always queued, even while reconnecting: a reconnect that copied
         // the interests just before this insert still subscribes it when it
         // serves its queue.
@@ -626,9 +634,8 @@ impl Broker for RedisBroker {
     }
 
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
-        let name = self.shared.name(channel);
-        if self.shared.interests().remove(&name) {
-            let _ = self.control.send(Control::Unsubscribe(name));
+        if self.shared.interests().remove(channel) {
+            let _ = self.control.send(Control::Unsubscribe(channel.clone()));
         }
         Ok(())
     }

@@ -8,8 +8,10 @@
 //! `disconnect.rs` (ending streams across the cluster).
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
@@ -485,11 +487,11 @@ impl Hub {
     ) -> Result<PublishReceipt, PublishError> {
         let inner = &self.inner;
         let outbound = &inner.outbound;
-        let local = self.deliver_locally(target, event);
-        inner.counters.frame_from_local(started, local);
         if let Target::Connection(id) = target {
             if id.node() == &*inner.node_id {
                 // Held here: delivered directly, the bus is not involved.
+                let local = self.deliver_locally(target, event);
+                inner.counters.frame_from_local(started, local);
                 inner.counters.published();
                 let mut receipt = PublishReceipt::sent(msg, None);
                 receipt.delivered_locally = local.delivered;
@@ -497,16 +499,27 @@ impl Hub {
             }
         }
         let (channel, payload) = outbound.envelope(target, event, &msg)?;
-        let sent = match key {
-            None => outbound
-                .send(&channel, payload)
-                .await
-                .map(|position| PublishReceipt::sent(msg, position)),
-            Some(key) => {
-                outbound
-                    .send_keyed(&channel, payload, key, &msg, check)
+        let on = &channel;
+        let send = async move {
+            match key {
+                None => outbound
+                    .send(on, payload)
                     .await
+                    .map(|position| PublishReceipt::sent(msg, position)),
+                Some(key) => outbound.send_keyed(on, payload, key, &msg, check).await,
             }
+        };
+        // The bus publish is started (put on the client's connection)
+        // before the local fan-out, so that other nodes' copy does not
+        // wait for this node's queue pushes; the local fan-out still runs
+        // whatever the bus says, as before.
+        let mut send = std::pin::pin!(send);
+        let early = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+        let local = self.deliver_locally(target, event);
+        inner.counters.frame_from_local(started, local);
+        let sent = match early {
+            Poll::Ready(sent) => sent,
+            Poll::Pending => send.await,
         };
         let mut receipt = match sent {
             Ok(receipt) => receipt,

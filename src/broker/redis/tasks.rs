@@ -186,7 +186,7 @@ pub(super) async fn run_subscriber(
         };
         let connected = async {
             let mut conn = shared.connect(Some(Box::new(handler))).await?;
-            let names: Vec<String> = shared.interests().iter().cloned().collect();
+            let names: Vec<String> = shared.interests().iter().map(|c| shared.name(c)).collect();
             conn.subscribe(sharded, &names).await?;
             Ok::<_, redis::RedisError>(conn)
         };
@@ -298,7 +298,8 @@ async fn apply(
     let gone: Vec<String> = {
         let interests = shared.interests();
         gone.into_iter()
-            .filter(|n| !interests.contains(n))
+            .filter(|c| !interests.contains(c))
+            .map(|c| shared.name(&c))
             .collect()
     };
     conn.unsubscribe(sharded, &gone)
