@@ -152,6 +152,8 @@ pub struct RedisHistory {
     broker: Arc<RedisBroker>,
     retention: Retention,
     idle_ttl: Duration,
+    /// Replicas that must have each append, and how long to wait for them.
+    replicas: Option<(usize, Duration)>,
     append: Script,
     head: Script,
 }
@@ -162,6 +164,7 @@ impl fmt::Debug for RedisHistory {
             .field("broker", &self.broker)
             .field("retention", &self.retention)
             .field("idle_ttl", &self.idle_ttl)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }
@@ -173,6 +176,7 @@ impl RedisHistory {
             broker,
             retention,
             idle_ttl: DEFAULT_IDLE_TTL,
+            replicas: None,
             append: Script::new(APPEND),
             head: Script::new(HEAD),
         }
@@ -187,6 +191,46 @@ impl RedisHistory {
     pub fn idle_ttl(mut self, ttl: Duration) -> Self {
         self.idle_ttl = ttl;
         self
+    }
+
+    /// Acknowledges an append only once `replicas` replicas have it
+    /// (Redis `WAIT`, at most `timeout`): then a failover to one of them
+    /// (Sentinel, Redis Cluster) keeps every acknowledged event. Without
+    /// it (the default) replication is asynchronous, and an event the old
+    /// primary acknowledged in the last moments before it died may be
+    /// missing on the new one; a client that had not received it does not
+    /// get it on resume either.
+    ///
+    /// An append that fewer replicas confirm in time fails with the
+    /// transient [`BrokerError::Unavailable`]. The event is stored on the
+    /// primary and was published live all the same, so a publisher that
+    /// retries should use [`Hub::publish_idempotent`](crate::Hub::publish_idempotent)
+    /// to store it once. Each append waits for the replicas' answer (a
+    /// round trip to them; on Redis Cluster `WAIT` goes to every primary);
+    /// `replicas` 0 turns it off.
+    pub fn wait_for_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
+    /// After an append: `WAIT` for the configured replicas (see
+    /// [`RedisHistory::wait_for_replicas`]).
+    async fn replicated(&self) -> Result<(), BrokerError> {
+        let Some((replicas, timeout)) = self.replicas else {
+            return Ok(());
+        };
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(ms);
+        let acked: i64 = self.broker.query(&wait).await?;
+        if usize::try_from(acked).unwrap_or(0) < replicas {
+            return Err(BrokerError::Unavailable(format!(
+                "the event is stored on the primary but only {acked} of {replicas} replicas had it within {ms} ms"
+            )));
+        }
+        Ok(())
     }
 
     /// The stream and epoch keys of `channel`.
@@ -286,7 +330,9 @@ impl History for RedisHistory {
             .broker
             .invoke(&self.append_call(channel, &payload))
             .await?;
-        parse_id(&reply).ok_or_else(|| bad_reply("the append script"))
+        let position = parse_id(&reply).ok_or_else(|| bad_reply("the append script"))?;
+        self.replicated().await?;
+        Ok(position)
     }
 
     fn idempotency_window(&self) -> Option<Duration> {
@@ -306,6 +352,8 @@ impl History for RedisHistory {
             .arg(u64::try_from(window).unwrap_or(MAX_TTL_MS).min(MAX_TTL_MS))
             .arg(msg);
         let reply: Value = self.broker.invoke(&call).await?;
+        // A duplicate too: the first append may have failed this wait.
+        self.replicated().await?;
         if let Some(position) = parse_id(&reply) {
             return Ok(Appended::Stored(position));
         }

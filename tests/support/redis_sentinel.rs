@@ -1,4 +1,4 @@
-//! A Redis Sentinel setup spawned by a test: a primary, one replica and
+//! A Redis Sentinel setup spawned by a test: a primary, two replicas and
 //! three sentinels (`redis-server --sentinel`), all on free loopback
 //! ports, with a one-second down-after so that a killed primary is
 //! replaced within a few seconds.
@@ -18,23 +18,28 @@ pub const DOWN_AFTER_MS: u64 = 1000;
 /// The processes of one Sentinel setup; all killed on drop.
 pub struct SentinelSet {
     pub primary: RedisServer,
-    pub replica: RedisServer,
+    pub replicas: Vec<RedisServer>,
     pub sentinels: Vec<ServerProcess>,
 }
 
 impl SentinelSet {
-    /// Starts the primary, the replica (waiting until it is in sync) and the
-    /// sentinels (waiting until each knows the replica and the two other
+    /// Starts the primary, the replicas (waiting until they are in sync) and
+    /// the sentinels (waiting until each knows both replicas and the two other
     /// sentinels, so that a failover can be agreed on). `None` (skipped)
     /// or a panic (in CI) without `redis-server`.
     pub fn start(test: &str) -> Option<SentinelSet> {
         let primary = RedisServer::start(test)?;
         let primary_port = primary.port().to_string();
-        let replica = RedisServer::start_with(test, &["--replicaof", "127.0.0.1", &primary_port])?;
-        wait("the replica to sync", Duration::from_secs(10), || {
-            resp_command(&replica.addr(), &[b"INFO", b"replication"])
-                .contains("master_link_status:up")
-        });
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let replica =
+                RedisServer::start_with(test, &["--replicaof", "127.0.0.1", &primary_port])?;
+            wait("the replica to sync", Duration::from_secs(10), || {
+                resp_command(&replica.addr(), &[b"INFO", b"replication"])
+                    .contains("master_link_status:up")
+            });
+            replicas.push(replica);
+        }
         let mut sentinels = Vec::new();
         for _ in 0..3 {
             let mut sentinel =
@@ -70,7 +75,7 @@ impl SentinelSet {
         }
         for sentinel in &sentinels {
             wait(
-                "each sentinel to know the replica and the other sentinels",
+                "each sentinel to know the replicas and the other sentinels",
                 Duration::from_secs(20),
                 || {
                     let addr = sentinel.addr();
@@ -81,13 +86,13 @@ impl SentinelSet {
                         let at = lines.iter().position(|l| *l == name)?;
                         lines.get(at + 2)?.trim().parse().ok()
                     };
-                    field("num-slaves") >= Some(1) && field("num-other-sentinels") >= Some(2)
+                    field("num-slaves") >= Some(2) && field("num-other-sentinels") >= Some(2)
                 },
             );
         }
         Some(SentinelSet {
             primary,
-            replica,
+            replicas,
             sentinels,
         })
     }
