@@ -498,11 +498,34 @@ impl RedisBroker {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, BrokerError> {
+        self.invoke_then(invocation, None)
+            .await
+            .map(|(reply, _)| reply)
+    }
+
+    /// Like [`RedisBroker::invoke`], then `then` (if any) on the same
+    /// connection: a `WAIT` counts only the writes of the connection it is
+    /// sent on, so it must follow the script there, not on a connection
+    /// made after a reconnect.
+    pub async fn invoke_then<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        then: Option<&redis::Cmd>,
+    ) -> Result<(T, Option<redis::Value>), BrokerError> {
         let (generation, mut conn) = self.ready_connection().await?;
-        let result = match &mut conn {
-            Conn::Single(c) => invocation.invoke_async(c).await,
-            Conn::Cluster(c) => invocation.invoke_async(c).await,
-        };
+        let result: redis::RedisResult<_> = async {
+            let reply = match &mut conn {
+                Conn::Single(c) => invocation.invoke_async(c).await?,
+                Conn::Cluster(c) => invocation.invoke_async(c).await?,
+            };
+            let after = match (then, &mut conn) {
+                (None, _) => None,
+                (Some(cmd), Conn::Single(c)) => Some(cmd.query_async(c).await?),
+                (Some(cmd), Conn::Cluster(c)) => Some(cmd.query_async(c).await?),
+            };
+            Ok((reply, after))
+        }
+        .await;
         result.map_err(|err| self.shared.command_failed(generation, err))
     }
 

@@ -213,24 +213,34 @@ impl RedisHistory {
         self
     }
 
-    /// After an append: `WAIT` for the configured replicas (see
-    /// [`RedisHistory::wait_for_replicas`]).
-    async fn replicated(&self) -> Result<(), BrokerError> {
-        let Some((replicas, timeout)) = self.replicas else {
-            return Ok(());
-        };
-        let ms = u64::try_from(timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(ms);
-        let acked: i64 = self.broker.query(&wait).await?;
-        if usize::try_from(acked).unwrap_or(0) < replicas {
-            return Err(BrokerError::Unavailable(format!(
-                "the event is stored on the primary but only {acked} of {replicas} replicas had it within {ms} ms"
-            )));
+    /// Runs an append script, followed on the same connection by `WAIT`
+    /// for the configured replicas (see [`RedisHistory::wait_for_replicas`]);
+    /// the script's reply once enough replicas have the append.
+    async fn run_append(&self, call: &redis::ScriptInvocation<'_>) -> Result<Value, BrokerError> {
+        let wait = self.replicas.map(|(replicas, timeout)| {
+            let ms = u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(replicas).arg(ms);
+            (wait, replicas, ms)
+        });
+        let (reply, acked) = self
+            .broker
+            .invoke_then(call, wait.as_ref().map(|(cmd, _, _)| cmd))
+            .await?;
+        if let Some((_, replicas, ms)) = wait {
+            let acked = match acked {
+                Some(Value::Int(n)) => usize::try_from(n).unwrap_or(0),
+                _ => return Err(bad_reply("WAIT")),
+            };
+            if acked < replicas {
+                return Err(BrokerError::Unavailable(format!(
+                    "the event is stored on the primary but only {acked} of {replicas} replicas had it within {ms} ms"
+                )));
+            }
         }
-        Ok(())
+        Ok(reply)
     }
 
     /// The stream and epoch keys of `channel`.
@@ -326,13 +336,10 @@ fn bad_reply(what: &str) -> BrokerError {
 #[async_trait]
 impl History for RedisHistory {
     async fn append(&self, channel: &Channel, payload: Bytes) -> Result<Position, BrokerError> {
-        let reply: Value = self
-            .broker
-            .invoke(&self.append_call(channel, &payload))
+        let reply = self
+            .run_append(&self.append_call(channel, &payload))
             .await?;
-        let position = parse_id(&reply).ok_or_else(|| bad_reply("the append script"))?;
-        self.replicated().await?;
-        Ok(position)
+        parse_id(&reply).ok_or_else(|| bad_reply("the append script"))
     }
 
     fn idempotency_window(&self) -> Option<Duration> {
@@ -351,9 +358,8 @@ impl History for RedisHistory {
         call.key(self.idempotency_key(channel, key))
             .arg(u64::try_from(window).unwrap_or(MAX_TTL_MS).min(MAX_TTL_MS))
             .arg(msg);
-        let reply: Value = self.broker.invoke(&call).await?;
-        // A duplicate too: the first append may have failed this wait.
-        self.replicated().await?;
+        // A duplicate waits too: the first append may have failed the wait.
+        let reply = self.run_append(&call).await?;
         if let Some(position) = parse_id(&reply) {
             return Ok(Appended::Stored(position));
         }
