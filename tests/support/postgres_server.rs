@@ -169,7 +169,10 @@ fn template() -> Result<PathBuf, String> {
                 .arg("-D")
                 .arg(&fresh)
                 .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
-                .stdin(Stdio::null());
+                .stdin(Stdio::null())
+                // The checkout may be in a directory the postgres user
+                // cannot enter (`mktemp -d`): initdb must not start there.
+                .current_dir("/");
             if let Some((uid, gid)) = ids {
                 command.uid(uid).gid(gid);
             }
@@ -265,7 +268,8 @@ impl PostgresServer {
                 .args(["-c", "synchronous_commit=off"])
                 .arg("-c")
                 .arg(format!("unix_socket_directories={}", home.display()))
-                .env("LOG", &log);
+                .env("LOG", &log)
+                .current_dir("/");
             if let Some((uid, gid)) = ids {
                 command.uid(uid).gid(gid);
             }
