@@ -264,8 +264,15 @@ pub trait History: Send + Sync + fmt::Debug + 'static {
 
     /// For each channel, its epoch, its newest position and whether
     /// everything after the given position is still retained. Runs on every
-    /// connect: it reads only, and reports a channel without history with
-    /// the empty epoch (see [`Head::epoch`]) rather than creating one.
+    /// connect: it writes no channel's history, and reports a channel
+    /// without history with the empty epoch (see [`Head::epoch`]) rather
+    /// than creating one.
+    ///
+    /// This call and the [`History::read`]s after it must see every append
+    /// the store acknowledged before it was made, also right after a
+    /// failover of a replicated store: a replay that ends short lets the
+    /// live events after it move the connection past the missing ones (see
+    /// the JetStream store's read barrier).
     async fn heads(
         &self,
         channels: &[(Channel, Option<Position>)],

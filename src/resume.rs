@@ -71,6 +71,16 @@
 //! channel that got events, was wiped and got events again while such a
 //! client was away is replayed from its new beginning only.
 //!
+//! # Bus outages
+//!
+//! After the bus was down, every connection resyncs: it holds live events
+//! back, replays from its cursor what it missed, and goes live as after a
+//! connect. From the moment the hub hears the bus is down until it hears it
+//! is back, live events of resumable channels are held, never sent: a
+//! backend may reconnect and resubscribe before it reports Up, and an event
+//! sent in between would move the cursor past what was published while the
+//! bus was away, which the replay then would never send.
+//!
 //! # Resume tokens
 //!
 //! [`Hub::resume_token`](crate::Hub::resume_token) writes, for a
@@ -230,11 +240,20 @@ impl Resumer {
     /// through each connection's cursor when it carries a position (in the
     /// envelope, or out of band) and an epoch. `None` when it does not: a
     /// foreign publisher's message, which the caller delivers live only.
+    ///
+    /// `bus_down`: the hub has not yet heard that the bus is back (and then
+    /// resyncs every connection, see [`Resumer::resync`]). Such an event
+    /// comes from a bus that reconnected and resubscribed before reporting
+    /// Up; sent now, it would move the cursor past what was published while
+    /// the bus was away, and the resync would replay from there: a silent
+    /// hole. So each connection holds it, like any live event during a
+    /// replay.
     pub(crate) fn deliver(
         &self,
         channel: &Channel,
         envelope: &Envelope<'_>,
         position: Option<Position>,
+        bus_down: bool,
     ) -> Option<FanOut> {
         let position = position.or_else(|| envelope.pos.as_deref().and_then(Position::parse))?;
         let epoch = match &envelope.epoch {
@@ -255,10 +274,12 @@ impl Resumer {
             // their heads. The event is in the store already, so their
             // replays send it; delivering it live too would send it twice,
             // and out of order.
-            return Some(
-                self.registry
-                    .fan_out_on(channel, |sender| send_unplaced(sender, &body)),
-            );
+            return Some(self.registry.fan_out_on(channel, |sender| {
+                if bus_down {
+                    hold(sender);
+                }
+                send_unplaced(sender, &body)
+            }));
         };
         let event = Stamped {
             key: channel_key(channel),
@@ -266,10 +287,12 @@ impl Resumer {
             position,
             body,
         };
-        Some(
-            self.registry
-                .fan_out_on(channel, |sender| send_live(sender, &event)),
-        )
+        Some(self.registry.fan_out_on(channel, |sender| {
+            if bus_down {
+                hold(sender);
+            }
+            send_live(sender, &event)
+        }))
     }
 
     /// After a bus outage (or lost messages of `channel`): every affected

@@ -9,9 +9,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use sse_cluster::broker::memory::MemoryBus;
+use sse_cluster::broker::{Broker, BrokerError, BusSink, Channel};
 use sse_cluster::history::memory::MemoryHistory;
-use sse_cluster::history::{History, Retention};
+use sse_cluster::history::{History, Position, Retention};
 use sse_cluster::{BrokerStatus, StreamConfig};
 use support::resume::{self, history_node, open, publish, read_n};
 use support::{Node, WAIT};
@@ -154,6 +156,143 @@ async fn memory_bus_outage_is_healed_by_replay() {
     client.expect_quiet().await;
     assert!(nodes[0].hub.stats().replays >= 1);
     assert_eq!(nodes[0].hub.stats().gap_events, 0);
+}
+
+/// A bus that reconnects and resubscribes before it reports Up (as
+/// async-nats does: Up only once a round trip proves the subscriptions are
+/// back): an event that arrives in between must not move the connection's
+/// cursor past what was published while the bus was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_before_the_bus_reports_up_does_not_skip_the_outage() {
+    let bus = MemoryBus::new();
+    let history = Arc::new(MemoryHistory::new(&bus, Retention::default()));
+    let broker_a = bus.broker();
+    let late_up = Arc::new(LateUp::new(broker_a.clone()));
+    let a = history_node(
+        "late-a".into(),
+        late_up.clone(),
+        history.clone(),
+        StreamConfig::default(),
+    )
+    .await;
+    let b = history_node(
+        "late-b".into(),
+        bus.broker(),
+        history,
+        StreamConfig::default(),
+    )
+    .await;
+    let mut client = open(&a, "topic=a", None).await;
+    publish(&b, "topic=a", "a:0").await;
+    assert_eq!(read_n(&mut client, 1).await[0].data, "a:0");
+
+    late_up.hold_up(true);
+    broker_a.set_connected(false);
+    support::bus::wait_until("node a down", WAIT, || {
+        a.hub.broker_status() == BrokerStatus::Down
+    })
+    .await;
+    publish(&b, "topic=a", "a:1").await;
+    // Back on the bus, not yet reported Up: a:2 reaches node A live.
+    broker_a.set_connected(true);
+    let before = a.hub.stats().bus_in;
+    publish(&b, "topic=a", "a:2").await;
+    support::bus::wait_until("a:2 reached node a", WAIT, || a.hub.stats().bus_in > before).await;
+    client.expect_quiet().await;
+    late_up.hold_up(false);
+
+    let data: Vec<String> = read_n(&mut client, 2)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(data, ["a:1", "a:2"]);
+    client.expect_quiet().await;
+}
+
+/// Passes everything through to a memory broker, but can keep an Up status
+/// from the hub until told (see the test above).
+#[derive(Debug)]
+struct LateUp {
+    inner: Arc<sse_cluster::broker::memory::MemoryBroker>,
+    sink: std::sync::OnceLock<Arc<LateUpSink>>,
+}
+
+struct LateUpSink {
+    hub: Arc<dyn BusSink>,
+    hold: std::sync::atomic::AtomicBool,
+    held: std::sync::Mutex<Option<BrokerStatus>>,
+}
+
+impl LateUp {
+    fn new(inner: Arc<sse_cluster::broker::memory::MemoryBroker>) -> Self {
+        Self {
+            inner,
+            sink: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// While `true`, an Up status waits; `false` hands over a held one.
+    fn hold_up(&self, hold: bool) {
+        let Some(sink) = self.sink.get() else { return };
+        sink.hold.store(hold, std::sync::atomic::Ordering::SeqCst);
+        if !hold {
+            if let Some(status) = sink.held.lock().expect("lock").take() {
+                sink.hub.status_changed(status);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for LateUpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LateUpSink")
+    }
+}
+
+impl BusSink for LateUpSink {
+    fn deliver(&self, channel: &Channel, payload: Bytes) {
+        self.hub.deliver(channel, payload);
+    }
+    fn deliver_at(&self, channel: &Channel, payload: Bytes, position: Position) {
+        self.hub.deliver_at(channel, payload, position);
+    }
+    fn status_changed(&self, status: BrokerStatus) {
+        if status == BrokerStatus::Up && self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            *self.held.lock().expect("lock") = Some(status);
+        } else {
+            self.hub.status_changed(status);
+        }
+    }
+    fn messages_lost(&self, channel: Option<&Channel>) {
+        self.hub.messages_lost(channel);
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for LateUp {
+    async fn start(&self, sink: Arc<dyn BusSink>) -> Result<(), BrokerError> {
+        let sink = self.sink.get_or_init(|| {
+            Arc::new(LateUpSink {
+                hub: sink,
+                hold: false.into(),
+                held: std::sync::Mutex::new(None),
+            })
+        });
+        self.inner.start(sink.clone()).await
+    }
+    async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<(), BrokerError> {
+        self.inner.publish(channel, payload).await
+    }
+    async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
+        self.inner.subscribe(channel).await
+    }
+    async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
+        self.inner.unsubscribe(channel).await
+    }
+    fn status(&self) -> tokio::sync::watch::Receiver<BrokerStatus> {
+        self.inner.status()
+    }
 }
 
 /// Age-based retention: an event missed while away that aged out of the

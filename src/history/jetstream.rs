@@ -49,7 +49,15 @@
 //!
 //! # What a connect writes: nothing per channel
 //!
-//! Only appends store anything per channel. A connect reads: the stream's
+//! Only appends store anything per channel. On a replicated stream the
+//! first connect through a leader this node has not read from yet (and the
+//! first after each reconnect) appends one empty message to
+//! `{prefix}_h._sync` and waits for its acknowledgement, a read barrier: a
+//! newly elected leader may answer reads before it has applied the appends
+//! its predecessor acknowledged, and its acknowledgement of the barrier
+//! comes only after it has applied everything before it. The per-subject
+//! limit keeps that subject small; its republished copy, `{prefix}._sync`,
+//! has no subscriber. A connect reads: the stream's
 //! info and, per channel, its last message ([`History::heads`]), then the
 //! replay reads each channel after the client's position. A gap of at most
 //! [`SHORT_REPLAY`] stream sequences (the usual reconnect) is read message
@@ -189,6 +197,11 @@ struct Inner {
     epoch: Mutex<Option<Arc<str>>>,
     /// Follows advisories and reconnects (refreshes the epoch).
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// The (leader, broker connect count) the last read barrier went
+    /// through (see `read::Inner::sync_with_leader`).
+    synced: Mutex<Option<(String, u64)>>,
+    /// One barrier at a time.
+    syncing: tokio::sync::Mutex<()>,
 }
 
 /// History in a JetStream stream, publishing through its republish. See the
@@ -285,6 +298,8 @@ impl JetStreamHistory {
                 setup: tokio::sync::Mutex::new(()),
                 epoch: Mutex::new(None),
                 watcher: Mutex::new(None),
+                synced: Mutex::new(None),
+                syncing: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -585,7 +600,11 @@ impl History for JetStreamHistory {
         channels: &[(Channel, Option<Position>)],
     ) -> Result<Vec<Head>, BrokerError> {
         let inner = &self.inner;
-        let (ready, info) = inner.info().await?;
+        let (mut ready, mut info) = inner.info().await?;
+        if inner.sync_with_leader(&ready, &info).await? {
+            // The info was read before the barrier: read it again.
+            (ready, info) = inner.info().await?;
+        }
         let epoch = epoch_of(&info);
         let first = info.state.first_sequence;
         let newest = info.state.last_sequence;

@@ -44,9 +44,14 @@ impl BusSink for Inbox {
         };
         inner.counters.broker_up(status == BrokerStatus::Up);
         if status == BrokerStatus::Up {
-            if inner.bus_down.swap(false, Ordering::AcqRel) {
+            // Status changes come one at a time (`report_status`). The
+            // resync holds every connection before the flag clears: a live
+            // event of a resumable channel is held either way until the
+            // connection's replay (see `Resumer::deliver`).
+            if inner.bus_down.load(Ordering::Acquire) {
                 tracing::info!("broker is back");
                 inner.recover(None);
+                inner.bus_down.store(false, Ordering::Release);
             }
         } else if !inner.bus_down.swap(true, Ordering::AcqRel) {
             inner.counters.bus_outage();
@@ -108,7 +113,8 @@ impl Inner {
             return c.bus_malformed(channel, &err);
         }
         if let Some(resumer) = resumer {
-            if let Some(out) = resumer.deliver(channel, &envelope, position) {
+            let bus_down = self.bus_down.load(Ordering::Acquire);
+            if let Some(out) = resumer.deliver(channel, &envelope, position, bus_down) {
                 return c.frame_from_bus(envelope.ts_us, out);
             }
         }

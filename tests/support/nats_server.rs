@@ -460,6 +460,8 @@ async fn pump(client: tokio::net::TcpStream, server: tokio::net::TcpStream, dela
 /// each with JetStream, so that streams can be replicated over all three.
 pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
+    /// Each server's name (`-n`), as stream infos name their leader.
+    pub names: Vec<String>,
 }
 
 impl NatsCluster {
@@ -468,6 +470,7 @@ impl NatsCluster {
         let routes: Vec<u16> = (0..3).map(|_| server::free_port()).collect();
         let name = unique_prefix();
         let mut servers = Vec::new();
+        let mut names = Vec::new();
         for (i, port) in routes.iter().enumerate() {
             let others: Vec<String> = routes
                 .iter()
@@ -487,6 +490,7 @@ impl NatsCluster {
                 &others.join(","),
             ];
             servers.push(NatsServer::start_with(true, &args)?);
+            names.push(server_name);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         for server in &servers {
@@ -502,7 +506,7 @@ impl NatsCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        Some(NatsCluster { servers })
+        Some(NatsCluster { servers, names })
     }
 }
 

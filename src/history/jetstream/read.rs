@@ -1,7 +1,9 @@
 //! Reading a channel's history out of the stream, always from the
 //! stream's leader (see the parent module's docs on why not by direct
-//! gets): its last message, a replay message by message or through an
-//! ephemeral consumer, and whether a client's position is still retained.
+//! gets): the barrier that makes a new leader's reads see every
+//! acknowledged append, a channel's last message, a replay message by
+//! message or through an ephemeral consumer, and whether a client's
+//! position is still retained.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use futures_util::StreamExt;
 
 use async_nats::jetstream::{consumer, stream};
 
-use super::{backend, unavailable, Inner};
+use super::{backend, lock, unavailable, Inner, Ready};
 use crate::broker::BrokerError;
 use crate::history::{Entry, Position};
 
@@ -17,6 +19,69 @@ use crate::history::{Entry, Position};
 /// message up to which a replay reads message by message (one request
 /// each) instead of creating a consumer.
 pub const SHORT_REPLAY: u64 = 64;
+
+/// The subject (under the history subjects, after `{prefix}_h.`) of the
+/// empty messages [`Inner::sync_with_leader`] appends. No channel maps to
+/// it; its republished copy (`{prefix}._sync`) has no subscriber.
+pub(super) const BARRIER_SUBJECT: &str = "_sync";
+
+impl Inner {
+    /// Makes the reads that follow see every append the stream ever
+    /// acknowledged; `true` when it appended a barrier.
+    ///
+    /// A replicated stream's leader acknowledges an append once a quorum
+    /// stored it, but a server elected leader after that may not have
+    /// applied such entries yet: it commits them with the first entry of
+    /// its own term. Until then it answers reads without them, and a replay
+    /// right after a failover would end before them while the live events
+    /// after them move the connection's cursor past: a silent hole. So,
+    /// for a stream with more than one replica, the first read through a
+    /// leader this node has not synced with (and the first after each
+    /// reconnect of the broker) appends an empty message to
+    /// [`BARRIER_SUBJECT`] and waits for its acknowledgement: the leader
+    /// sends it only after applying every entry before it. One append per
+    /// leader change and node, not per read.
+    pub(super) async fn sync_with_leader(
+        &self,
+        ready: &Ready,
+        info: &stream::Info,
+    ) -> Result<bool, BrokerError> {
+        if info.config.num_replicas <= 1 {
+            return Ok(false);
+        }
+        let synced = |leader: &str, connects: u64| {
+            lock(&self.synced)
+                .as_ref()
+                .is_some_and(|(l, c)| l == leader && *c == connects)
+        };
+        // No leader known: sync every time (the append fails until there is
+        // one, and the caller's read would too).
+        let leader = info
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .unwrap_or_default();
+        let connects = self.broker.stats().connects;
+        if !leader.is_empty() && synced(&leader, connects) {
+            return Ok(false);
+        }
+        let _one = self.syncing.lock().await;
+        if !leader.is_empty() && synced(&leader, connects) {
+            return Ok(false);
+        }
+        let subject = format!("{}_h.{BARRIER_SUBJECT}", self.prefix);
+        let ack = ready
+            .context
+            .publish(subject, bytes::Bytes::new())
+            .await
+            .map_err(|e| unavailable("read barrier", e))?;
+        ack.await.map_err(|e| unavailable("read barrier", e))?;
+        if !leader.is_empty() {
+            *lock(&self.synced) = Some((leader, connects));
+        }
+        Ok(true)
+    }
+}
 
 /// `Some(message)`, `None` when the leader has no such message, or the
 /// error (`what` names the request).
