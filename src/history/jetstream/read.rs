@@ -31,8 +31,10 @@ impl Inner {
     ///
     /// A replicated stream's leader acknowledges an append once a quorum
     /// stored it, but a server elected leader after that may not have
-    /// applied such entries yet: it commits them with the first entry of
-    /// its own term. Until then it answers reads without them, and a replay
+    /// applied such entries yet: Raft commits them with the first entry of
+    /// the new leader's term. Until then it may answer reads without them
+    /// (not seen on nats-server 2.9.10 in this crate's tests, and nothing
+    /// in JetStream's documentation rules it out), and a replay
     /// right after a failover would end before them while the live events
     /// after them move the connection's cursor past: a silent hole. So,
     /// for a stream with more than one replica, the first read through a
