@@ -146,12 +146,15 @@ async fn resume_with_stream_history_across_shards() {
     support::resume::replays_missed_events_on_another_node(&nodes, 20).await;
 }
 
-/// A primary of a cluster with a replica per primary, killed (SIGKILL)
+/// A primary of a cluster with two replicas per primary, killed (SIGKILL)
 /// under 100 events/s: the hubs report Down, follow the new topology (the
 /// sharded subscription moves with its slot to the promoted replica) and
 /// report Up within the failover time plus 2 s; the Redis Streams history
 /// on the cluster stays consistent: a client that reconnects to the other
-/// node has every acknowledged event once.
+/// node has every acknowledged event once. The history acknowledges an
+/// append only once a replica has it (`wait_for_replicas`; replication is
+/// asynchronous, see `tests/redis_sentinel.rs`), hence two replicas: the
+/// promoted one keeps the other to confirm its appends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_is_followed_to_its_replica() {
     use std::sync::Arc;
@@ -162,7 +165,7 @@ async fn a_killed_primary_is_followed_to_its_replica() {
 
     let test = "a_killed_primary_is_followed_to_its_replica";
     let Some(mut cluster) =
-        tokio::task::block_in_place(|| support::redis_cluster::start_with_replicas(test, 1))
+        tokio::task::block_in_place(|| support::redis_cluster::start_with_replicas(test, 2))
     else {
         return;
     };
@@ -175,7 +178,10 @@ async fn a_killed_primary_is_followed_to_its_replica() {
         config.connect_timeout = Duration::from_millis(500);
         async move {
             let broker = RedisBroker::new(config).expect("config");
-            let history = Arc::new(RedisHistory::new(broker.clone(), Retention::default()));
+            let history = Arc::new(
+                RedisHistory::new(broker.clone(), Retention::default())
+                    .wait_for_replicas(1, Duration::from_millis(500)),
+            );
             let hub = Hub::builder()
                 .node_id(id)
                 .broker(broker)
