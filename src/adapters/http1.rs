@@ -689,6 +689,52 @@ mod tests {
         }
     }
 
+    /// A writer that takes a few bytes at a time (and only the first
+    /// slice of a vectored write, as a duplex pipe does) still gets every
+    /// chunk whole and in order.
+    #[tokio::test]
+    async fn chunks_survive_short_writes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server, mut client) = tokio::io::duplex(5);
+        let frames = [
+            Bytes::from_static(b"data: one\n\n"),
+            Bytes::from(vec![b'x'; 300]),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames
+                .clone()
+                .map(|f| Ok::<_, std::convert::Infallible>(http_body::Frame::data(f))),
+        ));
+        let served = tokio::spawn(serve_sse(
+            server,
+            |_| true,
+            |_| async move {
+                let mut response = http::Response::new(body);
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/event-stream"),
+                );
+                response
+            },
+        ));
+        client
+            .write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(matches!(served.await.unwrap(), Ok(Served::Done)));
+        let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut want = Vec::new();
+        for frame in &frames {
+            want.extend_from_slice(format!("{:x}\r\n", frame.len()).as_bytes());
+            want.extend_from_slice(frame);
+            want.extend_from_slice(b"\r\n");
+        }
+        want.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(got[at..], want[..]);
+    }
+
     /// The driver's future is what an idle stream's task holds for the
     /// stream's whole life: the request's and the response head's state
     /// must not size it (it was 1.4 KiB with the demo node's types; see
