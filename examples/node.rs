@@ -425,20 +425,23 @@ type Shared = std::sync::Arc<(axum::Router, hyper::server::conn::http1::Builder)
 
 /// One connection: `GET /events` through the SSE driver, anything else
 /// through hyper with the router built once.
-async fn serve_one(
+///
+/// Not an `async fn`: the task holds this future for an SSE stream's whole
+/// life, and an `async fn` would keep its arguments, and the driver's
+/// result, beside the driver's own future (see BENCHMARKS.md, idle memory).
+fn serve_one(
     shared: Shared,
     watcher: hyper_util::server::graceful::Watcher,
     tcp: tokio::net::TcpStream,
     write_deadline: Duration,
-) {
-    use hyper_util::rt::TokioIo;
-    use hyper_util::service::TowerToHyperService;
+) -> impl std::future::Future<Output = ()> {
+    use futures_util::FutureExt;
     use sse_cluster::adapters::http1::{serve_sse, Served};
     use sse_cluster::adapters::WriteDeadline;
     use tower::ServiceExt;
 
     let router = shared.0.clone();
-    let served = serve_sse(
+    let sse = serve_sse(
         WriteDeadline::with_deadline(tcp, write_deadline),
         |head| head.method == http::Method::GET && head.uri.path() == "/events",
         |req| async move {
@@ -448,14 +451,31 @@ async fn serve_one(
                 Err(never) => match never {},
             }
         },
-    )
-    .await;
-    if let Ok(Served::Other(io)) = served {
-        let (app, http) = &*shared;
-        let service = TowerToHyperService::new(app.clone());
-        // Boxed: in place, hyper's connection future would size every
-        // connection's task, the SSE streams' too (most of an idle
-        // stream's memory).
-        let _ = Box::pin(watcher.watch(http.serve_connection(TokioIo::new(io), service))).await;
-    }
+    );
+    sse.then(|served| async move {
+        if let Ok(Served::Other(io)) = served {
+            // Boxed: in place, hyper's connection future would size every
+            // connection's task, the SSE streams' too.
+            Box::pin(serve_other(shared, watcher, io)).await;
+        }
+    })
+}
+
+/// A connection whose first request is not an SSE request: hyper serves
+/// it, with the router built once.
+async fn serve_other(
+    shared: Shared,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: sse_cluster::adapters::http1::Rewind<
+        sse_cluster::adapters::WriteDeadline<tokio::net::TcpStream>,
+    >,
+) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+
+    let (app, http) = &*shared;
+    let service = TowerToHyperService::new(app.clone());
+    let _ = watcher
+        .watch(http.serve_connection(TokioIo::new(io), service))
+        .await;
 }

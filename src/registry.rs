@@ -255,24 +255,30 @@ impl ConnectionRegistry {
 
     /// Adds a connection; returns the channels that had no local interest
     /// before it.
+    ///
+    /// A name already in the index replaces the connection's copy in its
+    /// entry, so that a name followed by many connections is held once, not
+    /// once per connection.
     pub(crate) fn register(
         &self,
         id: ConnectionId,
-        user: Option<Arc<str>>,
-        topics: Box<[Arc<str>]>,
+        mut user: Option<Arc<str>>,
+        mut topics: Box<[Arc<str>]>,
         sender: FrameSender,
     ) -> Vec<Channel> {
         let seq = id.seq();
         let mut fresh = Vec::new();
-        if let Some(user) = &user {
+        if let Some(user) = &mut user {
             let mut conns = self.by_user.entry(user.clone()).or_default();
+            *user = conns.key().clone();
             if conns.is_empty() {
                 fresh.push(Channel::User(user.clone()));
             }
             conns.insert(seq, sender.clone());
         }
-        for topic in topics.iter() {
+        for topic in topics.iter_mut() {
             let mut conns = self.by_topic.entry(topic.clone()).or_default();
+            *topic = conns.key().clone();
             if conns.is_empty() {
                 fresh.push(Channel::Topic(topic.clone()));
             }
@@ -505,6 +511,21 @@ mod tests {
         assert!(r.is_empty());
         assert!(!r.has_interest(&Channel::Topic("t2".into())));
         assert!(r.unregister(&b).is_empty(), "double unregister is a no-op");
+    }
+
+    #[test]
+    fn a_name_followed_by_many_connections_is_held_once() {
+        let r = ConnectionRegistry::default();
+        let (_a, _, _sa) = conn(&r, 1, Some("u"), &["t"]);
+        let (_b, _, _sb) = conn(&r, 2, Some("u"), &["t"]);
+        let held = r.connections();
+        assert_eq!(held.len(), 2);
+        let (first, second) = (&held[0], &held[1]);
+        assert!(Arc::ptr_eq(&first.topics[0], &second.topics[0]));
+        let (Some(u1), Some(u2)) = (&first.user, &second.user) else {
+            panic!("both have the user");
+        };
+        assert!(Arc::ptr_eq(u1, u2));
     }
 
     #[test]

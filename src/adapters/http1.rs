@@ -185,7 +185,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 ///   never a cut body presented as whole. The error's inner error is a
 ///   [`BodyTooLarge`] in the first case.
 /// - Any error of `io` while reading the head or writing the response.
-pub async fn serve_sse<T, S, F, Fut, B>(io: T, is_sse: S, respond: F) -> io::Result<Served<T>>
+pub fn serve_sse<T, S, F, Fut, B>(
+    io: T,
+    is_sse: S,
+    respond: F,
+) -> impl Future<Output = io::Result<Served<T>>>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     S: FnOnce(&http::request::Parts) -> bool,
@@ -193,8 +197,14 @@ where
     Fut: Future<Output = http::Response<B>>,
     B: Body<Data = Bytes>,
 {
-    serve_sse_with(io, &DriverConfig::default(), is_sse, respond).await
+    // Not an `async fn` of its own: that would keep a second copy of `io`
+    // and the closures, and a default config, in every stream's task.
+    serve_sse_with(io, &NO_CONFIG, is_sse, respond)
 }
+
+/// The settings of [`serve_sse`]: a static, so that no stream's task holds
+/// a copy.
+static NO_CONFIG: DriverConfig = DriverConfig { cors: None };
 
 /// Settings of [`serve_sse_with`].
 #[derive(Debug, Clone, Default)]
@@ -240,12 +250,72 @@ impl DriverConfig {
 /// # Errors
 ///
 /// As [`serve_sse`].
-pub async fn serve_sse_with<T, S, F, Fut, B>(
-    mut io: T,
-    config: &DriverConfig,
+pub fn serve_sse_with<'a, T, S, F, Fut, B>(
+    io: T,
+    config: &'a DriverConfig,
     is_sse: S,
     respond: F,
-) -> io::Result<Served<T>>
+) -> impl Future<Output = io::Result<Served<T>>> + use<'a, T, S, F, Fut, B>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: FnOnce(&http::request::Parts) -> bool,
+    F: FnOnce(http::Request<()>) -> Fut,
+    Fut: Future<Output = http::Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    // This future is what an idle stream's task holds for the stream's
+    // whole life, so it keeps only what streaming needs (the IO, the body,
+    // the chunk being written). An `async` block, not an `async fn`: the
+    // latter keeps a second copy of each argument. See BENCHMARKS.md, "Idle
+    // memory, third pass".
+    let mut io = io;
+    async move {
+        // Boxed, and freed once the response head is written: in place, its
+        // state (the head buffer, the parsed request, the app's future, the
+        // response head, the head timeout) would size this future.
+        let body = match Box::pin(open(&mut io, config.cors.as_ref(), is_sse, respond)).await? {
+            Opened::Stream(body) => body,
+            Opened::Done => return Ok(Served::Done),
+            Opened::Other(prefix) => return Ok(Served::Other(Rewind::new(prefix, io))),
+        };
+        // Every write has the default write deadline: a client that stops
+        // reading cannot pin the connection (and its stream's registry
+        // entry) however the caller built `io`.
+        let mut io = WriteDeadline::new(&mut io);
+        let mut body = std::pin::pin!(body);
+        if stream_body(&mut io, body.as_mut()).await? {
+            // The body ended: the last chunk. Boxed: in place, the timer
+            // would size every stream's task.
+            let end = Box::pin(tokio::time::timeout(
+                END_TIMEOUT,
+                write_all(&mut io, b"0\r\n\r\n"),
+            ));
+            end.await.unwrap_or(Ok(()))?;
+        }
+        let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+        Ok(Served::Done)
+    }
+}
+
+/// What [`open`] leaves for the rest of [`serve_sse_with`].
+enum Opened<B> {
+    /// Answered whole (a preflight, a response that is not a stream) and
+    /// shut down.
+    Done,
+    /// Not an SSE request: the bytes already read, to put back in front.
+    Other(Bytes),
+    /// An SSE response whose head is written: stream this body.
+    Stream(B),
+}
+
+/// Reads the request head and answers it up to the stream's body: a
+/// preflight, a whole response, or the head of an SSE response.
+async fn open<T, S, F, Fut, B>(
+    io: &mut T,
+    cors: Option<&Cors>,
+    is_sse: S,
+    respond: F,
+) -> io::Result<Opened<B>>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     S: FnOnce(&http::request::Parts) -> bool,
@@ -258,92 +328,76 @@ where
     let parts = loop {
         match parse_head(&head) {
             Head::Complete(parts) => break parts,
-            Head::Invalid => return Ok(Served::Other(Rewind::new(head.into(), io))),
-            Head::Partial if head.len() >= MAX_HEAD => {
-                return Ok(Served::Other(Rewind::new(head.into(), io)));
-            }
+            Head::Invalid => return Ok(Opened::Other(head.into())),
+            Head::Partial if head.len() >= MAX_HEAD => return Ok(Opened::Other(head.into())),
             Head::Partial => {}
         }
-        let read = tokio::time::timeout_at(deadline, read_more(&mut io, &mut head)).await;
+        let read = tokio::time::timeout_at(deadline, read_more(io, &mut head)).await;
         let Ok(read) = read else {
             return Err(io::ErrorKind::TimedOut.into());
         };
         if read? == 0 {
-            return Ok(Served::Other(Rewind::new(head.into(), io)));
+            return Ok(Opened::Other(head.into()));
         }
     };
     let parts = *parts;
-    let cors = config.cors.as_ref();
     if let Some(cors) = cors.filter(|_| is_preflight(&parts)) {
         if !is_sse(&announced(&parts)) {
-            return Ok(Served::Other(Rewind::new(head.into(), io)));
+            return Ok(Opened::Other(head.into()));
         }
         drop(head);
-        let mut io = WriteDeadline::new(&mut io);
+        let mut io = WriteDeadline::new(io);
         if let Some(answer) = cors.preflight(&parts) {
             let (answer, ()) = answer.into_parts();
             write_all(&mut io, &response_head(&answer, Some(0))).await?;
         }
         let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
-        return Ok(Served::Done);
+        return Ok(Opened::Done);
     }
     if !is_sse(&parts) {
-        return Ok(Served::Other(Rewind::new(head.into(), io)));
+        return Ok(Opened::Other(head.into()));
     }
     drop(head);
     // Only what the CORS grant depends on outlives the request.
     let origin = cors.and_then(|_| parts.headers.get(http::header::ORIGIN).cloned());
-    // Boxed, and freed once the response is there: in place, the app's
-    // future (a router, the connect) would size this future, and so every
-    // idle stream's task, for as long as the stream lives.
+    // Boxed: the app's future (a router, the connect) is freed as soon as
+    // it has answered.
     let response = Box::pin(respond(http::Request::from_parts(parts, ()))).await;
-    // Every write of the answer has the default write deadline: a client
-    // that stops reading cannot pin the connection (and its stream's
-    // registry entry) however the caller built `io`.
-    let mut io = WriteDeadline::new(&mut io);
-    // In a block, so that the response head does not live on in this
-    // future while the stream runs.
-    let stream = {
-        let (mut parts, body) = response.into_parts();
-        if let Some(cors) = cors {
-            let mut request = http::HeaderMap::new();
-            if let Some(origin) = origin {
-                request.insert(http::header::ORIGIN, origin);
-            }
-            cors.apply(&request, &mut parts.headers);
+    let mut io = WriteDeadline::new(io);
+    let (mut parts, body) = response.into_parts();
+    if let Some(cors) = cors {
+        let mut request = http::HeaderMap::new();
+        if let Some(origin) = origin {
+            request.insert(http::header::ORIGIN, origin);
         }
-        let is_stream = parts.status == http::StatusCode::OK
-            && parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if is_stream {
-            write_all(&mut io, &response_head(&parts, None)).await?;
-            Some(body)
-        } else {
-            match collect(body).await {
-                Ok(body) => {
-                    write_all(&mut io, &response_head(&parts, Some(body.len()))).await?;
-                    write_all(&mut io, &body).await?;
-                }
-                Err(err) => {
-                    // The client learns that this is not the response; the
-                    // caller, why.
-                    let (mut failed, ()) = http::Response::new(()).into_parts();
-                    failed.status = http::StatusCode::INTERNAL_SERVER_ERROR;
-                    let _ = write_all(&mut io, &response_head(&failed, Some(0))).await;
-                    let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
-                    return Err(err);
-                }
-            }
-            None
-        }
-    };
-    if let Some(body) = stream {
-        stream_body(&mut io, body).await?;
+        cors.apply(&request, &mut parts.headers);
     }
-    let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
-    Ok(Served::Done)
+    let is_stream = parts.status == http::StatusCode::OK
+        && parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if is_stream {
+        write_all(&mut io, &response_head(&parts, None)).await?;
+        return Ok(Opened::Stream(body));
+    }
+    match collect(body).await {
+        Ok(body) => {
+            write_all(&mut io, &response_head(&parts, Some(body.len()))).await?;
+            write_all(&mut io, &body).await?;
+            let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+            Ok(Opened::Done)
+        }
+        Err(err) => {
+            // The client learns that this is not the response; the
+            // caller, why.
+            let (mut failed, ()) = http::Response::new(()).into_parts();
+            failed.status = http::StatusCode::INTERNAL_SERVER_ERROR;
+            let _ = write_all(&mut io, &response_head(&failed, Some(0))).await;
+            let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+            Err(err)
+        }
+    }
 }
 
 /// The request a preflight announces: its head with the method of
@@ -460,77 +514,90 @@ fn response_head(parts: &http::response::Parts, length: Option<usize>) -> Vec<u8
     out
 }
 
-enum Next {
-    Data(Bytes),
-    End,
-    ClientGone,
+/// A chunk being written: its data and how many bytes of the whole chunk
+/// (size line, data, CRLF) are written.
+struct Chunk {
+    data: Bytes,
+    written: usize,
 }
 
-/// Writes `body` as chunks until it ends or the client closes its side.
-async fn stream_body<T, B>(io: &mut T, body: B) -> io::Result<()>
+/// Writes `body` as chunks until it ends (`true`) or the client closes its
+/// side (`false`).
+///
+/// One `poll_fn` over a few words (the chunk being written and two
+/// references): this is what an idle stream's task waits in.
+fn stream_body<'a, T, B>(
+    io: &'a mut T,
+    mut body: Pin<&'a mut B>,
+) -> impl Future<Output = io::Result<bool>> + use<'a, T, B>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     B: Body<Data = Bytes>,
 {
-    let mut body = std::pin::pin!(body);
-    loop {
-        let next = poll_fn(|cx| {
-            // A client that closed its side reads as end of file; anything
-            // it sends after the request is ignored (bounded per wake-up).
-            for _ in 0..16 {
-                let mut scratch = [0u8; 64];
-                let mut rb = ReadBuf::new(&mut scratch);
-                match Pin::new(&mut *io).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
-                        return Poll::Ready(Next::ClientGone)
-                    }
-                    Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(_)) => return Poll::Ready(Next::ClientGone),
-                    Poll::Pending => break,
-                }
+    let mut chunk: Option<Chunk> = None;
+    poll_fn(move |cx| loop {
+        if let Some(pending) = &mut chunk {
+            match poll_write_chunk(&mut *io, cx, pending) {
+                Poll::Ready(Ok(())) => chunk = None,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
-            loop {
-                return match body.as_mut().poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) if data.is_empty() => continue,
-                        Ok(data) => Poll::Ready(Next::Data(data)),
-                        Err(_) => continue,
-                    },
-                    Poll::Ready(Some(Err(_))) | Poll::Ready(None) => Poll::Ready(Next::End),
-                    Poll::Pending => Poll::Pending,
-                };
-            }
-        })
-        .await;
-        match next {
-            Next::Data(data) => write_chunk(io, &data).await?,
-            Next::End => {
-                let end = tokio::time::timeout(END_TIMEOUT, write_all(io, b"0\r\n\r\n"));
-                return end.await.unwrap_or(Ok(()));
-            }
-            Next::ClientGone => return Ok(()),
         }
-    }
+        // A client that closed its side reads as end of file; anything it
+        // sends after the request is ignored (bounded per wake-up).
+        for _ in 0..16 {
+            let mut scratch = [0u8; 64];
+            let mut rb = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
+                Poll::Pending => break,
+            }
+        }
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => chunk = Some(Chunk { data, written: 0 }),
+                _ => {}
+            },
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => return Poll::Ready(Ok(true)),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
 }
 
-/// Writes `data` as one chunk: size line, data and CRLF in one vectored
-/// write (no copy) when the IO takes it whole, as a socket normally does.
-async fn write_chunk<T: AsyncWrite + Unpin>(io: &mut T, data: &[u8]) -> io::Result<()> {
+/// Writes `chunk` (size line, data, CRLF) in vectored writes (no copy),
+/// normally one, as a socket takes it whole; then flushes.
+fn poll_write_chunk<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    cx: &mut Context<'_>,
+    chunk: &mut Chunk,
+) -> Poll<io::Result<()>> {
     let mut size = [0u8; 18];
-    let size_len = chunk_size_line(data.len(), &mut size);
-    let parts: [&[u8]; 3] = [&size[..size_len], data, b"\r\n"];
-    let total = size_len + data.len() + 2;
-    let written = poll_fn(|cx| {
-        let slices = parts.map(io::IoSlice::new);
-        Pin::new(&mut *io).poll_write_vectored(cx, &slices)
-    })
-    .await?;
-    if written == total {
-        return poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await;
+    let size_len = chunk_size_line(chunk.data.len(), &mut size);
+    let total = size_len + chunk.data.len() + 2;
+    while chunk.written < total {
+        // What is left of the three parts after `written` bytes.
+        let mut skip = chunk.written;
+        let mut slices = [io::IoSlice::new(&[]); 3];
+        let mut len = 0;
+        for part in [&size[..size_len], &chunk.data[..], b"\r\n"] {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[len] = io::IoSlice::new(&part[skip..]);
+            skip = 0;
+            len += 1;
+        }
+        match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..len]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => chunk.written += n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
     }
-    // A short write: the rest, copied once.
-    let rest: Vec<u8> = parts.concat().split_off(written.min(total));
-    write_all(io, &rest).await
+    Pin::new(&mut *io).poll_flush(cx)
 }
 
 /// Writes `len` in hex and CRLF into `out`; returns the length written.
@@ -620,5 +687,64 @@ mod tests {
             let n = chunk_size_line(len, &mut out);
             assert_eq!(&out[..n], format!("{len:x}\r\n").as_bytes(), "{len}");
         }
+    }
+
+    /// A writer that takes a few bytes at a time (and only the first
+    /// slice of a vectored write, as a duplex pipe does) still gets every
+    /// chunk whole and in order.
+    #[tokio::test]
+    async fn chunks_survive_short_writes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server, mut client) = tokio::io::duplex(5);
+        let frames = [
+            Bytes::from_static(b"data: one\n\n"),
+            Bytes::from(vec![b'x'; 300]),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames
+                .clone()
+                .map(|f| Ok::<_, std::convert::Infallible>(http_body::Frame::data(f))),
+        ));
+        let served = tokio::spawn(serve_sse(
+            server,
+            |_| true,
+            |_| async move {
+                let mut response = http::Response::new(body);
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/event-stream"),
+                );
+                response
+            },
+        ));
+        client
+            .write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(matches!(served.await.unwrap(), Ok(Served::Done)));
+        let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut want = Vec::new();
+        for frame in &frames {
+            want.extend_from_slice(format!("{:x}\r\n", frame.len()).as_bytes());
+            want.extend_from_slice(frame);
+            want.extend_from_slice(b"\r\n");
+        }
+        want.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(got[at..], want[..]);
+    }
+
+    /// The driver's future is what an idle stream's task holds for the
+    /// stream's whole life: the request's and the response head's state
+    /// must not size it (it was 1.4 KiB with the demo node's types; see
+    /// BENCHMARKS.md, "Idle memory, third pass").
+    #[test]
+    fn the_streaming_future_stays_small() {
+        let (io, _client) = tokio::io::duplex(64);
+        let body = http_body_util::Empty::<Bytes>::new();
+        let served = serve_sse(io, |_| true, |_| async { http::Response::new(body) });
+        let size = std::mem::size_of_val(&served);
+        assert!(size <= 160, "{size} bytes");
     }
 }

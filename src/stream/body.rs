@@ -48,7 +48,8 @@ pub struct SseStream {
     shared: Arc<Shared>,
     prologue: VecDeque<Bytes>,
     keep_alive: Option<KeepAlive>,
-    deadline: Option<Deadline>,
+    /// Boxed: most streams have none, and every stream would pay its size.
+    deadline: Option<Box<Deadline>>,
     ended: bool,
     guard: Option<Box<dyn Any + Send + Sync>>,
 }
@@ -99,11 +100,11 @@ impl SseStream {
     /// Ends the stream at `at`: the frames queued by then are delivered,
     /// then `last`, then the end; nothing sent after `at` is queued.
     pub(crate) fn end_at(mut self, at: Instant, last: Bytes) -> Self {
-        self.deadline = Some(Deadline {
+        self.deadline = Some(Box::new(Deadline {
             at,
             last,
             sleep: None,
-        });
+        }));
         self
     }
 
@@ -183,6 +184,11 @@ impl SseStream {
         }
         this.poll_deadline(cx);
         if let Some(frame) = this.prologue.pop_front() {
+            if this.prologue.is_empty() {
+                // Its buffer (room for four frames) would otherwise stay
+                // for the stream's whole life.
+                this.prologue = VecDeque::new();
+            }
             return Poll::Ready(Some(frame));
         }
         let next = {
