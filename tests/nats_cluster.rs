@@ -159,13 +159,9 @@ async fn replicated_history_keeps_every_event_when_a_follower_dies() {
 /// outage reads from a leader that stayed up, while live events already
 /// flow again).
 async fn replicated_history_keeps_every_acknowledged_event(leader: bool) {
-    let Some(mut cluster) = tokio::task::block_in_place(NatsCluster::start) else {
+    let Some((mut cluster, stream, (a, _), (b, _))) = replicated(0, 1).await else {
         return;
     };
-    let prefix = unique_prefix();
-    let stream = format!("S{}", fastrand::u32(..));
-    let (a, _) = history_node(&cluster.servers[0].url(), &prefix, &stream, "a").await;
-    let (b, _) = history_node(&cluster.servers[1].url(), &prefix, &stream, "b").await;
     lead_from(&cluster, if leader { 0 } else { 1 }, &stream).await;
     let client = SseClient::open(a.addr, "/events?topic=t", &[]).await;
     assert_eq!(client.status, 200);
@@ -182,13 +178,9 @@ async fn replicated_history_keeps_every_acknowledged_event(leader: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_reads_every_append_the_old_one_acknowledged() {
-    let Some(mut cluster) = tokio::task::block_in_place(NatsCluster::start) else {
+    let Some((mut cluster, stream, (_a, reader), (_b, writer))) = replicated(2, 1).await else {
         return;
     };
-    let prefix = unique_prefix();
-    let stream = format!("S{}", fastrand::u32(..));
-    let (_a, reader) = history_node(&cluster.servers[2].url(), &prefix, &stream, "a").await;
-    let (_b, writer) = history_node(&cluster.servers[1].url(), &prefix, &stream, "b").await;
     lead_from(&cluster, 0, &stream).await;
     let channel = Channel::Topic("t".into());
 
@@ -240,52 +232,64 @@ async fn a_new_leader_reads_every_append_the_old_one_acknowledged() {
 }
 
 /// The name of `stream`'s leader, asked through server `via`, once there
-/// is one that is not a killed server's; panics after `limit`.
+/// is one; panics after `limit`.
 async fn leader_of(cluster: &NatsCluster, via: usize, stream: &str, limit: Duration) -> String {
-    let client = async_nats::connect(cluster.servers[via].url())
-        .await
-        .expect("nats client");
-    let js = async_nats::jetstream::new(client);
+    let js = jetstream_via(cluster, via).await;
     let deadline = Instant::now() + limit;
     loop {
-        if let Ok(mut s) = js.get_stream(stream).await {
-            if let Some(leader) = s
-                .info()
-                .await
-                .ok()
-                .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone()))
-            {
-                return leader;
-            }
+        if let Some(leader) = current_leader(&js, stream).await {
+            return leader;
         }
         assert!(Instant::now() < deadline, "{stream} has no leader");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+async fn jetstream_via(cluster: &NatsCluster, via: usize) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(cluster.servers[via].url())
+        .await
+        .expect("nats client");
+    async_nats::jetstream::new(client)
+}
+
+/// The name of `stream`'s leader, if it has one now.
+async fn current_leader(js: &async_nats::jetstream::Context, stream: &str) -> Option<String> {
+    let mut stream = js.get_stream(stream).await.ok()?;
+    let info = stream.info().await.ok()?;
+    info.cluster.as_ref()?.leader.clone()
+}
+
+/// A three-server cluster, a stream replicated over it, and a history node
+/// on server `a` and one on server `b`.
+async fn replicated(
+    a: usize,
+    b: usize,
+) -> Option<(
+    NatsCluster,
+    String,
+    (Node, Arc<JetStreamHistory>),
+    (Node, Arc<JetStreamHistory>),
+)> {
+    let cluster = tokio::task::block_in_place(NatsCluster::start)?;
+    let prefix = unique_prefix();
+    let stream = format!("S{}", fastrand::u32(..));
+    let a = history_node(&cluster.servers[a].url(), &prefix, &stream, "a").await;
+    let b = history_node(&cluster.servers[b].url(), &prefix, &stream, "b").await;
+    Some((cluster, stream, a, b))
+}
+
 /// Moves `stream`'s leadership to server `index` (asking the leader to step
 /// down until the election picks that server).
 async fn lead_from(cluster: &NatsCluster, index: usize, stream: &str) {
-    let client = async_nats::connect(cluster.servers[(index + 1) % 3].url())
-        .await
-        .expect("nats client");
-    let js = async_nats::jetstream::new(client.clone());
+    let js = jetstream_via(cluster, (index + 1) % 3).await;
     let wanted = cluster.names[index].as_str();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let leader = match js.get_stream(stream).await {
-            Ok(mut s) => s
-                .info()
-                .await
-                .ok()
-                .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone())),
-            Err(_) => None,
-        };
-        match leader.as_deref() {
+        match current_leader(&js, stream).await.as_deref() {
             Some(leader) if leader == wanted => return,
             Some(_) => {
                 let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}");
-                let _ = client.request(subject, "".into()).await;
+                let _ = js.client().request(subject, "".into()).await;
             }
             None => {}
         }
