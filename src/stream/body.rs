@@ -187,7 +187,7 @@ impl SseStream {
         }
         let next = {
             let mut state = this.shared.lock();
-            match state.items.pop_front() {
+            match state.pop_front() {
                 Some(Item::Frame(frame)) => {
                     state.frames -= 1;
                     state.bytes -= frame.len();
@@ -195,17 +195,19 @@ impl SseStream {
                         state.want_space = false;
                         this.shared.space.notify_one();
                     }
-                    if join && matches!(state.items.front(), Some(Item::Frame(_))) {
-                        let mut more = Vec::new();
+                    if join && state.front_frame_len().is_some() {
+                        // Sized once: grown from empty it took up to five
+                        // allocations per chunk in a burst.
+                        let mut more = Vec::with_capacity(state.frames.min(MAX_JOINED_FRAMES - 1));
                         let mut len = frame.len();
-                        while let Some(Item::Frame(next)) = state.items.front() {
-                            if len + next.len() > MAX_JOINED_BYTES
+                        while let Some(next_len) = state.front_frame_len() {
+                            if len + next_len > MAX_JOINED_BYTES
                                 || more.len() + 1 >= MAX_JOINED_FRAMES
                             {
                                 break;
                             }
-                            len += next.len();
-                            if let Some(Item::Frame(next)) = state.items.pop_front() {
+                            len += next_len;
+                            if let Some(Item::Frame(next)) = state.pop_front() {
                                 state.frames -= 1;
                                 state.bytes -= next.len();
                                 more.push(next);

@@ -148,3 +148,24 @@ async fn a_deadline_does_not_reopen_a_closing_stream() {
     assert_eq!(&rx.next().await.unwrap()[..], b"retry: 1\n\n");
     assert!(rx.next().await.is_none());
 }
+
+/// What a send and a read touch lies in the first 80 bytes of the shared
+/// state (two cache lines), lock included; see `State`.
+#[test]
+fn the_hot_fields_share_two_cache_lines() {
+    let (tx, _rx) = channel(&StreamConfig::default());
+    let shared = &*tx.shared;
+    let base = shared as *const Shared as usize;
+    let state = shared.lock();
+    let end_of = |addr: usize, size: usize| addr + size - base;
+    let hot = [
+        end_of(&shared.state as *const _ as usize, 8),
+        end_of(&state.front as *const _ as usize, size_of_val(&state.front)),
+        end_of(&state.frames as *const _ as usize, 8),
+        end_of(&state.bytes as *const _ as usize, 8),
+        end_of(&state.waker as *const _ as usize, size_of_val(&state.waker)),
+        end_of(&state.phase as *const _ as usize, 1),
+        end_of(&state.want_space as *const _ as usize, 1),
+    ];
+    assert!(hot.iter().all(|&end| end <= 80), "{hot:?}");
+}
