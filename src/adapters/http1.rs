@@ -475,8 +475,24 @@ where
     let mut body = std::pin::pin!(body);
     loop {
         let next = poll_fn(|cx| {
-            // A client that closed its side reads as end of file; anything
-            // it sends after the request is ignored (bounded per wake-up).
+            // The body first: while it has data, the client's side is not
+            // looked at (a gone client then fails the write). Reading it on
+            // every wake-up cost a second readiness check, under tokio's
+            // lock of the socket's waiters, per event per connection.
+            loop {
+                match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) if data.is_empty() => continue,
+                        Ok(data) => return Poll::Ready(Next::Data(data)),
+                        Err(_) => continue,
+                    },
+                    Poll::Ready(Some(Err(_))) | Poll::Ready(None) => return Poll::Ready(Next::End),
+                    Poll::Pending => break,
+                }
+            }
+            // Nothing to send: a client that closed its side reads as end
+            // of file; anything it sends after the request is ignored
+            // (bounded per wake-up). Polling registers the task for reads.
             for _ in 0..16 {
                 let mut scratch = [0u8; 64];
                 let mut rb = ReadBuf::new(&mut scratch);
@@ -486,20 +502,11 @@ where
                     }
                     Poll::Ready(Ok(())) => continue,
                     Poll::Ready(Err(_)) => return Poll::Ready(Next::ClientGone),
-                    Poll::Pending => break,
+                    Poll::Pending => return Poll::Pending,
                 }
             }
-            loop {
-                return match body.as_mut().poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) if data.is_empty() => continue,
-                        Ok(data) => Poll::Ready(Next::Data(data)),
-                        Err(_) => continue,
-                    },
-                    Poll::Ready(Some(Err(_))) | Poll::Ready(None) => Poll::Ready(Next::End),
-                    Poll::Pending => Poll::Pending,
-                };
-            }
+            // Still sending: looked at again when the body next wakes us.
+            Poll::Pending
         })
         .await;
         match next {
