@@ -268,16 +268,19 @@ impl SseStream {
             let sleep = k
                 .sleep
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            if sleep.deadline() != due {
-                sleep.as_mut().reset(due);
-            }
+            // The timer is moved only when it fires before `due` (there was
+            // activity since it was set), not on every event: that was a
+            // timer update, and its clock arithmetic, per event per
+            // connection, 4% of a fan-out's CPU without the kernel.
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            if Instant::now() >= due {
-                k.last_activity = Instant::now();
+            let now = Instant::now();
+            if now >= due {
+                k.last_activity = now;
                 return Poll::Ready(Some(Bytes::from_static(KEEP_ALIVE_FRAME)));
             }
+            sleep.as_mut().reset(due);
         }
     }
 }

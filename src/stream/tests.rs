@@ -123,6 +123,28 @@ async fn keep_alive_only_when_idle() {
     assert_eq!(start.elapsed(), Duration::from_secs(40));
 }
 
+/// The timer is left where it was on activity and moved when it fires
+/// early: the keep-alive still comes one interval after the last event.
+#[tokio::test(start_paused = true)]
+async fn keep_alive_counts_from_the_last_of_several_events() {
+    let cfg = cfg().keep_alive(Some(Duration::from_secs(15)));
+    let (tx, mut rx) = channel(&cfg);
+    let start = Instant::now();
+    for at in [5, 10, 12] {
+        let read = tokio::spawn(async move {
+            let frame = rx.next().await.unwrap();
+            (rx, frame)
+        });
+        tokio::time::sleep_until(start + Duration::from_secs(at)).await;
+        tx.send(Bytes::from_static(b"x")).unwrap();
+        let (back, frame) = read.await.unwrap();
+        rx = back;
+        assert_eq!(&frame[..], b"x");
+    }
+    assert_eq!(&rx.next().await.unwrap()[..], KEEP_ALIVE_FRAME);
+    assert_eq!(start.elapsed(), Duration::from_secs(27));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_deadline_ends_the_stream_with_its_frame_at_that_time() {
     let started = Instant::now();
