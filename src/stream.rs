@@ -147,18 +147,32 @@ enum Phase {
     Ended,
 }
 
+/// A connection's queue and its end, under one lock.
+///
+/// The fields a send and a read touch come first, in this order
+/// (`repr(C)`): with the lock's word before them they span 74 bytes, two
+/// cache lines, where the compiler's order spread them over 131 bytes and
+/// three lines. Each of those lines was last written by the other side's
+/// core, so each is a miss, on every send and on every read, in a fan-out.
+#[repr(C)]
 struct State {
-    items: VecDeque<Item>,
+    /// The first queued frame, held in place: a connection that keeps up
+    /// (one frame queued at a time, what a fan-out mostly sees) never
+    /// touches `rest`'s buffer, which was one more line to fetch per send
+    /// and per read. Set only when `rest` is empty or comes after it.
+    front: Option<Bytes>,
     frames: usize,
     bytes: usize,
-    phase: Phase,
-    dropped: u64,
     waker: Option<Waker>,
+    phase: Phase,
+    /// A sender waits for the client to read (see [`FrameSender::wait_for_space`]).
+    want_space: bool,
+    /// The items after `front`, in order.
+    rest: VecDeque<Item>,
+    dropped: u64,
     /// State a layer above keeps per connection under this lock (the
     /// resume cursor, with history on); see [`FrameSender::with_gate`].
     gate: Option<Box<dyn Any + Send>>,
-    /// A sender waits for the client to read (see [`FrameSender::wait_for_space`]).
-    want_space: bool,
 }
 
 impl State {
@@ -166,25 +180,60 @@ impl State {
     fn enqueue(&mut self, frame: Bytes) {
         self.frames += 1;
         self.bytes += frame.len();
-        self.items.push_back(Item::Frame(frame));
+        if self.front.is_none() && self.rest.is_empty() {
+            self.front = Some(frame);
+        } else {
+            self.rest.push_back(Item::Frame(frame));
+        }
+    }
+
+    /// Counts one dropped frame at the back (joined to a gap already there).
+    fn push_gap(&mut self) {
+        self.dropped += 1;
+        match self.rest.back_mut() {
+            Some(Item::Gap(n)) => *n += 1,
+            _ => self.rest.push_back(Item::Gap(1)),
+        }
+    }
+
+    /// Takes the first item (the caller counts a frame out of `frames`
+    /// and `bytes`).
+    fn pop_front(&mut self) -> Option<Item> {
+        match self.front.take() {
+            Some(frame) => Some(Item::Frame(frame)),
+            None => self.rest.pop_front(),
+        }
+    }
+
+    /// The length of the first item if it is a frame.
+    fn front_frame_len(&self) -> Option<usize> {
+        match (&self.front, self.rest.front()) {
+            (Some(frame), _) | (None, Some(Item::Frame(frame))) => Some(frame.len()),
+            _ => None,
+        }
     }
 
     /// Ends the stream at once and frees the queue.
     fn end_now(&mut self) {
         self.phase = Phase::Ended;
-        self.items = VecDeque::new();
+        self.front = None;
+        self.rest = VecDeque::new();
         self.frames = 0;
         self.bytes = 0;
     }
 }
 
+/// `repr(C)`: the lock and the hot start of [`State`] first, the bounds
+/// (read on every send, written never) after the state's cold end, so
+/// that no write to the queue's lines evicts them.
+#[repr(C)]
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when a replay waiting for queue space may go on.
-    space: Notify,
     max_frames: usize,
     max_bytes: usize,
     overflow: OverflowPolicy,
+    /// Signalled when a replay waiting for queue space may go on.
+    space: Notify,
 }
 
 impl Shared {
@@ -206,14 +255,15 @@ impl Shared {
 pub fn channel(config: &StreamConfig) -> (FrameSender, SseStream) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            items: VecDeque::new(),
+            front: None,
             frames: 0,
             bytes: 0,
-            phase: Phase::Open,
-            dropped: 0,
             waker: None,
-            gate: None,
+            phase: Phase::Open,
             want_space: false,
+            rest: VecDeque::new(),
+            dropped: 0,
+            gate: None,
         }),
         space: Notify::new(),
         max_frames: config.max_queued_frames.max(1),
@@ -446,11 +496,7 @@ fn push(shared: &Shared, state: &mut State, frame: Bytes) -> Result<(), SendErro
             Err(SendError::OverflowClosed)
         }
         OverflowPolicy::DropEvents => {
-            state.dropped += 1;
-            match state.items.back_mut() {
-                Some(Item::Gap(n)) => *n += 1,
-                _ => state.items.push_back(Item::Gap(1)),
-            }
+            state.push_gap();
             Err(SendError::Dropped)
         }
     }

@@ -543,8 +543,25 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         }
-        // A client that closed its side reads as end of file; anything it
-        // sends after the request is ignored (bounded per wake-up).
+        // The body first: while it has data, the client's side is not
+        // looked at (a gone client then fails the write). Reading it on
+        // every wake-up cost a second readiness check, under tokio's lock
+        // of the socket's waiters, per event per connection.
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        chunk = Some(Chunk { data, written: 0 });
+                    }
+                }
+                continue;
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => return Poll::Ready(Ok(true)),
+            Poll::Pending => {}
+        }
+        // Nothing to send: a client that closed its side reads as end of
+        // file; anything it sends after the request is ignored (bounded per
+        // wake-up). Polling registers the task for reads.
         for _ in 0..16 {
             let mut scratch = [0u8; 64];
             let mut rb = ReadBuf::new(&mut scratch);
@@ -552,17 +569,11 @@ where
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(false)),
                 Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
-                Poll::Pending => break,
+                Poll::Pending => return Poll::Pending,
             }
         }
-        match body.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => chunk = Some(Chunk { data, written: 0 }),
-                _ => {}
-            },
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => return Poll::Ready(Ok(true)),
-            Poll::Pending => return Poll::Pending,
-        }
+        // Still sending: looked at again when the body next wakes us.
+        return Poll::Pending;
     })
 }
 

@@ -193,7 +193,7 @@ impl SseStream {
         }
         let next = {
             let mut state = this.shared.lock();
-            match state.items.pop_front() {
+            match state.pop_front() {
                 Some(Item::Frame(frame)) => {
                     state.frames -= 1;
                     state.bytes -= frame.len();
@@ -201,17 +201,19 @@ impl SseStream {
                         state.want_space = false;
                         this.shared.space.notify_one();
                     }
-                    if join && matches!(state.items.front(), Some(Item::Frame(_))) {
-                        let mut more = Vec::new();
+                    if join && state.front_frame_len().is_some() {
+                        // Sized once: grown from empty it took up to five
+                        // allocations per chunk in a burst.
+                        let mut more = Vec::with_capacity(state.frames.min(MAX_JOINED_FRAMES - 1));
                         let mut len = frame.len();
-                        while let Some(Item::Frame(next)) = state.items.front() {
-                            if len + next.len() > MAX_JOINED_BYTES
+                        while let Some(next_len) = state.front_frame_len() {
+                            if len + next_len > MAX_JOINED_BYTES
                                 || more.len() + 1 >= MAX_JOINED_FRAMES
                             {
                                 break;
                             }
-                            len += next.len();
-                            if let Some(Item::Frame(next)) = state.items.pop_front() {
+                            len += next_len;
+                            if let Some(Item::Frame(next)) = state.pop_front() {
                                 state.frames -= 1;
                                 state.bytes -= next.len();
                                 more.push(next);
@@ -272,16 +274,19 @@ impl SseStream {
             let sleep = k
                 .sleep
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            if sleep.deadline() != due {
-                sleep.as_mut().reset(due);
-            }
+            // The timer is moved only when it fires before `due` (there was
+            // activity since it was set), not on every event: that was a
+            // timer update, and its clock arithmetic, per event per
+            // connection, 4% of a fan-out's CPU without the kernel.
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            if Instant::now() >= due {
-                k.last_activity = Instant::now();
+            let now = Instant::now();
+            if now >= due {
+                k.last_activity = now;
                 return Poll::Ready(Some(Bytes::from_static(KEEP_ALIVE_FRAME)));
             }
+            sleep.as_mut().reset(due);
         }
     }
 }

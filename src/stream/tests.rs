@@ -123,6 +123,28 @@ async fn keep_alive_only_when_idle() {
     assert_eq!(start.elapsed(), Duration::from_secs(40));
 }
 
+/// The timer is left where it was on activity and moved when it fires
+/// early: the keep-alive still comes one interval after the last event.
+#[tokio::test(start_paused = true)]
+async fn keep_alive_counts_from_the_last_of_several_events() {
+    let cfg = cfg().keep_alive(Some(Duration::from_secs(15)));
+    let (tx, mut rx) = channel(&cfg);
+    let start = Instant::now();
+    for at in [5, 10, 12] {
+        let read = tokio::spawn(async move {
+            let frame = rx.next().await.unwrap();
+            (rx, frame)
+        });
+        tokio::time::sleep_until(start + Duration::from_secs(at)).await;
+        tx.send(Bytes::from_static(b"x")).unwrap();
+        let (back, frame) = read.await.unwrap();
+        rx = back;
+        assert_eq!(&frame[..], b"x");
+    }
+    assert_eq!(&rx.next().await.unwrap()[..], KEEP_ALIVE_FRAME);
+    assert_eq!(start.elapsed(), Duration::from_secs(27));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_deadline_ends_the_stream_with_its_frame_at_that_time() {
     let started = Instant::now();
@@ -147,4 +169,25 @@ async fn a_deadline_does_not_reopen_a_closing_stream() {
     tx.close_with(Some(Bytes::from_static(b"retry: 1\n\n")));
     assert_eq!(&rx.next().await.unwrap()[..], b"retry: 1\n\n");
     assert!(rx.next().await.is_none());
+}
+
+/// What a send and a read touch lies in the first 80 bytes of the shared
+/// state (two cache lines), lock included; see `State`.
+#[test]
+fn the_hot_fields_share_two_cache_lines() {
+    let (tx, _rx) = channel(&StreamConfig::default());
+    let shared = &*tx.shared;
+    let base = shared as *const Shared as usize;
+    let state = shared.lock();
+    let end_of = |addr: usize, size: usize| addr + size - base;
+    let hot = [
+        end_of(&shared.state as *const _ as usize, 8),
+        end_of(&state.front as *const _ as usize, size_of_val(&state.front)),
+        end_of(&state.frames as *const _ as usize, 8),
+        end_of(&state.bytes as *const _ as usize, 8),
+        end_of(&state.waker as *const _ as usize, size_of_val(&state.waker)),
+        end_of(&state.phase as *const _ as usize, 1),
+        end_of(&state.want_space as *const _ as usize, 1),
+    ];
+    assert!(hot.iter().all(|&end| end <= 80), "{hot:?}");
 }
