@@ -28,20 +28,6 @@ use sse_cluster::broker::memory::MemoryBus;
 use sse_cluster::stream::StreamConfig;
 use sse_cluster::{Event, Hub, Subscription, Target};
 
-/// CPU seconds (user + system) of this process, from `/proc/self/stat`
-/// (clock ticks, assumed 100 per second).
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rfind(')').map_or("", |at| &stat[at + 2..]);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|t| t.parse::<u64>().ok())
-        .sum();
-    ticks as f64 / 100.0
-}
-
 async fn hub(bus: &MemoryBus, node: &str) -> Hub {
     Hub::builder()
         .node_id(node)
@@ -116,7 +102,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let cpu0 = cpu_secs();
+    let cpu0 = common::cpu_secs();
     let t0 = Instant::now();
     let read = rt.block_on(async {
         if base {
@@ -126,7 +112,7 @@ fn main() {
         }
     });
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_secs() - cpu0;
+    let cpu = common::cpu_secs() - cpu0;
     println!(
         "{}: {read}/{events} events of {size} B, {:.3} s CPU, {:.3} µs CPU/event, {:.0} events/s wall",
         if base { "baseline" } else { "ours" },

@@ -22,6 +22,8 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,20 +32,6 @@ use http_body_util::BodyExt;
 use sse_cluster::stream::StreamConfig;
 use sse_cluster::{Event, Hub, Subscription, Target};
 use tokio::sync::Notify;
-
-/// CPU seconds (user + system) of this process, from `/proc/self/stat`
-/// (clock ticks, assumed 100 per second).
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rfind(')').map_or("", |at| &stat[at + 2..]);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|t| t.parse::<u64>().ok())
-        .sum();
-    ticks as f64 / 100.0
-}
 
 /// Readers that still wait for events of the current round, and the
 /// signal that the last one is done.
@@ -128,7 +116,7 @@ async fn run(conns: usize, events: usize, rounds: usize) {
         for (phase, burst) in [false, true].into_iter().enumerate() {
             round.left.store(conns, Ordering::Release);
             let done = round.done.notified();
-            let cpu = cpu_secs();
+            let cpu = common::cpu_secs();
             let start = Instant::now();
             if burst {
                 let publishes: Vec<_> = (0..events)
@@ -151,7 +139,7 @@ async fn run(conns: usize, events: usize, rounds: usize) {
                 .await
                 .expect("every reader got every event within 60 s");
             let secs = start.elapsed().as_secs_f64();
-            let cpu = cpu_secs() - cpu;
+            let cpu = common::cpu_secs() - cpu;
             let deliveries = (conns * events) as f64;
             let name = if burst { "burst" } else { "sequential" };
             println!(

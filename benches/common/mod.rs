@@ -1,4 +1,4 @@
-//! Measurement helpers shared by the cross-node benches (`redis`, `nats`):
+//! Measurement helpers shared by the benches (`redis`, `nats`, the CPU ones):
 //! the timestamped payload, the per-sequence latency probe, percentiles.
 
 #![allow(dead_code, unreachable_pub)]
@@ -189,4 +189,18 @@ pub fn pct(sorted: &[u64], p: f64) -> u64 {
 
 pub fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
+}
+
+/// CPU seconds (user + system) of this process, from `/proc/self/stat`
+/// (clock ticks, assumed 100 per second).
+pub fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rfind(')').map_or("", |at| &stat[at + 2..]);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
 }
