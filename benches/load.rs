@@ -39,7 +39,9 @@
 //! * **latency**: demo nodes A and B on Redis and on NATS; publish on B over
 //!   HTTP at a fixed rate (open loop), receipt by an SSE client on A;
 //!   p50/p90/p99/max against the raw broker round trip (publish → subscriber
-//!   in this process) measured at the same rates in the same run.
+//!   in this process) measured at the same rates in the same run, and a
+//!   no-op HTTP call to B (`GET /healthz`) at the same rate: the HTTP hop's
+//!   own cost, which ours pays and raw does not.
 //! * **interest**: 6 demo nodes on one Redis, user-targeted traffic
 //!   published on node 0; bus messages received per node (`/stats`
 //!   `bus_in`), against the same number of messages on the broadcast channel
@@ -1303,6 +1305,24 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
                     });
                 })
             };
+            // The HTTP hop alone: a no-op call (`GET /healthz`) to B over
+            // the same pool, paced like the publishes: the floor under
+            // ours − raw, which the raw side does not pay.
+            let noop: Samples = Arc::default();
+            let noop_fire: Arc<dyn Fn(u64) + Send + Sync> = {
+                let handle = tokio::runtime::Handle::current();
+                let (http_b, noop) = (b.publish.clone(), noop.clone());
+                Arc::new(move |_| {
+                    let (http, noop) = (http_b.clone(), noop.clone());
+                    handle.spawn(async move {
+                        let t = wall_ns();
+                        let _ = http.get_json("/healthz").await;
+                        if let Ok(mut noop) = noop.lock() {
+                            noop.push(wall_ns().saturating_sub(t));
+                        }
+                    });
+                })
+            };
             // raw: the broker's own client, publish → subscriber here.
             let raw_fire: Option<Arc<dyn Fn(u64) + Send + Sync>> = raw.as_ref().map(|(raw, _)| {
                 let handle = tokio::runtime::Handle::current();
@@ -1332,7 +1352,7 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
                 .as_u64()
                 .unwrap_or(0);
             client.cmd("reset").await;
-            for list in [&samples, &acks] {
+            for list in [&samples, &acks, &noop] {
                 if let Ok(mut s) = list.lock() {
                     s.clear();
                 }
@@ -1347,10 +1367,13 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
                     "latency {broker} at {rate}/s: slice {}/{LAT_SLICES}",
                     round + 1
                 ));
-                for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
+                for side in if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] } {
                     match (side, &raw_fire) {
                         (0, _) => {
                             ours_lag = ours_lag.max(pace(rate, seq, slice, ours_fire.clone()).await)
+                        }
+                        (2, _) => {
+                            pace(rate, seq, slice, noop_fire.clone()).await;
                         }
                         (_, Some(fire)) => {
                             raw_lag = raw_lag.max(pace(rate, seq, slice, fire.clone()).await)
@@ -1379,6 +1402,9 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
             let mut ack_sorted = acks.lock().map(|s| s.clone()).unwrap_or_default();
             ack_sorted.sort_unstable();
             ours["publish_call"] = lat_summary(&ack_sorted);
+            let mut noop_sorted = noop.lock().map(|s| s.clone()).unwrap_or_default();
+            noop_sorted.sort_unstable();
+            ours["noop_http_call"] = lat_summary(&noop_sorted);
             ours["overflow_closed"] = json!(a.publish.get_json("/stats").await["overflow_closed"]
                 .as_u64()
                 .unwrap_or(0)
@@ -1779,18 +1805,20 @@ fn print_tables(doc: &Value, opts: &Options) {
     }
     if let Some(lat) = doc.get("latency") {
         println!("\n## Cross-node latency (publish on B over HTTP → SSE client on A), ms\n");
-        println!("| broker | rate/s | ours p50 | p90 | p99 | max | lost | raw p50 | p90 | p99 | max | lost | p99 ours − raw | B's publish call p50 / p99 |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| broker | rate/s | ours p50 | p90 | p99 | max | lost | raw p50 | p90 | p99 | max | lost | p99 ours − raw | B's publish call p50 / p99 | B's no-op call (`GET /healthz`) p50 / p99 |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for broker in ["redis", "nats"] {
             for row in lat[broker].as_array().into_iter().flatten() {
                 let (o, r) = (&row["ours"], &row["raw"]);
                 println!(
-                    "| {broker} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:+.3} | {:.3} / {:.3} |",
+                    "| {broker} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:+.3} | {:.3} / {:.3} | {:.3} / {:.3} |",
                     row["rate"], f(&o["p50_ms"]), f(&o["p90_ms"]), f(&o["p99_ms"]), f(&o["max_ms"]), o["lost"],
                     f(&r["p50_ms"]), f(&r["p90_ms"]), f(&r["p99_ms"]), f(&r["max_ms"]), r["lost"],
                     f(&o["p99_ms"]) - f(&r["p99_ms"]),
                     f(&o["publish_call"]["p50_ms"]),
-                    f(&o["publish_call"]["p99_ms"])
+                    f(&o["publish_call"]["p99_ms"]),
+                    f(&o["noop_http_call"]["p50_ms"]),
+                    f(&o["noop_http_call"]["p99_ms"])
                 );
             }
         }
