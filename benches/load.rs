@@ -1233,6 +1233,28 @@ async fn raw_pair(
     }
 }
 
+/// A pacing callback: call `s` runs `call(http, s, t)` as its own task (`t`:
+/// the wall clock when it starts) and records in `took` how long it took.
+fn timed_calls<F, Fut>(http: &Arc<Http>, took: &Samples, call: F) -> Arc<dyn Fn(u64) + Send + Sync>
+where
+    F: Fn(Arc<Http>, u64, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    let (http, took, call) = (http.clone(), took.clone(), Arc::new(call));
+    Arc::new(move |s| {
+        let (http, took, call) = (http.clone(), took.clone(), call.clone());
+        handle.spawn(async move {
+            // Taken in the task, as the raw side does.
+            let t = wall_ns();
+            call(http, s, t).await;
+            if let Ok(mut took) = took.lock() {
+                took.push(wall_ns().saturating_sub(t));
+            }
+        });
+    })
+}
+
 async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
     let tag = format!("{}x{}", std::process::id(), wall_ns() % 1_000_000);
     let mut out = json!({});
@@ -1290,39 +1312,17 @@ async fn latency(opts: &Options, report: &mut BTreeMap<String, Value>) {
             let warm = rate / 2;
             let acks: Samples = Arc::default();
             // ours: POST /publish on B → bus → A → SSE client.
-            let ours_fire: Arc<dyn Fn(u64) + Send + Sync> = {
-                let handle = tokio::runtime::Handle::current();
-                let (http_b, acks) = (b.publish.clone(), acks.clone());
-                Arc::new(move |s| {
-                    let (http, acks) = (http_b.clone(), acks.clone());
-                    handle.spawn(async move {
-                        let t = wall_ns();
-                        let data = payload(s, t, DATA_SIZE);
-                        http.post("/publish?topic=lat", Bytes::from(data)).await;
-                        if let Ok(mut acks) = acks.lock() {
-                            acks.push(wall_ns().saturating_sub(t));
-                        }
-                    });
-                })
-            };
+            let ours_fire = timed_calls(&b.publish, &acks, |http, s, t| async move {
+                let data = payload(s, t, DATA_SIZE);
+                http.post("/publish?topic=lat", Bytes::from(data)).await;
+            });
             // The HTTP hop alone: a no-op call (`GET /healthz`) to B over
             // the same pool, paced like the publishes: the floor under
             // ours − raw, which the raw side does not pay.
             let noop: Samples = Arc::default();
-            let noop_fire: Arc<dyn Fn(u64) + Send + Sync> = {
-                let handle = tokio::runtime::Handle::current();
-                let (http_b, noop) = (b.publish.clone(), noop.clone());
-                Arc::new(move |_| {
-                    let (http, noop) = (http_b.clone(), noop.clone());
-                    handle.spawn(async move {
-                        let t = wall_ns();
-                        let _ = http.get_json("/healthz").await;
-                        if let Ok(mut noop) = noop.lock() {
-                            noop.push(wall_ns().saturating_sub(t));
-                        }
-                    });
-                })
-            };
+            let noop_fire = timed_calls(&b.publish, &noop, |http, _, _| async move {
+                let _ = http.get_json("/healthz").await;
+            });
             // raw: the broker's own client, publish → subscriber here.
             let raw_fire: Option<Arc<dyn Fn(u64) + Send + Sync>> = raw.as_ref().map(|(raw, _)| {
                 let handle = tokio::runtime::Handle::current();
