@@ -425,6 +425,11 @@ impl Queue<'_> {
         (self.shared.max_frames, self.shared.max_bytes)
     }
 
+    /// Whether nothing is queued now.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.state.frames == 0
+    }
+
     /// Room left now: frames, bytes.
     pub(crate) fn room(&self) -> (usize, usize) {
         (

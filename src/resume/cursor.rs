@@ -244,40 +244,58 @@ pub(crate) async fn send_replayed(sender: &FrameSender, event: &Stamped) -> Resu
     }
 }
 
+/// What [`release`] made of the held-back live events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// Queued (this many held events) and live now.
+    Live(u64),
+    /// Live events overflowed the hold: they are in the history, so the
+    /// replay must read on (live events stay held).
+    Reread,
+    /// The held events do not fit the queue yet (the replay filled it and
+    /// the client has not read it): still held, and the stream asked to be
+    /// told when the client reads; try again then.
+    NoRoom,
+}
+
 /// Ends a replay: queues the held-back live events the replay did not
 /// already send, then `last` with the cursor's id (e.g. an empty body for
-/// an id-only frame), and goes live; returns how many held events it
-/// queued. Returns `Ok(None)` instead when live events overflowed the hold
-/// or would not fit the queue now: they are in the history, so the replay
-/// must read on (live events stay held).
-pub(crate) fn release(sender: &FrameSender, last: Option<&[u8]>) -> Result<Option<u64>, SendError> {
+/// an id-only frame), and goes live. See [`Release`] for when it cannot.
+pub(crate) fn release(sender: &FrameSender, last: Option<&[u8]>) -> Result<Release, SendError> {
     let released = sender.with_gate(|cursor: &mut Cursor, queue| {
         let Some(held) = cursor.held.take() else {
-            return Some(0);
+            return Release::Live(0);
         };
-        let (room_frames, room_bytes) = queue.room();
-        if held.overflowed || held.events.len() + 1 > room_frames || held.bytes + 4096 > room_bytes
-        {
+        if held.overflowed {
             cursor.held = Some(Held::default());
-            return None;
+            return Release::Reread;
+        }
+        // Each frame gets an id line as long as an id-only frame's.
+        let frames = held.events.len() + 1;
+        let bytes = held.bytes + frames * cursor.frame(b"").len();
+        let (room_frames, room_bytes) = queue.room();
+        // An empty queue takes them even past its byte bound: the hold is
+        // bounded to half the queue, so this always ends, and a client
+        // that reads everything cannot be kept waiting.
+        if frames > room_frames || (bytes > room_bytes && !queue.is_empty()) {
+            cursor.held = Some(held);
+            queue.want_space();
+            return Release::NoRoom;
         }
         let limits = queue.limits();
         let mut queued = 0;
         for event in &held.events {
             if let Admit::Frame(frame) = cursor.admit(event, Via::Released, limits) {
-                // Fits: checked above (ids add a little; the first frame
-                // always fits).
-                if queue.push(frame).is_ok() {
-                    queued += 1;
-                }
+                queue.enqueue(frame);
+                queued += 1;
             }
         }
         if let Some(body) = last {
-            let _ = queue.push(cursor.frame(body));
+            queue.enqueue(cursor.frame(body));
         }
-        Some(queued)
+        Release::Live(queued)
     })?;
-    Ok(released.unwrap_or(Some(0)))
+    Ok(released.unwrap_or(Release::Live(0)))
 }
 
 /// Gives `sender` a cursor over `keys`, holding live events back until the
@@ -418,7 +436,7 @@ mod tests {
         send_replayed(&tx, &ev(k, 3)).await.unwrap();
         assert_eq!(
             release(&tx, Some(b"")),
-            Ok(Some(0)),
+            Ok(Release::Live(0)),
             "3 was replayed, not released"
         );
         // Live 4 goes straight out; a late duplicate of 3 does not.
