@@ -2,9 +2,10 @@
 //! cross-node delivery, demo-node processes, publishers that are not this
 //! crate, hostile topic and user names, malformed bus traffic, token
 //! authentication, the subscriptions the server holds, subscriptions being
-//! live when the hub says so, connects piling up during an outage, and order
-//! across subjects. The generic promises (outage, restart, resume...) are
-//! the conformance suite's, run on NATS in `tests/conformance.rs`.
+//! live when the hub says so, connects piling up during an outage, order
+//! across subjects, and slow-consumer notices. The generic promises
+//! (outage, restart, resume...) are the conformance suite's, run on NATS in
+//! `tests/conformance.rs`.
 //!
 //! Tests that inject no fault share the machine's NATS (127.0.0.1:4222),
 //! each under its own subject prefix; tests that kill things or need server
@@ -1234,4 +1235,89 @@ async fn connects_during_an_outage_are_subscribed_when_nats_is_back() {
         "shutdown took {:?}",
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Slow consumers
+// ---------------------------------------------------------------------------
+
+/// A sink that is slow on purpose (each message blocks the broker's
+/// forwarding task), recording when each loss notice came.
+struct StallingSink {
+    stall: Duration,
+    lost: std::sync::Mutex<Vec<Instant>>,
+}
+
+impl sse_cluster::broker::BusSink for StallingSink {
+    fn deliver(&self, _: &sse_cluster::broker::Channel, _: bytes::Bytes) {
+        std::thread::sleep(self.stall);
+    }
+
+    fn messages_lost(&self, _: Option<&sse_cluster::broker::Channel>) {
+        self.lost.lock().unwrap().push(Instant::now());
+    }
+
+    fn status_changed(&self, _: BrokerStatus) {}
+}
+
+/// Two bursts of drops half a second apart (the client library sends one
+/// notice per dropped message): the hub hears of the first at once and of
+/// the second too, at the end of the first's second, not never (one notice
+/// a second, dropping the rest, left the second burst's losses untold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_burst_of_slow_consumer_drops_is_told() {
+    let Some(url) = machine_nats() else {
+        return;
+    };
+    let mut config = NatsConfig::new(url).prefix(unique_prefix());
+    config.subscription_capacity = 1;
+    let broker = NatsBroker::new(config).expect("nats broker");
+    let sink = Arc::new(StallingSink {
+        stall: Duration::from_millis(150),
+        lost: std::sync::Mutex::new(Vec::new()),
+    });
+    broker.start(sink.clone()).await.expect("start");
+    let topic = sse_cluster::broker::Channel::Topic("t".into());
+    broker.subscribe(&topic).await.expect("subscribe");
+    let burst = |n: usize| {
+        let broker = broker.clone();
+        let topic = topic.clone();
+        async move {
+            for i in 0..n {
+                let payload = bytes::Bytes::from(format!(r#"{{"v":1,"data":"{i}"}}"#));
+                broker.publish(&topic, payload).await.expect("publish");
+            }
+        }
+    };
+    let started = Instant::now();
+    burst(20).await;
+    wait_until("a first notice", WAIT, || broker.stats().slow_consumers > 0).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = broker.stats().slow_consumers;
+    let second = Instant::now();
+    burst(20).await;
+    wait_until("drops of the second burst", WAIT, || {
+        broker.stats().slow_consumers > before
+    })
+    .await;
+    assert!(
+        second.duration_since(started) < Duration::from_millis(900),
+        "the second burst must fall inside the first notice's second"
+    );
+    wait_until("a notice after the second burst", WAIT, || {
+        sink.lost.lock().unwrap().iter().any(|&t| t > second)
+    })
+    .await;
+    let lost = sink.lost.lock().unwrap().clone();
+    assert!(
+        lost[0] < second,
+        "the first burst is told at once: {lost:?}"
+    );
+    for pair in lost.windows(2) {
+        assert!(
+            pair[1].duration_since(pair[0]) >= Duration::from_millis(900),
+            "at most one notice a second: {lost:?}"
+        );
+    }
+    broker.shutdown().await.expect("shutdown");
 }

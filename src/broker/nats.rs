@@ -58,12 +58,15 @@
 //! [`BrokerError::Unavailable`], as the Redis backend does (no buffering).
 //! A slow-consumer notice (the client dropped messages because this process
 //! could not keep up) is counted and makes the hub send a gap event to every
-//! stream, since the notice does not say which subscription lost what.
+//! stream (or, with history, resync them), since the notice does not say
+//! which subscription lost what. async-nats sends one notice per dropped
+//! message; the hub hears at most one a second, and a burst's later drops
+//! always get a notice at the end of that second.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -288,6 +291,8 @@ struct Shared {
     subscriptions: Mutex<HashMap<String, Wanted>>,
     /// When the last slow-consumer gap was signalled (ms since start).
     last_gap_ms: AtomicU64,
+    /// A trailing slow-consumer notice is scheduled (see `signal_lost`).
+    gap_pending: AtomicBool,
     started: std::time::Instant,
     client: OnceLock<Client>,
     prefix: String,
@@ -340,6 +345,7 @@ impl NatsBroker {
             shared: Arc::new(Shared {
                 subscriptions: Mutex::new(HashMap::new()),
                 last_gap_ms: AtomicU64::new(0),
+                gap_pending: AtomicBool::new(false),
                 started: std::time::Instant::now(),
                 client: OnceLock::new(),
                 prefix: config.prefix.clone(),
@@ -570,6 +576,52 @@ impl Shared {
         Ok(())
     }
 
+    /// Tells the hub that messages were dropped (a slow-consumer notice).
+    /// async-nats sends one notice per dropped message, in bursts: the hub
+    /// hears at most one per second, at once when the last was longer ago,
+    /// otherwise once at the end of that second, so that the last drops of
+    /// a burst are never left untold.
+    fn signal_lost(self: Arc<Self>) {
+        const EVERY_MS: u64 = 1000;
+        let now = self.now_ms();
+        let last = self.last_gap_ms.load(Ordering::Acquire);
+        if last == 0 || now.saturating_sub(last) >= EVERY_MS {
+            let won = self
+                .last_gap_ms
+                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if won {
+                self.tell_lost();
+                return;
+            }
+        }
+        // Within the second: one trailing notice, unless one is due already.
+        if self.gap_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let wait = EVERY_MS.saturating_sub(now.saturating_sub(last));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            // Cleared first: a drop from here on schedules its own notice.
+            self.gap_pending.store(false, Ordering::Release);
+            self.last_gap_ms
+                .store(self.now_ms().max(1), Ordering::Release);
+            self.tell_lost();
+        });
+    }
+
+    fn tell_lost(&self) {
+        tracing::warn!("nats slow consumer: messages were dropped; streams resync");
+        if let Some(sink) = self.sink.get() {
+            sink.messages_lost(None);
+        }
+    }
+
+    /// Milliseconds since the broker was made.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn on_event(self: Arc<Self>, event: Event) {
         let c = &self.counters;
         match event {
@@ -591,21 +643,8 @@ impl Shared {
             }
             Event::SlowConsumer(sid) => {
                 c.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sid, "nats slow consumer: messages were dropped");
-                // One notice per dropped message can arrive in bursts: one
-                // gap event per second is enough to tell streams to resync.
-                let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let last = self.last_gap_ms.load(Ordering::Relaxed);
-                if (last == 0 || now.saturating_sub(last) >= 1000)
-                    && self
-                        .last_gap_ms
-                        .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    if let Some(sink) = self.sink.get() {
-                        sink.messages_lost(None);
-                    }
-                }
+                tracing::debug!(sid, "nats slow consumer: a message was dropped");
+                self.signal_lost();
             }
             other => tracing::debug!(event = %other, "nats event"),
         }
