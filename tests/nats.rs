@@ -1254,7 +1254,7 @@ impl sse_cluster::broker::BusSink for StallingSink {
     }
 
     fn messages_lost(&self, _: Option<&sse_cluster::broker::Channel>) {
-        self.lost.lock().unwrap().push(Instant::now());
+        self.lost.lock().expect("lock").push(Instant::now());
     }
 
     fn status_changed(&self, _: BrokerStatus) {}
@@ -1305,10 +1305,10 @@ async fn every_burst_of_slow_consumer_drops_is_told() {
         "the second burst must fall inside the first notice's second"
     );
     wait_until("a notice after the second burst", WAIT, || {
-        sink.lost.lock().unwrap().iter().any(|&t| t > second)
+        sink.lost.lock().expect("lock").iter().any(|&t| t > second)
     })
     .await;
-    let lost = sink.lost.lock().unwrap().clone();
+    let lost = sink.lost.lock().expect("lock").clone();
     assert!(
         lost[0] < second,
         "the first burst is told at once: {lost:?}"
