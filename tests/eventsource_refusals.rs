@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,29 +21,9 @@ use sse_cluster::broker::{BrokerError, Channel};
 use sse_cluster::history::memory::MemoryHistory;
 use sse_cluster::history::{Entry, Head, History, Position, Retention};
 use sse_cluster::{Event, Hub, HubBuilder, StreamConfig, Subscription, Target};
+use support::balancer::Balancer;
 use support::js::{js_client, spawn_eventsource};
 use support::Node;
-
-/// A TCP balancer on loopback that sends each new connection to the
-/// backend the test names (as a balancer would before its health check
-/// noticed anything).
-async fn balancer(backend: Arc<Mutex<SocketAddr>>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let target = *backend.lock().expect("backend");
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// The shared store, unreachable from one node while `down` is set.
 #[derive(Debug)]
@@ -121,8 +100,8 @@ async fn an_eventsource_survives_draining_store_down_and_full_nodes() {
         .await
         .expect("hub");
 
-    let backend = Arc::new(Mutex::new(draining.addr));
-    let lb = balancer(backend.clone()).await;
+    let balancer = Balancer::start(&[draining.addr]).await;
+    let lb = balancer.addr;
     let (mut client, mut lines) =
         spawn_eventsource(&js, &format!("http://{lb}/events?topic=t"), 60);
     let log = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
@@ -192,7 +171,7 @@ async fn an_eventsource_survives_draining_store_down_and_full_nodes() {
             }
         }
         if let Some(addr) = next {
-            *backend.lock().expect("backend") = addr;
+            balancer.route_to(&[addr]);
         }
         publish(&format!("during-{reason}")).await;
     }

@@ -26,7 +26,7 @@ use sse_cluster::broker::Channel;
 use sse_cluster::history::jetstream::{JetStreamConfig, JetStreamHistory, Storage};
 use sse_cluster::history::{History, Position, Retention};
 use sse_cluster::{Event, Hub, Target};
-use support::failover::{expect_follow, Load};
+use support::failover::{client_behind_balancer, expect_follow, Load};
 use support::nats_server::{unique_prefix, NatsCluster};
 use support::{Node, SseClient, WAIT};
 
@@ -163,8 +163,7 @@ async fn replicated_history_keeps_every_acknowledged_event(leader: bool) {
         return;
     };
     lead_from(&cluster, if leader { 0 } else { 1 }, &stream).await;
-    let client = SseClient::open(a.addr, "/events?topic=t", &[]).await;
-    assert_eq!(client.status, 200);
+    let (lb, client) = client_behind_balancer(a.addr, b.addr, "t").await;
     let load = Load::start(b.hub.clone(), "t", client);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -173,7 +172,9 @@ async fn replicated_history_keeps_every_acknowledged_event(leader: bool) {
     expect_follow(&a.hub, &b.hub, killed, || true).await;
     // The replicated stream may need a new leader before appends succeed.
     load.wait_for_acks(50).await;
-    load.finish_and_resume(b.addr, "t").await;
+    // The client reconnects through the balancer (to the other node) with
+    // its last id.
+    load.finish_and_resume(&lb, "t").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

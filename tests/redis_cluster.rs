@@ -161,7 +161,7 @@ async fn a_killed_primary_is_followed_to_its_replica() {
     use std::time::{Duration, Instant};
 
     use sse_cluster::history::{redis::RedisHistory, Retention};
-    use support::failover::{expect_follow, Load};
+    use support::failover::{client_behind_balancer, expect_follow, Load};
 
     let test = "a_killed_primary_is_followed_to_its_replica";
     let Some(mut cluster) =
@@ -195,8 +195,7 @@ async fn a_killed_primary_is_followed_to_its_replica() {
     };
     let a = node("a").await;
     let b = node("b").await;
-    let client = SseClient::open(a.addr, "/events?topic=t", &[]).await;
-    assert_eq!(client.status, StatusCode::OK);
+    let (lb, client) = client_behind_balancer(a.addr, b.addr, "t").await;
     let load = Load::start(b.hub.clone(), "t", client);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -208,5 +207,7 @@ async fn a_killed_primary_is_followed_to_its_replica() {
     expect_follow(&a.hub, &b.hub, killed, || cluster.healed_without(owner)).await;
     assert_ne!(cluster.owner_port(&format!("{prefix}topic:t")), owner);
     load.wait_for_acks(50).await;
-    load.finish_and_resume(b.addr, "t").await;
+    // The client reconnects through the balancer (to the other node) with
+    // its last id.
+    load.finish_and_resume(&lb, "t").await;
 }

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use sse_cluster::broker::redis::{RedisBroker, RedisConfig};
 use sse_cluster::history::{redis::RedisHistory, Retention};
 use sse_cluster::{Event, Hub, Target};
-use support::failover::{expect_follow, Load};
+use support::failover::{client_behind_balancer, expect_follow, Load};
 use support::redis_sentinel::{SentinelSet, MASTER};
 use support::redis_server::{resp_command, unique_prefix, RedisServer};
-use support::{Node, SseClient};
+use support::Node;
 
 async fn node(set: &SentinelSet, prefix: &str, id: &str) -> Node {
     let config = RedisConfig::sentinel(set.sentinel_urls(), MASTER)
@@ -56,8 +56,7 @@ async fn a_primary_killed_under_load_is_followed_without_loss() {
     let prefix = unique_prefix(test);
     let a = node(&set, &prefix, "a").await;
     let b = node(&set, &prefix, "b").await;
-    let client = SseClient::open(a.addr, "/events?topic=t", &[]).await;
-    assert_eq!(client.status, 200);
+    let (lb, client) = client_behind_balancer(a.addr, b.addr, "t").await;
 
     let load = Load::start(b.hub.clone(), "t", client);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -75,8 +74,9 @@ async fn a_primary_killed_under_load_is_followed_without_loss() {
         "a replica was promoted: {promoted:?}"
     );
     load.wait_for_acks(50).await;
-    // The client reconnects, to the other node, with its last id.
-    load.finish_and_resume(b.addr, "t").await;
+    // The client reconnects through the balancer (to the other node) with
+    // its last id.
+    load.finish_and_resume(&lb, "t").await;
 }
 
 /// With `wait_for_replicas`, an append no replica confirms in time is

@@ -2,8 +2,8 @@
 //! NATS cluster): a node publishes 100 numbered events/s while a client
 //! reads another node's stream; the test kills a server; both hubs must go
 //! Down, then Up within the failover time plus 2 s; and the client, after
-//! reconnecting to the other node with its `Last-Event-ID`, must have every
-//! acknowledged event exactly once.
+//! reconnecting through a balancer (which sends it to the other node) with
+//! its `Last-Event-ID`, must have every acknowledged event exactly once.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use sse_cluster::{BrokerStatus, Event, Hub, Target};
 use tokio::task::JoinHandle;
 
+use super::balancer::Balancer;
 use super::bus::{both, wait_until};
 use super::SseClient;
 
@@ -24,6 +25,21 @@ pub struct Load {
     acks: Arc<std::sync::atomic::AtomicUsize>,
     publisher: JoinHandle<Vec<u64>>,
     reader: JoinHandle<(Vec<u64>, String, bool)>,
+}
+
+/// A client of `/events?topic=TOPIC` through a balancer in front of
+/// `first` and `then`, in turn: the client's stream is on `first`, and its
+/// reconnect (the resume in [`Load::finish_and_resume`]) goes to `then`.
+pub async fn client_behind_balancer(
+    first: SocketAddr,
+    then: SocketAddr,
+    topic: &str,
+) -> (Balancer, SseClient) {
+    let balancer = Balancer::start(&[first, then]).await;
+    let path = format!("/events?topic={topic}");
+    let client = SseClient::open(balancer.addr, &path, &[]).await;
+    assert_eq!(client.status, 200);
+    (balancer, client)
 }
 
 /// Reads `client` until nothing arrives for `quiet`: appends the numbered
@@ -103,17 +119,18 @@ impl Load {
         .await;
     }
 
-    /// Stops publishing, waits for the reader, reconnects to `resume_at`'s
-    /// `/events?topic=TOPIC` with the last id, and checks: no reset, no
-    /// duplicate, every acknowledged event received.
-    pub async fn finish_and_resume(self, resume_at: SocketAddr, topic: &str) {
+    /// Stops publishing, waits for the reader, reconnects through
+    /// `balancer` to `/events?topic=TOPIC` with the last id, and checks: no
+    /// reset, no duplicate, every acknowledged event received.
+    pub async fn finish_and_resume(self, balancer: &Balancer, topic: &str) {
         self.stop.store(true, Ordering::SeqCst);
         let acked = self.publisher.await.expect("publisher");
         assert!(acked.len() > 100, "{} acknowledged", acked.len());
         let (mut got, last_id, reset) = self.reader.await.expect("reader");
         assert!(!reset, "no reset while the history survives the failover");
         let path = format!("/events?topic={topic}");
-        let mut again = SseClient::open(resume_at, &path, &[("last-event-id", &last_id)]).await;
+        let headers = [("last-event-id", last_id.as_str())];
+        let mut again = SseClient::open(balancer.addr, &path, &headers).await;
         assert_eq!(again.status, 200);
         let mut last = last_id;
         let reset = read_until_quiet(&mut again, Duration::from_secs(2), &mut got, &mut last).await;

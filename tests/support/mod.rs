@@ -5,6 +5,7 @@
 
 #[path = "../../examples/common/mod.rs"]
 pub mod app;
+pub mod balancer;
 pub mod bus;
 pub mod failover;
 pub mod js;
