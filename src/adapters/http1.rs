@@ -54,7 +54,7 @@ use bytes::{Buf, Bytes};
 use super::WriteDeadline;
 use crate::cors::{is_preflight, Cors};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Longest request head read, in bytes; a longer one is handed back to
 /// your server (which answers it as it sees fit).
@@ -292,7 +292,7 @@ where
             ));
             end.await.unwrap_or(Ok(()))?;
         }
-        let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+        let _ = io.shutdown().await;
         Ok(Served::Done)
     }
 }
@@ -351,7 +351,7 @@ where
             let (answer, ()) = answer.into_parts();
             write_all(&mut io, &response_head(&answer, Some(0))).await?;
         }
-        let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+        let _ = io.shutdown().await;
         return Ok(Opened::Done);
     }
     if !is_sse(&parts) {
@@ -385,7 +385,7 @@ where
         Ok(body) => {
             write_all(&mut io, &response_head(&parts, Some(body.len()))).await?;
             write_all(&mut io, &body).await?;
-            let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+            let _ = io.shutdown().await;
             Ok(Opened::Done)
         }
         Err(err) => {
@@ -394,7 +394,7 @@ where
             let (mut failed, ()) = http::Response::new(()).into_parts();
             failed.status = http::StatusCode::INTERNAL_SERVER_ERROR;
             let _ = write_all(&mut io, &response_head(&failed, Some(0))).await;
-            let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+            let _ = io.shutdown().await;
             Err(err)
         }
     }
